@@ -1,0 +1,28 @@
+# Two commands do everything: `make test` and `make demo`.
+# Both create (or reuse, when pyproject.toml has not changed) the virtual environment in .venv.
+PYTHON ?= python3
+VENV   := .venv
+READY  := $(VENV)/.ready
+PY     := $(VENV)/bin/python
+
+.PHONY: test demo venv clean
+
+venv: $(READY)
+
+$(READY): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -c "import ssl_ray, ray, ultralytics, torch, pyarrow, boto3"
+	touch $(READY)
+
+# The whole suite. pytest exits non-zero (5) when it collects no test, so that fails too.
+test: $(READY)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The real multi-round job on the embedded default: local Ray, local disk, bundled synthetic data.
+demo: $(READY)
+	$(VENV)/bin/ssl-ray demo --out runs/demo
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,194 @@
+"""The one typed configuration of ssl_ray.
+
+Defaults are for a real GPU cluster; `jobs/configs/demo.yaml` is the small CPU profile the
+demo and tests start from. Load with `load_config(path, overrides)`, where overrides are
+`section.key=value` strings (values parsed as YAML). Credentials never live here: S3 uses
+the standard AWS sources (environment, profile, instance role).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+import yaml
+
+from ssl_ray.errors import ConfigError
+from ssl_ray.typed import from_dict, setting, to_dict
+
+_section = dataclasses.dataclass(kw_only=True, slots=True)
+
+
+@_section
+class StorageConfig:
+    endpoint_url: str | None = setting(None, "S3-compatible endpoint, e.g. http://127.0.0.1:8333 (null = AWS)")
+    region: str | None = setting(None, "S3 region (null = from the AWS environment/profile)")
+    profile: str | None = setting(None, "AWS profile name from ~/.aws (null = default credential chain)")
+    connect_timeout_s: float = setting(5.0, "timeout for connecting to S3, seconds", gt=0)
+    retries: int = setting(5, "retries of a failed S3 request", ge=0)
+
+    def __post_init__(self):
+        if self.endpoint_url:
+            url = urlparse(self.endpoint_url)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ValueError(f"storage.endpoint_url: expected http(s)://host[:port], found {self.endpoint_url!r}")
+            if url.username or url.password:
+                raise ValueError("storage.endpoint_url: must not contain credentials; use the AWS environment or a profile")
+
+
+@_section
+class LabeledConfig:
+    data: str | None = setting(None, "Ultralytics data.yaml of the labeled set (local path or s3://)")
+    on_error: Literal["fail", "skip"] = setting("fail", "bad label lines/images: fail the run, or skip them and record why")
+
+
+@_section
+class PoolConfig:
+    sources: list[str] = setting([], "unlabeled pool: local directories or s3:// prefixes, images and videos")
+    video_every_n: int = setting(30, "sample every Nth video frame", ge=1)
+    video_fps: float | None = setting(None, "sample frames at this rate instead of every Nth", gt=0)
+    max_pixels: int = setting(64_000_000, "larger images are quarantined (decompression bombs)", ge=1)
+    max_reject_fraction: float = setting(0.05, "fail the stage when more of the pool is quarantined", ge=0, le=1)
+
+
+@_section
+class ModelConfig:
+    weights: str = setting("yolo26n.pt", "initial model: Ultralytics .pt checkpoint or .yaml (from scratch)")
+    imgsz: int = setting(640, "inference and training image size, pixels", ge=32)
+
+
+@_section
+class TrainConfig:
+    epochs: int = setting(100, "epochs per training run", ge=1)
+    batch: int = setting(16, "images per worker per step", ge=1)
+    num_workers: int = setting(1, "Ray Train workers (DDP ranks)", ge=1)
+    use_gpu: bool = setting(True, "one GPU per worker")
+    cpus_per_worker: float = setting(8.0, "CPUs reserved per worker (data loading)", gt=0)
+    dataloader_workers: int = setting(8, "Ultralytics dataloader processes per worker", ge=0)
+    max_failures: int = setting(3, "worker failures tolerated before the run fails (-1 = unlimited)", ge=-1)
+    patience: int = setting(50, "Ultralytics early stopping: epochs without val improvement", ge=1)
+    extra: dict[str, Any] = setting({}, "further Ultralytics trainer arguments (lr0, mosaic, ...)")
+
+
+@_section
+class LabelConfig:
+    batch_size: int = setting(64, "images per inference batch", ge=1)
+    num_gpus_per_actor: float = setting(1.0, "GPUs per inference actor (fractions share a GPU)", ge=0)
+    num_cpus_per_actor: float = setting(1.0, "CPUs per inference actor", ge=0)
+    min_actors: int = setting(1, "inference actors kept alive", ge=1)
+    max_actors: int = setting(8, "inference actors at most (autoscaling)", ge=1)
+    score_floor: float = setting(0.05, "detections below this score are not kept at all", ge=0, le=1)
+
+    def __post_init__(self):
+        if self.min_actors > self.max_actors:
+            raise ValueError(f"label.min_actors ({self.min_actors}) must be <= label.max_actors ({self.max_actors})")
+
+
+@_section
+class SelectConfig:
+    conf: float = setting(0.85, "a box is a pseudo-label at or above this score", gt=0, le=1)
+    per_class: dict[str, float] = setting({}, "per-class thresholds by class name or id; override conf")
+    min_box_px: float = setting(4.0, "drop pseudo-boxes smaller than this (either side, pixels)", ge=0)
+    max_boxes: int = setting(100, "at most this many pseudo-boxes per image (highest scores)", ge=1)
+    negative_max_score: float = setting(0.1, "an image whose best score is below this is a negative", ge=0, le=1)
+    max_negative_fraction: float = setting(0.2, "negatives at most this fraction of the selection", ge=0, le=1)
+    review_max: int = setting(1000, "most uncertain images exported for human review", ge=0)
+
+    def __post_init__(self):
+        for key, value in self.per_class.items():
+            if not 0 < value <= 1:
+                raise ValueError(f"select.per_class.{key}: {value!r} is out of range, allowed: > 0 and <= 1")
+        if self.negative_max_score >= self.conf:
+            raise ValueError(
+                f"select.negative_max_score ({self.negative_max_score}) must be below select.conf ({self.conf})"
+            )
+
+
+@_section
+class RoundsConfig:
+    max_rounds: int = setting(3, "pseudo-label rounds after round 0", ge=0)
+    conf_schedule: list[float] = setting([], "confidence threshold per round 1..N (empty = select.conf)")
+    patience: int = setting(1, "stop after this many rounds without held-out mAP50-95 improvement", ge=1)
+    round0: Literal["train", "evaluate"] = setting("train", "round 0 trains on the labeled set, or only evaluates model.weights")
+
+    def __post_init__(self):
+        for i, value in enumerate(self.conf_schedule):
+            if not 0 < value <= 1:
+                raise ValueError(f"rounds.conf_schedule[{i}]: {value!r} is out of range, allowed: > 0 and <= 1")
+
+
+@_section
+class OutputConfig:
+    dir: str = setting("runs/ssl", "run directory: local path or s3://bucket/prefix")
+    cache_dir: str = setting("~/.cache/ssl_ray", "node-local cache: images, YOLO trees, Ultralytics settings")
+
+
+@_section
+class RayConfig:
+    address: str | None = setting(None, "cluster to join ('auto', ray://...); null = RAY_ADDRESS or a local cluster")
+    num_cpus: int | None = setting(None, "logical CPUs of a local cluster (null = all cores)", ge=1)
+
+
+@_section
+class Config:
+    seed: int = setting(0, "seed for everything random", ge=0)
+    storage: StorageConfig = setting(StorageConfig(), "")
+    labeled: LabeledConfig = setting(LabeledConfig(), "")
+    pool: PoolConfig = setting(PoolConfig(), "")
+    model: ModelConfig = setting(ModelConfig(), "")
+    train: TrainConfig = setting(TrainConfig(), "")
+    label: LabelConfig = setting(LabelConfig(), "")
+    select: SelectConfig = setting(SelectConfig(), "")
+    rounds: RoundsConfig = setting(RoundsConfig(), "")
+    output: OutputConfig = setting(OutputConfig(), "")
+    ray: RayConfig = setting(RayConfig(), "")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read YAML `path` (or start from defaults), apply `key.sub=value` overrides, validate."""
+    data: dict = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({_yaml_where(e)})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    for item in overrides:
+        apply_override(data, item)
+    return from_dict(Config, data)
+
+
+def apply_override(data: dict, item: str) -> None:
+    """Set `a.b.c=value` in the nested dict `data` (value parsed as YAML)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r}: expected key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def dump_config(cfg: Config) -> str:
+    """The effective config as YAML (what `config show` prints and each run saves)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def _yaml_where(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark else str(e)

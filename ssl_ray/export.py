@@ -1,0 +1,133 @@
+"""Write contract rows out: Parquet on any store, and a YOLO-format tree on local disk.
+
+The YOLO tree is what Ultralytics trains from. Its images come from a node-local,
+content-addressed cache: files are named `<image_id>.<ext>` where the id is a hex digest and
+the extension comes from the bytes, so no key, file name or label can steer a path outside
+the cache or the tree. Negatives get an empty label file, never a missing one.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Callable, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from ssl_ray import schema
+from ssl_ray.config import StorageConfig
+from ssl_ray.errors import DatasetError
+from ssl_ray.images import sniff_ext
+from ssl_ray.storage import Store
+
+_IMAGE_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def write_table(store: Store, rel: str, table: pa.Table) -> None:
+    """One Parquet file (atomic on local disk; S3 objects appear whole)."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    store.write_bytes(rel, buf.getvalue())
+
+
+def write_parquet(store: Store, rel: str, rows: list[dict]) -> None:
+    """Contract rows -> one Parquet file."""
+    write_table(store, rel, schema.rows_to_table(rows))
+
+
+def write_rejects(store: Store, rel: str, rejects: list[dict]) -> None:
+    write_table(store, rel, schema.rejects_to_table(rejects))
+
+
+def read_parquet_rows(store: Store, rel: str) -> list[dict]:
+    return pq.read_table(store.path(rel), filesystem=store.fs, schema=schema.ROW_SCHEMA).to_pylist()
+
+
+class ImageCache:
+    """Node-local content-addressed image cache: `<root>/<id[:2]>/<id>.<ext>`."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser().resolve()
+
+    def ensure(self, image_id: str, fetch: Callable[[], bytes]) -> Path:
+        """Path of the cached image, fetching and storing its bytes on a miss."""
+        if not _IMAGE_ID.match(image_id or ""):
+            raise DatasetError(f"invalid image_id {image_id!r}: expected 32 hex digits")
+        folder = self.root / image_id[:2]
+        for hit in folder.glob(f"{image_id}.*"):
+            if not hit.name.endswith(".tmp"):
+                return hit
+        data = fetch()
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{image_id}.{sniff_ext(data)}"
+        tmp = folder / f"{image_id}.{uuid.uuid4().hex}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, target)  # concurrent writers of the same id write the same bytes
+        return target
+
+
+class UriReader:
+    """Reads the bytes behind a row's `uri`, one Store per folder (S3 clients are reused)."""
+
+    def __init__(self, storage: StorageConfig):
+        self.storage = storage
+        self._stores: dict[str, Store] = {}
+
+    def __call__(self, row: dict) -> bytes:
+        if row.get("video_uri"):
+            from ssl_ray.video import read_frame_jpeg
+
+            return read_frame_jpeg(row["video_uri"], row["frame_index"], self)
+        return self.read(row["uri"])
+
+    def read(self, uri: str) -> bytes:
+        folder, _, name = uri.rpartition("/")
+        folder = folder or "."
+        if folder not in self._stores:
+            self._stores[folder] = Store(folder, self.storage)
+        return self._stores[folder].read_bytes(name)
+
+
+def label_lines(boxes: Iterable[dict]) -> str:
+    """YOLO label text: `cls x y w h` per box, no score column (it would break training)."""
+    return "".join(f"{b['cls']} {b['x']:.6f} {b['y']:.6f} {b['w']:.6f} {b['h']:.6f}\n" for b in boxes)
+
+
+def write_yolo_tree(
+    out_dir: str | os.PathLike, splits: dict[str, list[dict]], names: list[str], cache: ImageCache,
+    fetch: Callable[[dict], bytes],
+) -> Path:
+    """Write `images/<split>/`, `labels/<split>/` and `data.yaml` under `out_dir`; return data.yaml.
+
+    `splits` maps a split name ('train', 'val') to its rows. Images are hard links into the
+    cache where the filesystem allows, copies otherwise. Safe to re-run over a partial tree.
+    """
+    out = Path(out_dir).expanduser().resolve()
+    for split, rows in splits.items():
+        img_dir, lbl_dir = out / "images" / split, out / "labels" / split
+        img_dir.mkdir(parents=True, exist_ok=True)
+        lbl_dir.mkdir(parents=True, exist_ok=True)
+        for row in rows:
+            cached = cache.ensure(row["image_id"], lambda row=row: fetch(row))
+            target = img_dir / cached.name
+            if not target.exists():
+                _link_or_copy(cached, target)
+            (lbl_dir / f"{row['image_id']}.txt").write_text(label_lines(row["boxes"] or []))
+    meta = {"path": str(out), **{s: f"images/{s}" for s in splits}, "names": dict(enumerate(names))}
+    data_yaml = out / "data.yaml"
+    data_yaml.write_text(yaml.safe_dump(meta, sort_keys=False))
+    return data_yaml
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(dst.name + f".{uuid.uuid4().hex}.tmp")
+    try:
+        os.link(src, tmp)
+    except OSError:
+        tmp.write_bytes(src.read_bytes())
+    os.replace(tmp, dst)

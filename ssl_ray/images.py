@@ -1,0 +1,98 @@
+"""Decode and check encoded images: the one place that decides what counts as a bad image.
+
+`inspect_image` and `decode_rgb` raise `BadImage(reason, detail)`; the reasons are a fixed
+vocabulary that quarantine records and reports use.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# PIL format name -> file extension used in caches and YOLO trees.
+FORMATS = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp", "WEBP": "webp", "TIFF": "tif"}
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv"})
+
+REASONS = {
+    "empty": "zero-byte file",
+    "not_image": "not an image file",
+    "unsupported_format": "image format not supported",
+    "too_large": "more pixels than pool.max_pixels (possible decompression bomb)",
+    "corrupt": "truncated or corrupt image data",
+    "unreadable": "could not be read from storage",
+    "video_unreadable": "video could not be opened or decoded",
+    "bad_label": "label file has invalid lines",
+}
+
+
+class BadImage(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        assert reason in REASONS, reason
+        super().__init__(f"{reason}: {detail or REASONS[reason]}")
+        self.reason = reason
+        self.detail = detail or REASONS[reason]
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    if not data:
+        raise BadImage("empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise BadImage("not_image", "not a recognized image format") from None
+    except Image.DecompressionBombError as e:
+        raise BadImage("too_large", str(e)[:200]) from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise BadImage("corrupt", str(e)[:200]) from None
+    if img.format not in FORMATS:
+        raise BadImage("unsupported_format", f"format {img.format}")
+    w, h = img.size
+    if w * h > max_pixels:
+        raise BadImage("too_large", f"{w}x{h} pixels > limit {max_pixels}")
+    if w <= 0 or h <= 0:
+        raise BadImage("corrupt", f"size {w}x{h}")
+    return img
+
+
+def _load(img: Image.Image) -> Image.Image:
+    """Decode fully and apply the EXIF orientation (labels refer to the displayed image)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img.load()
+            return ImageOps.exif_transpose(img)
+    except Image.DecompressionBombError as e:
+        raise BadImage("too_large", str(e)[:200]) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise BadImage("corrupt", str(e)[:200]) from None
+
+
+def inspect_image(data: bytes, max_pixels: int = 64_000_000) -> tuple[int, int, str]:
+    """Fully decode `data`; return (displayed width, displayed height, extension)."""
+    img = _open(data, max_pixels)
+    ext = FORMATS[img.format]
+    shown = _load(img)
+    return shown.width, shown.height, ext
+
+
+def decode_rgb(data: bytes, max_pixels: int = 64_000_000) -> np.ndarray:
+    """Decode to an HxWx3 uint8 RGB array in displayed orientation (any mode: L, I;16, CMYK, RGBA)."""
+    img = _load(_open(data, max_pixels))
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float32)
+        scale = 257.0 if arr.max(initial=0) > 255 else 1.0
+        img = Image.fromarray(np.clip(arr / scale, 0, 255).astype(np.uint8), "L")
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img)
+
+
+def sniff_ext(data: bytes) -> str:
+    """Extension for cached copies, from the bytes (never from a key or file name)."""
+    return FORMATS[_open(data, max_pixels=1 << 62).format]
