@@ -67,7 +67,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args) -> Config:
-    return load_config(args.config, args.overrides)
+    """CONFIG is optional: '-' or a first argument that is an override means defaults."""
+    path, overrides = args.config, list(args.overrides)
+    if path is not None and (path == "-" or ("=" in path and not Path(path).exists())):
+        overrides.insert(0, path) if path != "-" else None
+        path = None
+    return load_config(path, overrides)
 
 
 def cmd_config_show(args) -> None:

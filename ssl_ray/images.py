@@ -7,6 +7,7 @@ vocabulary that quarantine records and reports use.
 from __future__ import annotations
 
 import io
+import sys
 import warnings
 
 import numpy as np
@@ -43,8 +44,12 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            # Only our formats: other plugins (e.g. HEIF, registered by some libraries) stay out.
+            img = _pillow_open()(io.BytesIO(data), formats=list(FORMATS))
     except UnidentifiedImageError:
+        other = _known_other_format(data)
+        if other:
+            raise BadImage("unsupported_format", f"format {other}") from None
         raise BadImage("not_image", "not a recognized image format") from None
     except Image.DecompressionBombError as e:
         raise BadImage("too_large", str(e)[:200]) from None
@@ -58,6 +63,25 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     if w <= 0 or h <= 0:
         raise BadImage("corrupt", f"size {w}x{h}")
     return img
+
+
+def _pillow_open():
+    """Pillow's own `Image.open`. Importing Ultralytics replaces it with a wrapper that, on an
+    unidentified file, tries to pip-install and register a HEIF plugin: not in a labeling loop."""
+    patches = sys.modules.get("ultralytics.utils.patches")
+    if patches is not None and Image.open is getattr(patches, "image_open", None):
+        return patches._image_open
+    return Image.open
+
+
+_OTHER_MAGIC = {b"GIF87a": "GIF", b"GIF89a": "GIF", b"8BPS": "PSD", b"\x00\x00\x01\x00": "ICO",
+                b"\x00\x00\x00\x0cjP  ": "JPEG2000", b"\xffO\xffQ": "JPEG2000", b"%PDF": "PDF"}
+
+
+def _known_other_format(data: bytes) -> str | None:
+    if data[4:8] == b"ftyp":
+        return f"ISO media ({data[8:12].decode('latin-1').strip()}, e.g. HEIC/AVIF)"
+    return next((name for magic, name in _OTHER_MAGIC.items() if data.startswith(magic)), None)
 
 
 def _load(img: Image.Image) -> Image.Image:

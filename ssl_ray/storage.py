@@ -107,15 +107,8 @@ class Store:
         if self.is_s3:
             yield from _list_s3(base, self.cfg, strip=len(self.root) + 1 if self.root else 0)
             return
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames.sort()
-            for name in sorted(filenames):
-                full = os.path.join(dirpath, name)
-                try:
-                    size = os.path.getsize(full)
-                except OSError:
-                    continue  # vanished while listing
-                yield FileEntry(os.path.relpath(full, self.root).replace(os.sep, "/"), size)
+        if os.path.isdir(base):
+            yield from _list_local(base, len(self.root) + 1)
 
     # -- writing -------------------------------------------------------------------------
     def write_bytes(self, rel: str, data: bytes) -> None:
@@ -264,6 +257,24 @@ def _preflight_local(uri: str, write: bool) -> None:
         os.remove(probe)
     except OSError as e:
         raise StorageError(f"{path}: cannot write there ({_reason(e)})") from None
+
+
+def _list_local(folder: str, strip: int) -> Iterator[FileEntry]:
+    """Depth-first in S3 key order (a directory sorts as 'name/'), one directory at a time."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return  # vanished while listing
+    keyed = sorted((e.name + ("/" if e.is_dir(follow_symlinks=False) else ""), e) for e in entries)
+    for key, entry in keyed:
+        if key.endswith("/"):
+            yield from _list_local(entry.path, strip)
+        elif entry.is_file():
+            try:
+                size = entry.stat().st_size
+            except OSError:
+                continue
+            yield FileEntry(entry.path[strip:].replace(os.sep, "/"), size)
 
 
 def _list_s3(base: str, cfg: StorageConfig, strip: int) -> Iterator[FileEntry]:

@@ -38,7 +38,7 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
     unknown = [k for k in data if k not in fields]
     if unknown:
         key = str(unknown[0])
-        close = difflib.get_close_matches(key, fields, n=1)
+        close = difflib.get_close_matches(key, fields, n=1) or [f for f in fields if key.startswith(f)]
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ConfigError(
             f"{_join(path, key)}: unknown setting (allowed: {', '.join(fields)}){hint}"
@@ -152,9 +152,9 @@ def _check_bounds(value: Any, path: str, meta: typing.Mapping) -> Any:
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
+        return " or ".join(repr(a) for a in typing.get_args(tp))
     if origin in (list, dict):
         return f"{origin.__name__}[{', '.join(_type_name(a) for a in typing.get_args(tp))}]"
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))

@@ -1,0 +1,67 @@
+"""Shared fixtures: a SeaweedFS S3 server and a local Ray cluster, both on 127.0.0.1, and a
+small synthetic dataset. Servers start once per session and stop by themselves."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+# Before anything imports Ray or an AWS SDK: loopback-only Ray, no metadata probes, offline YOLO.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+os.environ["YOLO_OFFLINE"] = "1"
+for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "RAY_ADDRESS"):
+    os.environ.pop(var, None)
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A running SeaweedFS; its credentials are in the environment while the session runs."""
+    from s3server import seaweedfs
+
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        saved = {k: os.environ.get(k) for k in server.env()}
+        os.environ.update(server.env())
+        try:
+            yield server
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+@pytest.fixture
+def bucket(s3):
+    """A fresh, empty bucket name."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    s3.client().create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def storage_cfg(s3):
+    from ssl_ray.config import StorageConfig
+
+    return StorageConfig(endpoint_url=s3.endpoint, region="us-east-1", retries=1, connect_timeout_s=2)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray cluster on 127.0.0.1 with more logical CPUs than cores (see DESIGN.md)."""
+    from ssl_ray.runtime import start_ray, stop_ray
+
+    ray = start_ray(num_cpus=8)
+    yield ray
+    stop_ray()
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory):
+    """A small synthetic shapes dataset: returns the path of its data.yaml."""
+    from ssl_ray.synth import SynthSpec, generate
+
+    return generate(tmp_path_factory.mktemp("shapes"), SynthSpec(n_train=24, n_val=8, n_pool=40, imgsz=96))

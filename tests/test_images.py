@@ -1,0 +1,70 @@
+"""Image checks: each kind of bad bytes gets its own reason; odd-but-valid images decode."""
+
+import io
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ssl_ray.images import BadImage, decode_rgb, inspect_image, sniff_ext
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+RGB = Image.new("RGB", (40, 30), (10, 200, 30))
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    data = bytearray(encode(Image.new("L", (1, 1)), "PNG"))
+    data[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")  # IHDR width, height
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")    # with a valid CRC
+    return bytes(data)
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "empty"),
+    (b"this is text, not an image", "not_image"),
+    (encode(RGB, "JPEG")[:120], "corrupt"),
+    (encode(RGB, "GIF"), "unsupported_format"),
+    (png_claiming(100_000, 100_000), "too_large"),
+    (b"\x00\x00\x00\x18ftypheic" + bytes(32), "unsupported_format"),
+])
+def test_bad_bytes_have_a_reason(data, reason):
+    import ultralytics  # noqa: F401  registers extra PIL plugins: classification must not change
+    with pytest.raises(BadImage) as err:
+        inspect_image(data, max_pixels=10_000_000)
+    assert err.value.reason == reason
+
+
+@pytest.mark.parametrize("img, fmt, ext", [
+    (RGB, "JPEG", "jpg"), (RGB, "PNG", "png"), (RGB, "BMP", "bmp"), (RGB, "WEBP", "webp"), (RGB, "TIFF", "tif"),
+    (Image.new("L", (40, 30), 99), "PNG", "png"),
+    (Image.new("RGBA", (40, 30), (1, 2, 3, 100)), "PNG", "png"),
+    (Image.new("CMYK", (40, 30), (1, 2, 3, 4)), "JPEG", "jpg"),
+    (Image.new("I;16", (40, 30), 60000), "PNG", "png"),
+])
+def test_valid_images_decode_to_rgb(img, fmt, ext):
+    data = encode(img, fmt)
+    assert inspect_image(data) == (40, 30, ext)
+    arr = decode_rgb(data)
+    assert arr.shape == (30, 40, 3) and arr.dtype == np.uint8
+    assert sniff_ext(data) == ext
+
+
+def test_exif_rotation_gives_displayed_size():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90: displayed portrait
+    data = encode(RGB, "JPEG", exif=exif)
+    assert inspect_image(data)[:2] == (30, 40)
+    assert decode_rgb(data).shape == (40, 30, 3)
+
+
+def test_pixel_limit_is_configurable():
+    data = encode(RGB, "PNG")
+    with pytest.raises(BadImage, match="too_large"):
+        inspect_image(data, max_pixels=100)

@@ -1,0 +1,56 @@
+"""Runtime hygiene: importing ssl_ray has no side effects; local Ray binds to loopback only."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def test_importing_every_module_has_no_side_effects(tmp_path):
+    code = (
+        "import os, sys, pkgutil, importlib, ssl_ray\n"
+        "before = dict(os.environ)\n"
+        "for m in pkgutil.walk_packages(ssl_ray.__path__, 'ssl_ray.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())\n"
+        "heavy = [m for m in ('ray', 'ultralytics', 'torch', 'boto3') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "assert os.listdir('.') == [], os.listdir('.')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("YOLO_", "RAY_"))}
+    env["HOME"] = str(tmp_path)
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True)
+
+
+def test_prepare_ultralytics_is_offline_and_self_contained(tmp_path):
+    code = (
+        "import torch; torch.set_num_threads(2)\n"
+        "from ssl_ray.runtime import prepare_ultralytics\n"
+        f"u = prepare_ultralytics({str(tmp_path / 'work')!r})\n"
+        "from ultralytics.utils import SETTINGS\n"
+        "import os\n"
+        "assert os.environ['YOLO_OFFLINE'] == '1'\n"
+        "assert SETTINGS['raytune'] is False, SETTINGS\n"
+        "assert torch.get_num_threads() == 2, torch.get_num_threads()\n"
+        "u.YOLO('yolo26n.yaml')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("YOLO_")}
+    env["HOME"] = str(tmp_path / "home")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    assert (tmp_path / "work" / "ultralytics" / "Arial.ttf").exists()
+    assert not (tmp_path / "home" / ".config" / "Ultralytics").exists()
+
+
+@pytest.mark.ray
+def test_local_ray_is_bound_to_loopback(ray_local):
+    nodes = ray_local.nodes()
+    assert nodes and all(n["NodeManagerAddress"] == "127.0.0.1" for n in nodes)
+
+    @ray_local.remote
+    def where():
+        import ray
+
+        return ray.util.get_node_ip_address()
+
+    assert ray_local.get(where.remote()) == "127.0.0.1"
