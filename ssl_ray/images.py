@@ -27,6 +27,7 @@ REASONS = {
     "unreadable": "could not be read from storage",
     "video_unreadable": "video could not be opened or decoded",
     "bad_label": "label file has invalid lines",
+    "duplicate": "same content as another pool item",
 }
 
 

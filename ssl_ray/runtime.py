@@ -90,3 +90,23 @@ def stop_ray() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+class LazyRemote:
+    """A Ray remote function defined on first use, so importing a module needs no Ray."""
+
+    def __init__(self, fn, **opts):
+        self.fn, self.opts, self._remote = fn, opts, None
+
+    def _get(self):
+        if self._remote is None:
+            import ray
+
+            self._remote = ray.remote(**self.opts)(self.fn) if self.opts else ray.remote(self.fn)
+        return self._remote
+
+    def remote(self, *args, **kwargs):
+        return self._get().remote(*args, **kwargs)
+
+    def options(self, **opts):
+        return self._get().options(**opts)

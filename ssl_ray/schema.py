@@ -59,8 +59,8 @@ def make_row(
     boxes: Iterable[dict] = (), video_uri: str | None = None, frame_index: int | None = None,
     timestamp_s: float | None = None, teacher: str | None = None,
 ) -> dict:
-    if source not in SOURCES:
-        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    if source not in SOURCES and source is not None:  # None: a prediction not yet selected
+        raise ValueError(f"source must be one of {SOURCES} or None, got {source!r}")
     return {
         "image_id": image_id, "uri": uri, "width": int(width), "height": int(height),
         "source": source, "round": int(round), "boxes": list(boxes),

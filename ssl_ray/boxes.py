@@ -1,0 +1,42 @@
+"""Box math (pure numpy): letterboxing images for batched inference and mapping detections
+back to normalized xywh on the original image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+PAD_VALUE = 114  # Ultralytics' letterbox grey
+
+
+@dataclass(frozen=True, slots=True)
+class Letterbox:
+    ratio: float  # original -> letterboxed scale
+    pad_x: float  # left padding, letterboxed pixels
+    pad_y: float  # top padding
+
+
+def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """Resize keeping aspect ratio into a size x size canvas, centered (as Ultralytics does)."""
+    import cv2
+
+    h, w = image.shape[:2]
+    ratio = min(size / h, size / w)
+    nw, nh = max(1, round(w * ratio)), max(1, round(h * ratio))
+    resized = image if (nw, nh) == (w, h) else cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    canvas = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    canvas[top:top + nh, left:left + nw] = resized
+    return canvas, Letterbox(ratio, float(left), float(top))
+
+
+def to_normalized_xywh(xyxy: np.ndarray, lb: Letterbox, width: int, height: int) -> np.ndarray:
+    """Letterboxed-pixel xyxy (N, 4) -> normalized center xywh on the original image, clipped."""
+    xyxy = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
+    x0 = np.clip((xyxy[:, 0] - lb.pad_x) / lb.ratio, 0, width)
+    y0 = np.clip((xyxy[:, 1] - lb.pad_y) / lb.ratio, 0, height)
+    x1 = np.clip((xyxy[:, 2] - lb.pad_x) / lb.ratio, 0, width)
+    y1 = np.clip((xyxy[:, 3] - lb.pad_y) / lb.ratio, 0, height)
+    return np.stack([(x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height], axis=1)
+

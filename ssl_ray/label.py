@@ -1,0 +1,215 @@
+"""Stage: label the pool with a teacher on Ray (the thin Ray adapter over `pool`, `teacher`,
+`accounting` and `select`).
+
+    listing (Ray task, streamed)  ->  read_parquet  ->  decode + letterbox (CPU tasks)
+      ->  batched inference (actor pool, GPUs from config)  ->  raw Parquet (at-least-once)
+      ->  finalize (Ray task): dedupe, select, write the round's Parquet, summary
+
+Outputs under `<out>/rounds/rNNN/`: listing/, predictions/, rejects/, pseudo/ (training rows:
+pseudo + capped negatives), review/ (most uncertain first), selection/ (every pool image with
+its outcome), label_summary.json and the `_LABELED` marker, written last. A finished stage is
+never redone; an interrupted one is cleared and redone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from ssl_ray import accounting, schema
+from ssl_ray.config import Config
+from ssl_ray.errors import SslRayError
+from ssl_ray.runtime import LazyRemote
+from ssl_ray.storage import Store
+
+log = logging.getLogger(__name__)
+
+LABELED_MARKER = "_LABELED"
+LISTING_PART = 500  # pool entries per listing file: one decode task each
+DECODE_MEMORY = 512 * 2**20  # bytes reserved per decode task
+OUTPUT_DIRS = ("listing", "raw", "predictions", "rejects", "pseudo", "review", "selection")
+RAW_SCHEMA = pa.schema(list(schema.ROW_SCHEMA) + [("reject_reason", pa.string()), ("reject_detail", pa.string())])
+
+
+class LabelError(SslRayError):
+    """The label stage ran but its result is not acceptable (e.g. too many rejects)."""
+
+
+def label_pool(cfg: Config, out: Store, *, round: int, weights: str, names: list[str],
+               conf: float | None = None) -> dict:
+    """Run (or reuse) the label stage of `round`; return its summary."""
+    import ray
+
+    stage = out.child(f"rounds/r{round:03d}")
+    if stage.exists(LABELED_MARKER):
+        log.info("round %d already labeled", round)
+        return json.loads(stage.read_bytes("label_summary.json"))
+    for sub in OUTPUT_DIRS:
+        stage.delete_prefix(sub)
+    start = time.perf_counter()
+    listed = ray.get(_write_listing.remote(cfg.pool.sources, cfg.storage, stage.child("listing")))
+    if listed == 0:
+        raise LabelError(f"pool.sources: no files under {', '.join(cfg.pool.sources)}")
+
+    ds = ray.data.read_parquet(stage.path("listing"), filesystem=stage.fs)
+    # Decoding runs in its own CPU tasks, in parallel with inference. Its memory request (a
+    # batch of decoded frames) also makes its remote args differ from the actors', which keeps
+    # Ray Data from fusing decoding into the inference actors.
+    ds = ds.map_batches(_load_batch, fn_kwargs={"cfg": cfg}, batch_size=8, num_cpus=1, memory=DECODE_MEMORY)
+    ds = ds.map_batches(
+        _Predict,
+        fn_constructor_kwargs={"weights": weights, "cfg": cfg},
+        compute=ray.data.ActorPoolStrategy(min_size=cfg.label.min_actors, max_size=cfg.label.max_actors),
+        num_gpus=cfg.label.num_gpus_per_actor,
+        num_cpus=cfg.label.num_cpus_per_actor,
+        batch_size=cfg.label.batch_size,
+        batch_format="numpy",
+    )
+    ds.write_parquet(stage.path("raw"), filesystem=stage.fs)
+    summary = ray.get(_finalize.options(num_cpus=1).remote(cfg, stage, names, round, weights, conf, listed))
+    summary["seconds"] = round_(time.perf_counter() - start)
+    summary["items_per_s"] = round_(summary["items"] / max(summary["seconds"], 1e-9))
+    stage.delete_prefix("raw")
+    stage.write_text("label_summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    problem = accounting.reject_fraction_error(summary["rejected"], summary["items"], cfg.pool.max_reject_fraction)
+    if problem:
+        raise LabelError(problem)
+    stage.write_text(LABELED_MARKER, json.dumps({"items": summary["items"]}) + "\n")  # last write
+    return summary
+
+
+def round_(x: float) -> float:
+    return float(f"{x:.4g}")
+
+
+def _write_listing_impl(sources: list[str], storage, listing: Store) -> int:
+    from ssl_ray.export import write_table
+    from ssl_ray.pool import iter_pool
+
+    part, count, n = [], 0, 0
+    for uri, size in iter_pool(sources, storage):
+        part.append((uri, size))
+        if len(part) == LISTING_PART:
+            write_table(listing, f"part-{n:06d}.parquet", _listing_table(part))
+            count, n, part = count + len(part), n + 1, []
+    if part:
+        write_table(listing, f"part-{n:06d}.parquet", _listing_table(part))
+        count += len(part)
+    return count
+
+
+def _listing_table(part: list[tuple[str, int]]) -> pa.Table:
+    return pa.table({"uri": [u for u, _ in part], "size": pa.array([s for _, s in part], pa.int64())})
+
+
+_write_listing = LazyRemote(_write_listing_impl, num_cpus=1)
+
+
+def _load_batch(batch: dict, cfg: Config):
+    """Decode + letterbox a batch of listing entries; yields item batches of at most 16."""
+    from ssl_ray.export import UriReader
+    from ssl_ray.pool import LoadOptions, load_items
+
+    reader = UriReader(cfg.storage)
+    opts = LoadOptions(imgsz=cfg.model.imgsz, pool=cfg.pool)
+    rows: list[dict] = []
+    for uri, size in zip(batch["uri"], batch["size"]):
+        for item in load_items(str(uri), int(size), opts, reader.read):
+            rows.append(item)
+            if len(rows) == 16:
+                yield _columns(rows)
+                rows = []
+    if rows:
+        yield _columns(rows)
+
+
+def _columns(rows: list[dict]) -> dict:
+    """Item dicts -> typed numpy columns. Missing provenance travels as ''/-1/NaN, not None
+    (object columns of None come back from Arrow as NaN); `_provenance` turns them back."""
+    col = lambda k: [r[k] for r in rows]  # noqa: E731
+    return {
+        "image_id": np.array(col("image_id")), "uri": np.array(col("uri")),
+        "width": np.array(col("width"), np.int32), "height": np.array(col("height"), np.int32),
+        "video_uri": np.array([v or "" for v in col("video_uri")]),
+        "frame_index": np.array([-1 if v is None else v for v in col("frame_index")], np.int64),
+        "timestamp_s": np.array([np.nan if v is None else v for v in col("timestamp_s")], np.float64),
+        "ratio": np.array(col("ratio"), np.float64), "pad_x": np.array(col("pad_x"), np.float64),
+        "pad_y": np.array(col("pad_y"), np.float64),
+        "reject_reason": np.array(col("reject_reason")), "reject_detail": np.array(col("reject_detail")),
+        "image": np.stack(col("image")),
+    }
+
+
+def _provenance(batch: dict, i: int) -> dict:
+    frame = int(batch["frame_index"][i])
+    ts = float(batch["timestamp_s"][i])
+    return {"video_uri": str(batch["video_uri"][i]) or None, "frame_index": frame if frame >= 0 else None,
+            "timestamp_s": None if np.isnan(ts) else ts}
+
+
+class _Predict:
+    """Inference actor: one teacher per actor, batched forward, detections mapped back."""
+
+    def __init__(self, weights: str, cfg: Config):
+        from ssl_ray.teacher import Teacher, resolve_weights
+
+        threads = max(1, int(cfg.label.num_cpus_per_actor)) if cfg.label.num_gpus_per_actor == 0 else None
+        local = resolve_weights(weights, cfg.output.cache_dir, cfg.storage)
+        self.teacher = Teacher(local, cfg.output.cache_dir, threads=threads)
+        self.floor = cfg.label.score_floor
+
+    def __call__(self, batch: dict) -> pa.Table:
+        from ssl_ray.boxes import Letterbox, to_normalized_xywh
+
+        ok = np.array([not r for r in batch["reject_reason"]], dtype=bool)
+        dets = iter(self.teacher.predict(batch["image"][ok], self.floor) if ok.any() else [])
+        rows = []
+        for i in range(len(ok)):
+            boxes = []
+            if ok[i]:
+                d = next(dets)
+                lb = Letterbox(float(batch["ratio"][i]), float(batch["pad_x"][i]), float(batch["pad_y"][i]))
+                xywh = to_normalized_xywh(d[:, :4], lb, int(batch["width"][i]), int(batch["height"][i]))
+                boxes = [schema.box(int(c), *xy, score=float(s))
+                         for xy, s, c in zip(xywh, d[:, 4], d[:, 5]) if xy[2] > 0 and xy[3] > 0]
+            rows.append({
+                "image_id": str(batch["image_id"][i]), "uri": str(batch["uri"][i]),
+                "width": int(batch["width"][i]), "height": int(batch["height"][i]), **_provenance(batch, i),
+                "reject_reason": str(batch["reject_reason"][i]), "reject_detail": str(batch["reject_detail"][i]),
+                "source": None, "round": 0, "boxes": boxes, "teacher": None,
+            })
+        return pa.Table.from_pylist(rows, schema=RAW_SCHEMA)
+
+
+def _finalize_impl(cfg: Config, stage: Store, names: list[str], round: int, teacher: str,
+                   conf: float | None, listed: int) -> dict:
+    import pyarrow.parquet as pq
+
+    from ssl_ray.export import write_parquet, write_rejects
+    from ssl_ray.select import select
+
+    raw = pq.read_table(stage.path("raw"), filesystem=stage.fs, schema=RAW_SCHEMA).to_pylist()
+    preds, rejects, retries = accounting.dedupe(raw, round, teacher)
+    chosen = select(preds, cfg.select, names, round=round, conf=conf)
+    write_parquet(stage, "predictions/part-000000.parquet", preds)
+    write_rejects(stage, "rejects/part-000000.parquet", rejects)
+    write_parquet(stage, "pseudo/part-000000.parquet", chosen.training)
+    write_parquet(stage, "review/part-000000.parquet", chosen.uncertain[: cfg.select.review_max])
+    write_parquet(stage, "selection/part-000000.parquet", chosen.pseudo + chosen.negative + chosen.uncertain)
+    reasons: dict[str, int] = {}
+    for r in rejects:
+        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+    return {
+        "round": round, "teacher": teacher, "conf": conf if conf is not None else cfg.select.conf,
+        "files_listed": listed, "items": len(preds) + len(rejects),
+        "videos_frames": sum(1 for p in preds if p["video_uri"]), **chosen.counts(), "rejected": len(rejects),
+        "rejected_by_reason": reasons, "retried_copies_dropped": retries,
+        "pseudo_boxes_per_class": accounting.boxes_per_class(chosen.pseudo, names),
+    }
+
+
+_finalize = LazyRemote(_finalize_impl)
