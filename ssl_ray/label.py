@@ -23,7 +23,7 @@ import pyarrow as pa
 from ssl_ray import accounting, schema
 from ssl_ray.config import Config
 from ssl_ray.errors import SslRayError
-from ssl_ray.runtime import LazyRemote
+from ssl_ray.runtime import LazyRemote, ray_get
 from ssl_ray.storage import Store
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def label_pool(cfg: Config, out: Store, *, round: int, weights: str, names: list
     for sub in OUTPUT_DIRS:
         stage.delete_prefix(sub)
     start = time.perf_counter()
-    listed = ray.get(_write_listing.remote(cfg.pool.sources, cfg.storage, stage.child("listing")))
+    listed = ray_get(_write_listing.remote(cfg.pool.sources, cfg.storage, stage.child("listing")))
     if listed == 0:
         raise LabelError(f"pool.sources: no files under {', '.join(cfg.pool.sources)}")
 
@@ -70,7 +70,7 @@ def label_pool(cfg: Config, out: Store, *, round: int, weights: str, names: list
         batch_format="numpy",
     )
     ds.write_parquet(stage.path("raw"), filesystem=stage.fs)
-    summary = ray.get(_finalize.options(num_cpus=1).remote(cfg, stage, names, round, weights, conf, listed))
+    summary = ray_get(_finalize.options(num_cpus=1).remote(cfg, stage, names, round, weights, conf, listed))
     summary["seconds"] = round_(time.perf_counter() - start)
     summary["items_per_s"] = round_(summary["items"] / max(summary["seconds"], 1e-9))
     stage.delete_prefix("raw")

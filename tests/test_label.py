@@ -1,0 +1,122 @@
+"""The label stage on a local Ray cluster: every pool item accounted for exactly once, on
+local disk and on S3, with video frames carrying provenance and rejects carrying reasons."""
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from ssl_ray.config import load_config
+from ssl_ray.storage import Store
+
+DEMO = Path(__file__).parents[1] / "ssl_ray" / "configs" / "demo.yaml"
+NAMES = ["circle", "square", "triangle"]
+EVERY_N = 50
+BROKEN = {"zero.jpg": "empty", "text posing as image.jpg": "not_image", "notes.txt": "unsupported_format",
+          "truncated.jpg": "corrupt", "zz copy of pool 1 (ünï).jpg": "duplicate", "broken.mp4": "video_unreadable"}
+
+
+@pytest.fixture(scope="module")
+def pool_dir(shapes, bikes_mp4, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pool")
+    images = sorted((shapes.parent / "images" / "pool").iterdir())[:20]
+    for p in images:
+        shutil.copy(p, root / p.name)
+    (root / "zero.jpg").write_bytes(b"")
+    (root / "text posing as image.jpg").write_text("hello")
+    (root / "notes.txt").write_text("not media")
+    (root / "truncated.jpg").write_bytes(images[0].read_bytes()[:200])
+    shutil.copy(images[1], root / "zz copy of pool 1 (ünï).jpg")
+    (root / "videos").mkdir()
+    shutil.copy(bikes_mp4, root / "videos" / "bikes.mp4")
+    (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(100))
+    return root
+
+
+def expected_frames(path) -> tuple[int, float]:
+    cap = cv2.VideoCapture(str(path))
+    n, fps = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), cap.get(cv2.CAP_PROP_FPS)
+    cap.release()
+    return len(range(0, n, EVERY_N)), fps
+
+
+def run_stage(pool_uri, out_uri, weights, extra=()):
+    from ssl_ray.label import label_pool
+
+    cfg = load_config(DEMO, [f"pool.sources=[{pool_uri}]", f"output.dir={out_uri}", f"pool.video_every_n={EVERY_N}",
+                             "pool.max_reject_fraction=0.5", "label.score_floor=0.0", "select.conf=0.5",
+                             "select.negative_max_score=0.001", "model.imgsz=64", *extra])
+    out = Store(cfg.output.dir, cfg.storage)
+    return cfg, out, label_pool(cfg, out, round=1, weights=weights, names=NAMES)
+
+
+def read_dir(store: Store, rel: str):
+    return pq.read_table(store.path(rel), filesystem=store.fs).to_pylist()
+
+
+def check_accounting(out: Store, summary: dict, n_frames: int, fps: float):
+    stage = out.child("rounds/r001")
+    preds = read_dir(stage, "predictions")
+    rejects = read_dir(stage, "rejects")
+    selection = read_dir(stage, "selection")
+    assert summary["files_listed"] == 20 + len(BROKEN) + 1  # images + broken files + the good video
+    assert summary["items"] == 20 + n_frames + len(BROKEN)
+    assert len(preds) == 20 + n_frames == len({p["image_id"] for p in preds})
+    assert {r["uri"].rsplit("/", 1)[1]: r["reason"] for r in rejects} == BROKEN
+    assert all(r["detail"] for r in rejects)
+    assert sorted(r["image_id"] for r in selection) == sorted(p["image_id"] for p in preds)
+    assert summary["pseudo"] + summary["negative"] + summary["uncertain"] + summary["rejected"] == summary["items"]
+    frames = sorted((p for p in preds if p["video_uri"]), key=lambda p: p["frame_index"])
+    assert len(frames) == n_frames and summary["videos_frames"] == n_frames
+    assert [f["frame_index"] for f in frames] == list(range(0, EVERY_N * n_frames, EVERY_N))
+    assert all(f["video_uri"].endswith("videos/bikes.mp4") for f in frames)
+    np.testing.assert_allclose([f["timestamp_s"] for f in frames], [f["frame_index"] / fps for f in frames], atol=1e-4)
+    stills = [p for p in preds if not p["video_uri"]]
+    assert all(p["frame_index"] is None and p["timestamp_s"] is None for p in stills)
+    assert all(p["teacher"] and p["round"] == 1 for p in preds)
+    assert stage.exists("_LABELED") and json.loads(stage.read_bytes("label_summary.json"))["items"] == summary["items"]
+
+
+@pytest.mark.ray
+def test_label_local_pool(ray_local, pool_dir, teachers, tmp_path, bikes_mp4):
+    n_frames, fps = expected_frames(bikes_mp4)
+    cfg, out, summary = run_stage(str(pool_dir), str(tmp_path / "run"), teachers["yolo26n"])
+    check_accounting(out, summary, n_frames, fps)
+    # A finished stage is never redone: a second run writes nothing.
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    _, _, again = run_stage(str(pool_dir), str(tmp_path / "run"), teachers["yolo26n"])
+    assert again == summary
+    assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file()}
+
+
+@pytest.mark.ray
+@pytest.mark.s3
+def test_label_s3_pool(ray_local, pool_dir, teachers, bucket, storage_cfg, bikes_mp4):
+    src = Store(f"s3://{bucket}/pool", storage_cfg)
+    for p in pool_dir.rglob("*"):
+        if p.is_file():
+            src.write_bytes(str(p.relative_to(pool_dir)), p.read_bytes())
+    n_frames, fps = expected_frames(bikes_mp4)
+    extra = [f"storage.endpoint_url={storage_cfg.endpoint_url}", "storage.region=us-east-1"]
+    _, out, summary = run_stage(f"s3://{bucket}/pool", f"s3://{bucket}/run", teachers["yolo11n"], extra)
+    check_accounting(out, summary, n_frames, fps)
+    assert all(p["uri"].startswith(f"s3://{bucket}/pool/") for p in read_dir(out.child("rounds/r001"), "predictions"))
+
+
+@pytest.mark.ray
+def test_too_many_rejects_fail_the_stage_without_commit(ray_local, tmp_path, teachers):
+    from ssl_ray.label import LabelError, label_pool
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i in range(3):
+        (pool / f"bad{i}.jpg").write_bytes(b"junk")
+    cfg = load_config(DEMO, [f"pool.sources=[{pool}]", f"output.dir={tmp_path / 'run'}", "pool.max_reject_fraction=0.5"])
+    with pytest.raises(LabelError, match=r"3 of 3 pool items \(100.0%\) were quarantined"):
+        label_pool(cfg, Store(cfg.output.dir), round=1, weights=teachers["yolo26n"], names=NAMES)
+    stage = tmp_path / "run" / "rounds" / "r001"
+    assert not (stage / "_LABELED").exists() and (stage / "rejects").exists()

@@ -1,0 +1,22 @@
+"""The inference adapter: YOLO26 (end-to-end) and YOLO11 (NMS) checkpoints, batched."""
+
+import numpy as np
+import pytest
+
+from ssl_ray.errors import ConfigError
+from ssl_ray.teacher import Teacher, load_yolo
+
+
+@pytest.mark.parametrize("name", ["yolo26n", "yolo11n"])
+def test_teacher_predicts_on_letterboxed_batches(teachers, tmp_path, name):
+    teacher = Teacher(teachers[name], str(tmp_path), threads=1)
+    assert len(teacher.names) == 80
+    batch = np.random.default_rng(0).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
+    dets = teacher.predict(batch, score_floor=0.0)
+    assert len(dets) == 3 and all(d.ndim == 2 and d.shape[1] == 6 for d in dets)
+    assert all((d[:, 4] >= 0).all() for d in dets)
+
+
+def test_missing_checkpoint_is_a_clear_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="model.weights: cannot load"):
+        load_yolo(str(tmp_path / "nope.pt"), str(tmp_path))
