@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     synth.set_defaults(func=cmd_synth)
 
     with_config("ingest", cmd_ingest, "read the labeled set into Parquet under <output.dir>/labeled")
+    label = with_config("label", cmd_label, "pseudo-label the pool once (one round's label stage)")
+    label.add_argument("--round", type=int, default=1, help="round number to write (default 1)")
+    label.add_argument("--weights", help="teacher checkpoint (default: model.weights)")
 
     demo = sub.add_parser("demo", help="the bundled demo on local Ray and local disk")
     demo.add_argument("--out", default="runs/demo")
@@ -115,10 +118,48 @@ def cmd_ingest(args) -> None:
           f"{time.perf_counter() - start:.1f}s -> {out.uri_of('labeled')}")
 
 
+def cmd_label(args) -> None:
+    from ssl_ray.dataset import load_data_yaml
+    from ssl_ray.label import label_pool
+    from ssl_ray.runtime import start_ray
+    from ssl_ray.storage import Store, preflight
+
+    cfg = _load(args)
+    if not cfg.pool.sources:
+        raise SslRayError("pool.sources: give at least one local directory or s3:// prefix")
+    for source in cfg.pool.sources:
+        preflight(source, cfg.storage)
+    preflight(cfg.output.dir, cfg.storage, write=True)
+    names = None
+    if cfg.labeled.data:
+        _, _, names = load_data_yaml(cfg.labeled.data, lambda uri: Store(uri, cfg.storage))
+    start_ray(cfg.ray.address, cfg.ray.num_cpus)
+    out = Store(cfg.output.dir, cfg.storage)
+    summary = label_pool(cfg, out, round=args.round, weights=args.weights or cfg.model.weights, names=names)
+    print_label_summary(summary)
+    print(f"-> {out.uri_of(f'rounds/r{args.round:03d}')}")
+
+
+def print_label_summary(s: dict) -> None:
+    _table(["items", "pseudo", "negative (used)", "uncertain", "rejected", "items/s"],
+           [[s["items"], s["pseudo"], f"{s['negative']} ({s['negative_used']})", s["uncertain"], s["rejected"],
+             s["items_per_s"]]])
+    per_class = [f"{k} {v}" for k, v in s["pseudo_boxes_per_class"].items() if v]
+    print("pseudo boxes per class: " + (", ".join(per_class) or "none"))
+    if s["rejected_by_reason"]:
+        print("rejected: " + ", ".join(f"{k} {v}" for k, v in sorted(s["rejected_by_reason"].items())))
+
+
 def cmd_demo(args) -> None:
-    """Until the rounds driver lands: synthetic data -> labeled Parquet -> YOLO tree."""
+    """Until training and the rounds driver land: the real stages that exist, on local Ray.
+
+    Synthetic data -> labeled Parquet -> YOLO tree -> one label pass over the pool with the
+    demo profile's model (an untrained yolo26n.yaml: its own classes, no pseudo-labels yet).
+    """
     from ssl_ray.export import ImageCache, UriReader, write_yolo_tree
     from ssl_ray.ingest import ingest_labeled
+    from ssl_ray.label import label_pool
+    from ssl_ray.runtime import start_ray
     from ssl_ray.storage import Store
     from ssl_ray.synth import SynthSpec, generate
 
@@ -134,6 +175,10 @@ def cmd_demo(args) -> None:
                            cache, UriReader(cfg.storage))
     print(f"labeled: {len(labeled.train)} train / {len(labeled.val)} val images -> {store.uri_of('labeled')}")
     print(f"YOLO dataset: {tree}")
+    start_ray(cfg.ray.address, cfg.ray.num_cpus)
+    summary = label_pool(cfg, store, round=1, weights=cfg.model.weights)
+    print_label_summary(summary)
+    print(f"label outputs: {store.uri_of('rounds/r001')}")
 
 
 def _table(header: list[str], rows: list[list]) -> None:

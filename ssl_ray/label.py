@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 LABELED_MARKER = "_LABELED"
 LISTING_PART = 500  # pool entries per listing file: one decode task each
-DECODE_MEMORY = 512 * 2**20  # bytes reserved per decode task
+DECODE_MEMORY = 2**30  # bytes reserved per decode task (a worker measured ~430 MiB)
 OUTPUT_DIRS = ("listing", "raw", "predictions", "rejects", "pseudo", "review", "selection")
 RAW_SCHEMA = pa.schema(list(schema.ROW_SCHEMA) + [("reject_reason", pa.string()), ("reject_detail", pa.string())])
 
@@ -39,18 +39,27 @@ class LabelError(SslRayError):
     """The label stage ran but its result is not acceptable (e.g. too many rejects)."""
 
 
-def label_pool(cfg: Config, out: Store, *, round: int, weights: str, names: list[str],
+def label_pool(cfg: Config, out: Store, *, round: int, weights: str, names: list[str] | None = None,
                conf: float | None = None) -> dict:
-    """Run (or reuse) the label stage of `round`; return its summary."""
+    """Run (or reuse) the label stage of `round`; return its summary.
+
+    `names` are the classes of the labeled set; the teacher must predict exactly these
+    (None: take the teacher's own).
+    """
     import ray
 
     stage = out.child(f"rounds/r{round:03d}")
     if stage.exists(LABELED_MARKER):
         log.info("round %d already labeled", round)
         return json.loads(stage.read_bytes("label_summary.json"))
+    start = time.perf_counter()
+    teacher_names = ray_get(_teacher_names.remote(weights, cfg))
+    if names is not None and list(names) != list(teacher_names):
+        raise LabelError(f"model.weights: the teacher {weights} predicts classes {teacher_names[:10]}, "
+                         f"but the labeled set has {names}: train the teacher on the labeled set first")
+    names = teacher_names
     for sub in OUTPUT_DIRS:
         stage.delete_prefix(sub)
-    start = time.perf_counter()
     listed = ray_get(_write_listing.remote(cfg.pool.sources, cfg.storage, stage.child("listing")))
     if listed == 0:
         raise LabelError(f"pool.sources: no files under {', '.join(cfg.pool.sources)}")
@@ -107,6 +116,16 @@ def _listing_table(part: list[tuple[str, int]]) -> pa.Table:
 
 
 _write_listing = LazyRemote(_write_listing_impl, num_cpus=1)
+
+
+def _teacher_names_impl(weights: str, cfg: Config) -> list[str]:
+    from ssl_ray.teacher import load_yolo, resolve_weights
+
+    model = load_yolo(resolve_weights(weights, cfg.output.cache_dir, cfg.storage), cfg.output.cache_dir)
+    return [model.names[i] for i in sorted(model.names)]
+
+
+_teacher_names = LazyRemote(_teacher_names_impl, num_cpus=1)
 
 
 def _load_batch(batch: dict, cfg: Config):

@@ -80,14 +80,19 @@ def bikes_mp4():
 
 @pytest.fixture(scope="session")
 def teachers(tmp_path_factory):
-    """Untrained YOLO26n (end-to-end head) and YOLO11n (NMS head) saved as .pt checkpoints."""
+    """Untrained YOLO26n (end-to-end head) and YOLO11n (NMS head) for the shapes' 3 classes,
+    saved as .pt checkpoints (the path real users take)."""
     from ssl_ray.runtime import prepare_ultralytics
 
     root = tmp_path_factory.mktemp("teachers")
     ultralytics = prepare_ultralytics(root / "work")
+    from ultralytics.nn.tasks import DetectionModel
+
     out = {}
     for name in ("yolo26n", "yolo11n"):
         model = ultralytics.YOLO(f"{name}.yaml")
+        model.model = DetectionModel(f"{name}.yaml", nc=3, verbose=False)
+        model.model.names = {0: "circle", 1: "square", 2: "triangle"}
         model.save(str(root / f"{name}.pt"))
         out[name] = str(root / f"{name}.pt")
     return out

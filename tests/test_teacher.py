@@ -10,7 +10,7 @@ from ssl_ray.teacher import Teacher, load_yolo
 @pytest.mark.parametrize("name", ["yolo26n", "yolo11n"])
 def test_teacher_predicts_on_letterboxed_batches(teachers, tmp_path, name):
     teacher = Teacher(teachers[name], str(tmp_path), threads=1)
-    assert len(teacher.names) == 80
+    assert teacher.names == ["circle", "square", "triangle"]
     batch = np.random.default_rng(0).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
     dets = teacher.predict(batch, score_floor=0.0)
     assert len(dets) == 3 and all(d.ndim == 2 and d.shape[1] == 6 for d in dets)
@@ -20,3 +20,18 @@ def test_teacher_predicts_on_letterboxed_batches(teachers, tmp_path, name):
 def test_missing_checkpoint_is_a_clear_config_error(tmp_path):
     with pytest.raises(ConfigError, match="model.weights: cannot load"):
         load_yolo(str(tmp_path / "nope.pt"), str(tmp_path))
+
+
+@pytest.mark.ray
+def test_teacher_with_other_classes_is_refused_before_work(ray_local, tmp_path, shapes):
+    from pathlib import Path
+
+    from ssl_ray.config import load_config
+    from ssl_ray.label import LabelError, label_pool
+    from ssl_ray.storage import Store
+
+    demo = Path(__file__).parents[1] / "ssl_ray" / "configs" / "demo.yaml"
+    cfg = load_config(demo, [f"pool.sources=[{shapes.parent / 'images' / 'pool'}]", f"output.dir={tmp_path / 'run'}"])
+    with pytest.raises(LabelError, match=r"the teacher yolo26n.yaml predicts classes \['0', '1'"):
+        label_pool(cfg, Store(cfg.output.dir), round=1, weights="yolo26n.yaml", names=["circle", "square", "triangle"])
+    assert not (tmp_path / "run").exists()
