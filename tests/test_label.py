@@ -120,3 +120,13 @@ def test_too_many_rejects_fail_the_stage_without_commit(ray_local, tmp_path, tea
         label_pool(cfg, Store(cfg.output.dir), round=1, weights=teachers["yolo26n"], names=NAMES)
     stage = tmp_path / "run" / "rounds" / "r001"
     assert not (stage / "_LABELED").exists() and (stage / "rejects").exists()
+
+
+def test_job_entrypoint_reports_config_errors_as_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "jobs.label", "--config", str(DEMO), "select.conf=3"],
+                            capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: select.conf: 3.0 is out of range, allowed: > 0 and <= 1"]
