@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 
 import numpy as np
@@ -48,6 +49,7 @@ def label_pool(cfg: Config, out: Store, *, round: int, weights: str, names: list
     """
     import ray
 
+    cfg = _with_absolute_paths(cfg)
     stage = out.child(f"rounds/r{round:03d}")
     if stage.exists(LABELED_MARKER):
         log.info("round %d already labeled", round)
@@ -89,6 +91,18 @@ def label_pool(cfg: Config, out: Store, *, round: int, weights: str, names: list
         raise LabelError(problem)
     stage.write_text(LABELED_MARKER, json.dumps({"items": summary["items"]}) + "\n")  # last write
     return summary
+
+
+def _with_absolute_paths(cfg: Config) -> Config:
+    """Relative local paths mean the caller's working directory, not a Ray worker's."""
+    import dataclasses
+
+    def absolute(path: str) -> str:
+        return path if path.startswith(("s3://", "~")) else os.path.abspath(path)
+
+    pool = dataclasses.replace(cfg.pool, sources=[absolute(s) for s in cfg.pool.sources])
+    output = dataclasses.replace(cfg.output, cache_dir=absolute(cfg.output.cache_dir))
+    return dataclasses.replace(cfg, pool=pool, output=output)
 
 
 def round_(x: float) -> float:

@@ -130,3 +130,13 @@ def test_job_entrypoint_reports_config_errors_as_one_line(tmp_path):
                             capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: select.conf: 3.0 is out of range, allowed: > 0 and <= 1"]
+
+
+def test_relative_local_paths_are_made_absolute_on_the_driver(tmp_path, monkeypatch):
+    from ssl_ray.label import _with_absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    cfg = _with_absolute_paths(load_config(None, ["pool.sources=[pool, s3://b/p]", "output.cache_dir=cache"]))
+    assert cfg.pool.sources == [str(tmp_path / "pool"), "s3://b/p"]
+    assert cfg.output.cache_dir == str(tmp_path / "cache")
+    assert load_config(None).output.cache_dir.startswith("~")  # expanded on each node, not here
