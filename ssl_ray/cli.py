@@ -72,9 +72,10 @@ def _parser() -> argparse.ArgumentParser:
 def _load(args) -> Config:
     """CONFIG is optional: '-' or a first argument that is an override means defaults."""
     path, overrides = args.config, list(args.overrides)
-    if path is not None and (path == "-" or ("=" in path and not Path(path).exists())):
-        overrides.insert(0, path) if path != "-" else None
+    if path == "-":
         path = None
+    elif path is not None and "=" in path and not Path(path).exists():
+        path, overrides = None, [path, *overrides]
     return load_config(path, overrides)
 
 

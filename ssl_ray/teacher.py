@@ -18,17 +18,27 @@ from ssl_ray.errors import ConfigError
 
 
 def resolve_weights(weights: str, cache_dir: str, storage: StorageConfig) -> str:
-    """A local path (or a bare Ultralytics name / .yaml) for `weights`."""
+    """A local path (or a bare Ultralytics name / .yaml) for `weights`.
+
+    S3 checkpoints are copied into `<cache_dir>/weights/<hash of uri, size, mtime>.pt`: a new
+    object under the same key gets a new copy, and no key can steer the path.
+    """
     if not weights.startswith("s3://"):
         return weights
+    import hashlib
+
     from ssl_ray.storage import Store
 
     folder, _, name = weights.rpartition("/")
-    target = Path(cache_dir).expanduser() / "weights" / folder.replace("s3://", "").replace("/", "_") / name
+    store = Store(folder, storage)
+    info = store.fs.get_file_info(store.path(name))
+    stamp = f"{store.uri_of(name)}|{info.size}|{info.mtime_ns}"
+    digest = hashlib.blake2b(stamp.encode(), digest_size=16).hexdigest()
+    target = Path(cache_dir).expanduser() / "weights" / f"{digest}.pt"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        tmp.write_bytes(Store(folder, storage).read_bytes(name))
+        tmp = target.with_name(f"{digest}.{os.getpid()}.tmp")
+        tmp.write_bytes(store.read_bytes(name))
         os.replace(tmp, target)
     return str(target)
 

@@ -17,6 +17,23 @@ def test_teacher_predicts_on_letterboxed_batches(teachers, tmp_path, name):
     assert all((d[:, 4] >= 0).all() for d in dets)
 
 
+@pytest.mark.s3
+def test_s3_weights_are_cached_by_content_stamp(teachers, tmp_path, bucket, storage_cfg):
+    from pathlib import Path
+
+    from ssl_ray.storage import Store
+    from ssl_ray.teacher import resolve_weights
+
+    store = Store(f"s3://{bucket}/w", storage_cfg)
+    store.write_bytes("best.pt", Path(teachers["yolo26n"]).read_bytes())
+    first = resolve_weights(f"s3://{bucket}/w/best.pt", str(tmp_path), storage_cfg)
+    assert Path(first).parent == tmp_path / "weights" and Path(first).read_bytes() == store.read_bytes("best.pt")
+    assert resolve_weights(f"s3://{bucket}/w/best.pt", str(tmp_path), storage_cfg) == first
+    store.write_bytes("best.pt", Path(teachers["yolo11n"]).read_bytes())  # new weights, same key
+    second = resolve_weights(f"s3://{bucket}/w/best.pt", str(tmp_path), storage_cfg)
+    assert second != first and Path(second).read_bytes() == Path(teachers["yolo11n"]).read_bytes()
+
+
 def test_missing_checkpoint_is_a_clear_config_error(tmp_path):
     with pytest.raises(ConfigError, match="model.weights: cannot load"):
         load_yolo(str(tmp_path / "nope.pt"), str(tmp_path))
