@@ -133,7 +133,7 @@ def cmd_label(args) -> None:
     preflight(cfg.output.dir, cfg.storage, write=True)
     names = None
     if cfg.labeled.data:
-        _, _, names = load_data_yaml(cfg.labeled.data, lambda uri: Store(uri, cfg.storage))
+        names = load_data_yaml(cfg.labeled.data, lambda uri: Store(uri, cfg.storage)).names
     start_ray(cfg.ray.address, cfg.ray.num_cpus)
     out = Store(cfg.output.dir, cfg.storage)
     summary = label_pool(cfg, out, round=args.round, weights=args.weights or cfg.model.weights, names=names)

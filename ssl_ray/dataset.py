@@ -90,8 +90,18 @@ def label_path_for(image_rel: str) -> str:
     return posixpath.splitext(swapped.lstrip("/"))[0] + ".txt"
 
 
-def load_data_yaml(data_uri: str, store_factory) -> tuple[Store, dict, list[str]]:
-    """Read data.yaml; return (store at the dataset root, the parsed yaml, class names)."""
+@dataclass(frozen=True)
+class DataYaml:
+    """A parsed data.yaml: where it is, the dataset root, its entries and class names."""
+
+    uri: str
+    root: Store
+    meta: dict
+    names: list[str]
+
+
+def load_data_yaml(data_uri: str, store_factory) -> DataYaml:
+    """Read and check data.yaml once; `read_split` takes the result."""
     parent, _, fname = data_uri.rstrip("/").rpartition("/")
     yaml_store = store_factory(parent or ".")
     try:
@@ -108,14 +118,12 @@ def load_data_yaml(data_uri: str, store_factory) -> tuple[Store, dict, list[str]
         root_store = store_factory(str(root))
     else:
         root_store = yaml_store.child(str(root)) if root else yaml_store
-    return root_store, meta, names
+    return DataYaml(data_uri, root_store, meta, names)
 
 
-def read_split(
-    data_uri: str, split: str, store_factory, *, on_error: str = "fail", max_pixels: int = 64_000_000,
-) -> DatasetSplit:
+def read_split(data: DataYaml, split: str, *, on_error: str = "fail", max_pixels: int = 64_000_000) -> DatasetSplit:
     """Rows (source 'labeled', round 0) for one split ('train' or 'val') of a dataset."""
-    root, meta, names = load_data_yaml(data_uri, store_factory)
+    root, meta, names, data_uri = data.root, data.meta, data.names, data.uri
     if split not in meta or not meta[split]:
         raise DatasetError(f"{data_uri}: no '{split}' entry")
     result = DatasetSplit(names=names)
@@ -124,24 +132,22 @@ def read_split(
     for image_rel in _split_images(root, meta[split], data_uri):
         uri = root.uri_of(image_rel)
         try:
-            data = root.read_bytes(image_rel)
-            width, height, _ = inspect_image(data, max_pixels)
+            data_bytes = root.read_bytes(image_rel)
+            width, height, _ = inspect_image(data_bytes, max_pixels)
         except (StorageError, BadImage) as e:
             reason = e.reason if isinstance(e, BadImage) else "unreadable"
             problems.append(f"{uri}: {e}")
             result.rejects.append(schema.make_reject(uri, reason, str(e)))
             continue
         label_rel = label_path_for(image_rel)
-        boxes, bad_lines = [], []
-        if root.exists(label_rel):
-            text = root.read_bytes(label_rel).decode("utf-8", errors="replace")
-            boxes, bad_lines = parse_label_text(text, len(names))
+        label = root.read_bytes_if_exists(label_rel)  # no label file: a negative image
+        boxes, bad_lines = parse_label_text(label.decode("utf-8", errors="replace"), len(names)) if label else ([], [])
         if bad_lines:
             detail = "; ".join(f"{root.uri_of(label_rel)}:{n}: {msg}" for n, msg in bad_lines)
             problems.append(detail)
             result.rejects.append(schema.make_reject(uri, "bad_label", detail))
             continue
-        image_id = schema.image_id_of_bytes(data)
+        image_id = schema.image_id_of_bytes(data_bytes)
         if image_id in seen:
             continue  # the same bytes twice: one row (image_id is the identity)
         seen.add(image_id)

@@ -41,13 +41,14 @@ def ingest_labeled(cfg: Config, out: Store) -> LabeledSet:
     def factory(uri: str) -> Store:
         return Store(uri, cfg.storage)
 
-    _, _, names = dataset.load_data_yaml(cfg.labeled.data, factory)
+    data = dataset.load_data_yaml(cfg.labeled.data, factory)
+    names = data.names
     if stage.is_committed():
         log.info("labeled set already committed at %s", stage.uri)
         return LabeledSet(names, read_parquet_rows(stage, "train.parquet"), read_parquet_rows(stage, "val.parquet"), 0)
     kw = {"on_error": cfg.labeled.on_error, "max_pixels": cfg.pool.max_pixels}
-    train = dataset.read_split(cfg.labeled.data, "train", factory, **kw)
-    val = dataset.read_split(cfg.labeled.data, "val", factory, **kw)
+    train = dataset.read_split(data, "train", **kw)
+    val = dataset.read_split(data, "val", **kw)
     if not train.rows:
         raise ConfigError(f"labeled.data: {cfg.labeled.data} has no usable training image")
     stage.delete_prefix()  # leftovers of an interrupted attempt

@@ -84,11 +84,18 @@ class Store:
         return self._info(rel).type != pafs.FileType.NotFound
 
     def read_bytes(self, rel: str = "") -> bytes:
+        data = self.read_bytes_if_exists(rel)
+        if data is None:
+            raise StorageError(f"{self.uri_of(rel)} does not exist")
+        return data
+
+    def read_bytes_if_exists(self, rel: str) -> bytes | None:
+        """The object's bytes, or None when there is none (one request, no separate HEAD)."""
         try:
             with self.fs.open_input_stream(self.path(rel)) as f:
                 return f.read()
         except FileNotFoundError:
-            raise StorageError(f"{self.uri_of(rel)} does not exist") from None
+            return None
         except OSError as e:
             raise StorageError(f"cannot read {self.uri_of(rel)}: {_reason(e)}") from None
 

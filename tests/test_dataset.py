@@ -8,7 +8,7 @@ import yaml
 from PIL import Image
 
 from ssl_ray import schema
-from ssl_ray.dataset import label_path_for, parse_label_text, parse_names, read_split
+from ssl_ray.dataset import label_path_for, load_data_yaml, parse_label_text, parse_names, read_split
 from ssl_ray.errors import DatasetError
 from ssl_ray.storage import Store
 
@@ -90,7 +90,7 @@ def make_dataset(root, labels: dict[str, str], extra_images=()):
 
 def test_read_split_rows_follow_the_contract(tmp_path):
     data = make_dataset(tmp_path, {"one": "0 0.5 0.5 0.2 0.2\n1 0.2 0.2 0.1 0.1\n", "neg": None, "empty": ""})
-    split = read_split(data, "train", Store)
+    split = read_split(load_data_yaml(data, Store), "train")
     table = schema.rows_to_table(split.rows)
     assert table.schema == schema.ROW_SCHEMA
     assert split.names == ["a", "b"] and not split.rejects
@@ -105,7 +105,7 @@ def test_read_split_rows_follow_the_contract(tmp_path):
 def test_bad_labels_fail_with_file_and_line(tmp_path):
     data = make_dataset(tmp_path, {"good": "0 0.5 0.5 0.2 0.2\n", "bad": "0 0.5 0.5 0.2 0.2\n5 0.5 0.5 0.1 0.1\n"})
     with pytest.raises(DatasetError) as err:
-        read_split(data, "train", Store)
+        read_split(load_data_yaml(data, Store), "train")
     msg = str(err.value)
     assert "labels/train/bad.txt:2: class id 5 outside 0..1" in msg and "\n" not in msg
 
@@ -114,7 +114,7 @@ def test_skip_policy_records_rejects(tmp_path):
     data = make_dataset(tmp_path, {"good": "0 0.5 0.5 0.2 0.2\n", "bad": "0 2 2 2 2\n"},
                         extra_images=[("zero.jpg", b""), ("text.jpg", b"hello, not an image"),
                                       ("trunc.jpg", _jpeg()[:100])])
-    split = read_split(data, "train", Store, on_error="skip")
+    split = read_split(load_data_yaml(data, Store), "train", on_error="skip")
     assert [r["uri"].rsplit("/", 1)[1] for r in split.rows] == ["good.jpg"]
     reasons = {r["uri"].rsplit("/", 1)[1]: r["reason"] for r in split.rejects}
     assert reasons == {"bad.jpg": "bad_label", "zero.jpg": "empty", "text.jpg": "not_image", "trunc.jpg": "corrupt"}
@@ -124,24 +124,24 @@ def test_skip_policy_records_rejects(tmp_path):
 def test_missing_split_and_missing_file(tmp_path):
     data = make_dataset(tmp_path, {"good": ""})
     with pytest.raises(DatasetError, match="no 'test' entry"):
-        read_split(data, "test", Store)
+        read_split(load_data_yaml(data, Store), "test")
     with pytest.raises(DatasetError, match="cannot read dataset file .*nope.yaml"):
-        read_split(str(tmp_path / "nope.yaml"), "train", Store)
+        read_split(load_data_yaml(str(tmp_path / "nope.yaml"), Store), "train")
     (tmp_path / "broken.yaml").write_text("train: [unclosed\n")
     with pytest.raises(DatasetError, match="not valid YAML"):
-        read_split(str(tmp_path / "broken.yaml"), "train", Store)
+        read_split(load_data_yaml(str(tmp_path / "broken.yaml"), Store), "train")
 
 
 def test_txt_list_split(tmp_path):
     data = make_dataset(tmp_path, {"a1": "", "a2": "0 0.5 0.5 0.1 0.1"})
     (tmp_path / "train.txt").write_text("./images/train/a2.jpg\n")
     (tmp_path / "data.yaml").write_text(yaml.safe_dump({"train": "train.txt", "val": "train.txt", "names": ["x"]}))
-    split = read_split(data, "train", Store)
+    split = read_split(load_data_yaml(data, Store), "train")
     assert [len(r["boxes"]) for r in split.rows] == [1]
 
 
 def test_shapes_dataset_reads_cleanly(shapes):
-    split = read_split(str(shapes), "train", Store)
+    split = read_split(load_data_yaml(str(shapes), Store), "train")
     assert len(split.rows) == 24 and not split.rejects
     assert sum(len(r["boxes"]) for r in split.rows) > 24
     assert pa.Table.from_pylist(split.rows, schema=schema.ROW_SCHEMA).num_rows == 24

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from ssl_ray import schema
-from ssl_ray.dataset import read_split
+from ssl_ray.dataset import load_data_yaml, read_split
 from ssl_ray.errors import DatasetError
 from ssl_ray.export import ImageCache, UriReader, label_lines, read_parquet_rows, write_parquet, write_yolo_tree
 from ssl_ray.storage import Store
@@ -33,7 +33,7 @@ def test_label_lines_have_no_score_column():
 
 
 def test_yolo_tree_negatives_get_empty_label_files(tmp_path, shapes):
-    rows = read_split(str(shapes), "train", Store).rows[:4]
+    rows = read_split(load_data_yaml(str(shapes), Store), "train").rows[:4]
     rows[0] = {**rows[0], "boxes": []}
     tree = write_yolo_tree(tmp_path / "yolo", {"train": rows, "val": rows[:1]}, ["circle", "square", "triangle"],
                            ImageCache(tmp_path / "cache"), UriReader(Store(".").cfg))
@@ -51,7 +51,7 @@ def test_yolo_tree_negatives_get_empty_label_files(tmp_path, shapes):
 
 
 def test_parquet_round_trip_local(tmp_path, shapes):
-    rows = read_split(str(shapes), "train", Store).rows
+    rows = read_split(load_data_yaml(str(shapes), Store), "train").rows
     store = Store(str(tmp_path))
     write_parquet(store, "rows.parquet", rows)
     assert pq.read_schema(tmp_path / "rows.parquet") == schema.ROW_SCHEMA
@@ -71,8 +71,8 @@ def test_round_trip_s3_to_yolo_trains_with_ultralytics(tmp_path, shapes, s3, buc
         if p.is_file():
             src.write_bytes(str(p.relative_to(shapes.parent)), p.read_bytes())
     factory = lambda uri: Store(uri, storage_cfg)  # noqa: E731
-    train = read_split(src.uri_of("data.yaml"), "train", factory)
-    val = read_split(src.uri_of("data.yaml"), "val", factory)
+    train = read_split(load_data_yaml(src.uri_of("data.yaml"), factory), "train")
+    val = read_split(load_data_yaml(src.uri_of("data.yaml"), factory), "val")
     assert all(r["uri"].startswith(f"s3://{bucket}/datasets/shapes/images/") for r in train.rows)
 
     runs = Store(f"s3://{bucket}/runs/r1", storage_cfg)
