@@ -1,11 +1,11 @@
 """Stage: label the pool with a teacher on Ray (the thin Ray adapter over `pool`, `teacher`,
 `accounting` and `select`).
 
-    listing (Ray task, streamed)  ->  read_parquet  ->  decode + letterbox (CPU tasks)
+    listing (streaming Ray task -> Arrow blocks)  ->  decode + letterbox (CPU tasks)
       ->  batched inference (actor pool, GPUs from config)  ->  raw Parquet (at-least-once)
       ->  finalize (Ray task): dedupe, select, write the round's Parquet, summary
 
-Outputs under `<out>/rounds/rNNN/`: listing/, predictions/, rejects/, pseudo/ (training rows:
+Outputs under `<out>/rounds/rNNN/`: predictions/, rejects/, pseudo/ (training rows:
 pseudo + capped negatives), review/ (most uncertain first), selection/ (every pool image with
 its outcome), label_summary.json and the `_LABELED` marker, written last. A finished stage is
 never redone; an interrupted one is cleared and redone.
@@ -30,9 +30,9 @@ from ssl_ray.storage import Store
 log = logging.getLogger(__name__)
 
 LABELED_MARKER = "_LABELED"
-LISTING_PART = 500  # pool entries per listing file: one decode task each
+LISTING_PART = 128  # pool entries per listing block: one decode task each, small enough to pipeline
 DECODE_MEMORY = 2**30  # bytes reserved per decode task (a worker measured ~430 MiB)
-OUTPUT_DIRS = ("listing", "raw", "predictions", "rejects", "pseudo", "review", "selection")
+OUTPUT_DIRS = ("raw", "predictions", "rejects", "pseudo", "review", "selection")
 RAW_SCHEMA = pa.schema(list(schema.ROW_SCHEMA) + [("reject_reason", pa.string()), ("reject_detail", pa.string())])
 
 
@@ -55,18 +55,23 @@ def label_pool(cfg: Config, out: Store, *, round: int, weights: str, names: list
         log.info("round %d already labeled", round)
         return json.loads(stage.read_bytes("label_summary.json"))
     start = time.perf_counter()
-    teacher_names = ray_get(_teacher_names.remote(weights, cfg))
+    # The class check and the listing run side by side; nothing is written before the check.
+    names_ref = _teacher_names.remote(weights, cfg)
+    listing = _list_pool.remote(cfg.pool.sources, cfg.storage)
+    teacher_names = ray_get(names_ref)
     if names is not None and list(names) != list(teacher_names):
         raise LabelError(f"model.weights: the teacher {weights} predicts classes {teacher_names[:10]}, "
                          f"but the labeled set has {names}: train the teacher on the labeled set first")
     names = teacher_names
+    parts = list(listing)  # references only: the listing itself stays in the object store
+    if not parts:
+        raise LabelError(f"pool.sources: no files under {', '.join(cfg.pool.sources)}")
+    ray_get(parts[-1])  # a failed listing (e.g. a missing source) ends with its error
     for sub in OUTPUT_DIRS:
         stage.delete_prefix(sub)
-    listed = ray_get(_write_listing.remote(cfg.pool.sources, cfg.storage, stage.child("listing")))
-    if listed == 0:
-        raise LabelError(f"pool.sources: no files under {', '.join(cfg.pool.sources)}")
 
-    ds = ray.data.read_parquet(stage.path("listing"), filesystem=stage.fs)
+    ds = ray.data.from_arrow_refs(parts)  # one block per listing part: decode and inference overlap
+    listed = ds.count()  # from block metadata, no execution
     # Decoding runs in its own CPU tasks, in parallel with inference. Its memory request (a
     # batch of decoded frames) also makes its remote args differ from the actors', which keeps
     # Ray Data from fusing decoding into the inference actors.
@@ -109,27 +114,25 @@ def round_(x: float) -> float:
     return float(f"{x:.4g}")
 
 
-def _write_listing_impl(sources: list[str], storage, listing: Store) -> int:
-    from ssl_ray.export import write_table
+def _list_pool_impl(sources: list[str], storage):
+    """Streaming generator task: the pool listing as Arrow tables of LISTING_PART entries."""
     from ssl_ray.pool import iter_pool
 
-    part, count, n = [], 0, 0
-    for uri, size in iter_pool(sources, storage):
-        part.append((uri, size))
+    part: list[tuple[str, int]] = []
+    for entry in iter_pool(sources, storage):
+        part.append(entry)
         if len(part) == LISTING_PART:
-            write_table(listing, f"part-{n:06d}.parquet", _listing_table(part))
-            count, n, part = count + len(part), n + 1, []
+            yield _listing_table(part)
+            part = []
     if part:
-        write_table(listing, f"part-{n:06d}.parquet", _listing_table(part))
-        count += len(part)
-    return count
+        yield _listing_table(part)
 
 
 def _listing_table(part: list[tuple[str, int]]) -> pa.Table:
     return pa.table({"uri": [u for u, _ in part], "size": pa.array([s for _, s in part], pa.int64())})
 
 
-_write_listing = LazyRemote(_write_listing_impl, num_cpus=1)
+_list_pool = LazyRemote(_list_pool_impl, num_cpus=1, num_returns="streaming")
 
 
 def _teacher_names_impl(weights: str, cfg: Config) -> list[str]:

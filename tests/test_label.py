@@ -140,3 +140,14 @@ def test_relative_local_paths_are_made_absolute_on_the_driver(tmp_path, monkeypa
     assert cfg.pool.sources == [str(tmp_path / "pool"), "s3://b/p"]
     assert cfg.output.cache_dir == str(tmp_path / "cache")
     assert load_config(None).output.cache_dir.startswith("~")  # expanded on each node, not here
+
+
+@pytest.mark.ray
+def test_missing_pool_source_is_one_clear_error_and_no_output(ray_local, tmp_path, teachers):
+    from ssl_ray.errors import StorageError
+    from ssl_ray.label import label_pool
+
+    cfg = load_config(DEMO, [f"pool.sources=[{tmp_path / 'nowhere'}]", f"output.dir={tmp_path / 'run'}"])
+    with pytest.raises(StorageError, match=r"pool source .*nowhere does not exist"):
+        label_pool(cfg, Store(cfg.output.dir), round=1, weights=teachers["yolo26n"], names=NAMES)
+    assert not (tmp_path / "run").exists()
