@@ -32,20 +32,23 @@ def make_pool(root: Path, n: int, imgsz: int) -> Path:
     return root / "images" / "pool"
 
 
-def bench_predict(weights: str, pool: Path, imgsz: int, floor: float, work: Path) -> float:
+def bench_predict(weights: str, pool: Path, imgsz: int, floor: float, work: Path) -> tuple[float, int]:
+    import torch
+
     from ssl_ray.runtime import prepare_ultralytics
 
-    ultralytics = prepare_ultralytics(work / "ul", threads=1)
+    ultralytics = prepare_ultralytics(work / "ul", threads=max(1, (os.cpu_count() or 2) - 1))  # its default
+    threads = torch.get_num_threads()
     start = time.perf_counter()
     model = ultralytics.YOLO(weights)
     n = 0
     for _ in model.predict(source=str(pool), stream=True, save_txt=True, conf=floor, imgsz=imgsz, device="cpu",
                            project=str(work / "predict"), name="p", exist_ok=True, verbose=False):
         n += 1
-    return n / (time.perf_counter() - start)
+    return n / (time.perf_counter() - start), threads
 
 
-def bench_forward(weights: str, pool: Path, imgsz: int, work: Path) -> tuple[float, int]:
+def bench_forward(weights: str, pool: Path, imgsz: int, work: Path, threads: int) -> tuple[float, int]:
     import numpy as np
     import torch
 
@@ -53,7 +56,7 @@ def bench_forward(weights: str, pool: Path, imgsz: int, work: Path) -> tuple[flo
     from ssl_ray.images import decode_rgb
     from ssl_ray.teacher import Teacher
 
-    teacher = Teacher(weights, str(work), threads=1)
+    teacher = Teacher(weights, str(work), threads=threads)
     images = np.stack([letterbox(decode_rgb(p.read_bytes()), imgsz)[0] for p in sorted(pool.iterdir())])
     best = (0.0, 0)
     for bs in (1, 8, 16, 32, 64):
@@ -100,17 +103,36 @@ class RayMemory:
         self._thread.join()
 
 
-def bench_stage(weights: str, pool: Path, imgsz: int, floor: float, work: Path, tag: str) -> tuple[float, int, dict]:
+def fresh_cluster() -> None:
+    """Every measured run starts from the same state: a new local cluster, Ray Data warmed
+    (its one-off first-use cost lands on no run). The peak memory depends on which worker
+    processes are alive, and timings on which are already started."""
+    from ssl_ray.runtime import start_ray, stop_ray
+
+    stop_ray()
+    start_ray(num_cpus=8, log_to_driver=False).data.range(1).materialize()
+
+
+def bench_stage(weights: str, pool: Path, args, batch: int, work: Path, tag: str) -> tuple[float, float, int, dict]:
+    """(seconds, images/s, peak Ray PSS bytes, summary) of one label-stage run."""
     from ssl_ray.config import load_config
     from ssl_ray.label import label_pool
     from ssl_ray.storage import Store
 
     demo = Path(__file__).parents[1] / "ssl_ray" / "configs" / "demo.yaml"
     cfg = load_config(demo, [f"pool.sources=[{pool}]", f"output.dir={work / tag}", f"output.cache_dir={work / 'cache'}",
-                             f"model.imgsz={imgsz}", f"label.score_floor={floor}", "label.batch_size=32"])
+                             f"model.imgsz={args.imgsz}", f"label.score_floor={args.floor}",
+                             f"label.batch_size={batch}", f"label.num_cpus_per_actor={args.threads}"])
+    fresh_cluster()
+    start = time.perf_counter()
+    summary = label_pool(cfg, Store(cfg.output.dir), round=1, weights=weights)
+    seconds = time.perf_counter() - start
+    # Memory in a second, untimed run: sampling PSS reads every process's smaps (it would slow
+    # a timed run here).
+    fresh_cluster()
     with RayMemory() as mem:
-        summary = label_pool(cfg, Store(cfg.output.dir), round=1, weights=weights)
-    return summary["items_per_s"], mem.peak, summary
+        label_pool(cfg, Store(str(work / f"{tag}-mem")), round=1, weights=weights)
+    return seconds, summary["items"] / seconds, mem.peak, summary
 
 
 def main() -> int:
@@ -118,28 +140,33 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=400)
     ap.add_argument("--imgsz", type=int, default=160)
     ap.add_argument("--floor", type=float, default=0.05)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for (b)'s actor and (c)")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ssl_ray-bench-"))
     try:
-        from ssl_ray.runtime import prepare_ultralytics, start_ray
+        from ssl_ray.runtime import prepare_ultralytics
 
-        ultralytics = prepare_ultralytics(work / "ul", threads=1)
+        ultralytics = prepare_ultralytics(work / "ul")
         weights = str(work / "yolo26n.pt")
         ultralytics.YOLO("yolo26n.yaml").save(weights)
         pool_n = make_pool(work / "n", args.n, args.imgsz)
         pool_4n = make_pool(work / "4n", 4 * args.n, args.imgsz)
 
-        a = bench_predict(weights, pool_n, args.imgsz, args.floor, work)
-        c, best_bs = bench_forward(weights, pool_n, args.imgsz, work)
-        start_ray(num_cpus=8, log_to_driver=False)
-        b, mem_n, _ = bench_stage(weights, pool_n, args.imgsz, args.floor, work, "run_n")
-        b4, mem_4n, _ = bench_stage(weights, pool_4n, args.imgsz, args.floor, work, "run_4n")
+        a, a_threads = bench_predict(weights, pool_n, args.imgsz, args.floor, work)
+        c, best_bs = bench_forward(weights, pool_n, args.imgsz, work, args.threads)
+        t_n, b, mem_n, _ = bench_stage(weights, pool_n, args, best_bs, work, "run_n")
+        t_4n, b4, mem_4n, _ = bench_stage(weights, pool_4n, args, best_bs, work, "run_4n")
+        steady = 3 * args.n / (t_4n - t_n)
         figures = {
-            "n": args.n, "imgsz": args.imgsz, "cores": os.cpu_count(),
-            "a_predict_stream_save_txt_img_s": round(a, 1), "b_ssl_ray_stage_img_s": round(b, 1),
-            "b_ssl_ray_stage_4n_img_s": round(b4, 1), "c_forward_bound_img_s": round(c, 1), "c_best_batch": best_bs,
-            "b_over_a": round(b / a, 2), "b_over_c": round(b / c, 2), "b4n_over_c": round(b4 / c, 2),
+            "n": args.n, "imgsz": args.imgsz, "cores": os.cpu_count(), "threads_a": a_threads,
+            "threads_b_c": args.threads, "batch_b_c": best_bs,
+            "a_predict_stream_save_txt_img_s": round(a, 1),
+            "b_stage_end_to_end_n_img_s": round(b, 1), "b_stage_end_to_end_4n_img_s": round(b4, 1),
+            "b_stage_seconds_n": round(t_n, 1), "b_stage_seconds_4n": round(t_4n, 1),
+            "b_stage_steady_img_s": round(steady, 1), "c_forward_bound_img_s": round(c, 1),
+            "b4n_over_a": round(b4 / a, 2), "b_steady_over_a": round(steady / a, 2),
+            "b4n_over_c": round(b4 / c, 2), "b_steady_over_c": round(steady / c, 2),
             "ray_peak_pss_mib_n": round(mem_n / 2**20), "ray_peak_pss_mib_4n": round(mem_4n / 2**20),
             "memory_growth": round(mem_4n / mem_n - 1, 3),
         }

@@ -80,6 +80,7 @@ class LabelConfig:
     min_actors: int = setting(1, "inference actors kept alive", ge=1)
     max_actors: int = setting(8, "inference actors at most (autoscaling)", ge=1)
     score_floor: float = setting(0.05, "detections below this score are not kept at all", ge=0, le=1)
+    decode_tasks: int | None = setting(None, "concurrent decode tasks at most (null = as many as CPUs allow)", ge=1)
 
     def __post_init__(self):
         if self.min_actors > self.max_actors:

@@ -72,10 +72,12 @@ def label_pool(cfg: Config, out: Store, *, round: int, weights: str, names: list
 
     ds = ray.data.from_arrow_refs(parts)  # one block per listing part: decode and inference overlap
     listed = ds.count()  # from block metadata, no execution
-    # Decoding runs in its own CPU tasks, in parallel with inference. Its memory request (a
-    # batch of decoded frames) also makes its remote args differ from the actors', which keeps
-    # Ray Data from fusing decoding into the inference actors.
-    ds = ds.map_batches(_load_batch, fn_kwargs={"cfg": cfg}, batch_size=8, num_cpus=1, memory=DECODE_MEMORY)
+    # Decoding runs in its own CPU tasks, in parallel with inference, at most
+    # label.decode_tasks at a time (each is a worker process: this bounds memory). Its memory
+    # request also makes its remote args differ from the actors', which keeps Ray Data from
+    # fusing decoding into the inference actors.
+    ds = ds.map_batches(_load_batch, fn_kwargs={"cfg": cfg}, batch_size=8, num_cpus=1, memory=DECODE_MEMORY,
+                        compute=ray.data.TaskPoolStrategy(size=cfg.label.decode_tasks))
     ds = ds.map_batches(
         _Predict,
         fn_constructor_kwargs={"weights": weights, "cfg": cfg},
