@@ -151,3 +151,50 @@ def test_missing_pool_source_is_one_clear_error_and_no_output(ray_local, tmp_pat
     with pytest.raises(StorageError, match=r"pool source .*nowhere does not exist"):
         label_pool(cfg, Store(cfg.output.dir), round=1, weights=teachers["yolo26n"], names=NAMES)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.ray
+def test_killing_an_inference_actor_mid_pool_loses_and_duplicates_nothing(ray_local, shapes, teachers, tmp_path):
+    """SIGKILL the inference actor while it works: Ray restarts it and retries its blocks
+    (at-least-once); the stage's outputs still hold every pool item exactly once."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import psutil
+
+    from ssl_ray.label import label_pool
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    sources = sorted((shapes.parent / "images" / "pool").iterdir())
+    for i in range(240):  # 6 copies of the 40 pool images, each made unique by a trailing byte
+        src = sources[i % len(sources)]
+        (pool / f"img_{i:04d}.jpg").write_bytes(src.read_bytes() + bytes([i // len(sources)]))
+    cfg = load_config(DEMO, [f"pool.sources=[{pool}]", f"output.dir={tmp_path / 'run'}", "model.imgsz=128",
+                             "label.batch_size=4", "label.score_floor=0.0", "select.negative_max_score=0.001"])
+    killed = []
+
+    def kill_actor_once_it_works():
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            for p in psutil.process_iter(["cmdline", "pid"]):
+                cmd = " ".join(p.info["cmdline"] or [])
+                if "MapWorker(MapBatches(_Predict))" in cmd and "__init__" not in cmd:
+                    time.sleep(1.0)  # let it finish some batches first
+                    os.kill(p.info["pid"], signal.SIGKILL)
+                    killed.append(time.time())
+                    return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_actor_once_it_works)
+    killer.start()
+    summary = label_pool(cfg, Store(cfg.output.dir), round=1, weights=teachers["yolo26n"], names=NAMES)
+    finished = time.time()
+    killer.join()
+    assert killed and killed[0] < finished, "the actor was not killed while the stage ran"
+    preds = read_dir(Store(cfg.output.dir).child("rounds/r001"), "predictions")
+    assert summary["items"] == 240 and summary["rejected"] == 0
+    assert len(preds) == 240 == len({p["image_id"] for p in preds})
+    assert sorted(p["uri"] for p in preds) == sorted(str(p) for p in pool.iterdir())
