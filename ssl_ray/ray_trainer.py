@@ -1,0 +1,118 @@
+"""Ultralytics' DetectionTrainer as one rank of a Ray Train DDP group.
+
+Everything that makes training good (loss, augmentation, EMA, LR schedule, validation,
+checkpoint format) stays Ultralytics'. The subclass changes only how it meets Ray:
+
+- **no launcher**: it never spawns torchrun (`ddp=False`), and `_setup_ddp` does not create a
+  process group: Ray Train already did (gloo on CPU, nccl on GPU); it only picks the device.
+- **world size** is Ray's, so Ultralytics' own DDP semantics hold: the total batch is split
+  over ranks, losses are scaled, validation is reduced across ranks.
+- **the DDP wrap** is done here: Ultralytics passes `device_ids=[device.index]`, which torch
+  rejects for CPU modules (index None). Its setup runs as a single process (same per-rank
+  batch, same optimizer), then the model is wrapped with `device_ids=None` on CPU.
+- **CUDA_VISIBLE_DEVICES** set by Ray is restored after Ultralytics' `select_device`.
+- **final evaluation**: `final_eval` strips checkpoints but does not re-validate best.pt (its
+  standalone validator assumes CUDA inside DDP ranks); the best epoch's distributed
+  validation is the result.
+- **audit**: per epoch, each rank appends the images it trained on (count + digest) and a
+  digest of its parameters to `<save_dir>/ranks/rank<N>.jsonl`: proof that the shards differ
+  and the weights agree.
+
+Import only inside a Ray Train worker, after `ssl_ray.runtime.prepare_ultralytics`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import torch
+from torch import nn
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.utils import DEFAULT_CFG, RANK
+
+
+class RayDetectionTrainer(DetectionTrainer):
+    def __init__(self, world_size: int, overrides: dict, _callbacks=None):
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        super().__init__(cfg=DEFAULT_CFG, overrides=overrides, _callbacks=_callbacks)
+        if visible is not None:  # select_device rewrote it; Ray's assignment is the truth
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible
+        self.ddp = False  # never launch torchrun: Ray Train started the ranks
+        self.world_size = world_size
+        self._seen: list[str] = []
+
+    def _setup_ddp(self):
+        """The process group exists (Ray Train); just take the device Ray assigned."""
+        import ray.train.torch
+
+        self.device = ray.train.torch.get_device()
+
+    def _setup_train(self):
+        world = self.world_size
+        total = self.batch_size
+        # Ultralytics' setup as one process on this rank's share of the batch...
+        self.world_size, self.batch_size = 1, max(total // max(world, 1), 1)
+        try:
+            super()._setup_train()
+        finally:
+            self.world_size, self.batch_size = world, total
+        # ...with the accumulation of the whole group, as Ultralytics computes it for DDP.
+        self.accumulate = max(round(self.args.nbs / total), 1)
+        if not self.args.time:
+            self.accumulate = min(self.accumulate, len(self.train_loader) * self.epochs)
+        if world > 1:  # Ultralytics' own DDP arguments; device_ids=None for CPU modules
+            buffers = "forward_sync_buffers" if "forward_sync_buffers" in _ddp_params() else "broadcast_buffers"
+            self.model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=None if self.device.type == "cpu" else [self.device.index],
+                find_unused_parameters=not bool(self.args.compile), static_graph=bool(self.args.compile),
+                **{buffers: False},
+            )
+
+    def preprocess_batch(self, batch):
+        self._seen.extend(batch["im_file"])
+        return super().preprocess_batch(batch)
+
+    def final_eval(self):
+        """Strip the optimizer from last.pt/best.pt, as Ultralytics does, without its re-validation
+        of best.pt: that runs a standalone validator which, inside any DDP rank, assumes CUDA.
+        The held-out metrics of the best epoch come from the (distributed) per-epoch validation."""
+        from ultralytics.utils.torch_utils import strip_optimizer
+
+        if RANK in {-1, 0}:
+            ckpt = strip_optimizer(self.last) if self.last.exists() else {}
+            if self.best.exists():
+                strip_optimizer(self.best, updates={"train_results": ckpt.get("train_results")})
+
+    def write_audit(self) -> None:
+        """Append this rank's epoch record (images seen, parameter digest) and reset the list.
+        Parameters are what DDP keeps identical; BatchNorm statistics are per rank by design
+        (Ultralytics turns buffer broadcasting off)."""
+        from ultralytics.utils.torch_utils import unwrap_model
+
+        seen = sorted(set(self._seen))
+        self._seen = []
+        record = {
+            "epoch": self.epoch + 1, "rank": max(RANK, 0), "pid": os.getpid(), "images": len(seen),
+            "images_digest": hashlib.blake2b("\n".join(seen).encode(), digest_size=16).hexdigest(),
+            "weights_digest": parameters_digest(unwrap_model(self.model)),
+        }
+        folder = self.save_dir / "ranks"
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"rank{max(RANK, 0)}.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _ddp_params() -> set[str]:
+    import inspect
+
+    return set(inspect.signature(nn.parallel.DistributedDataParallel).parameters)
+
+
+def parameters_digest(model: torch.nn.Module) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for name, param in sorted(model.named_parameters()):
+        h.update(name.encode())
+        h.update(param.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

@@ -1,0 +1,133 @@
+"""Training with Ray Train: real DDP over 2 CPU workers, checkpoints on storage, resume after
+a worker dies. Tiny data (imgsz 64) keeps each run to seconds per epoch."""
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ssl_ray.config import load_config
+from ssl_ray.storage import Store
+
+DEMO = Path(__file__).parents[1] / "ssl_ray" / "configs" / "demo.yaml"
+# nbs = total batch: one optimizer step per batch, so every epoch changes the weights.
+TINY = ["model.imgsz=64", "train.num_workers=2", "train.batch=4", "train.cpus_per_worker=1",
+        "train.extra={amp: false, nbs: 8, warmup_epochs: 0, mosaic: 0.0}"]
+
+
+def run_training(shapes, tmp_path, out_uri, extra=(), epochs=2, name="t"):
+    from ssl_ray.ingest import ingest_labeled
+    from ssl_ray.train import TrainSpec, train_detector
+
+    cfg = load_config(DEMO, [f"labeled.data={shapes}", f"output.dir={out_uri}", f"output.cache_dir={tmp_path / 'cache'}",
+                             f"train.epochs={epochs}", *TINY, *extra])
+    out = Store(cfg.output.dir, cfg.storage)
+    labeled = ingest_labeled(cfg, out)
+    spec = TrainSpec(name=name, train=["labeled/train.parquet"], val=["labeled/val.parquet"], names=labeled.names,
+                     weights="yolo26n.yaml")
+    return cfg, out, train_detector(cfg, out, spec), labeled
+
+
+def audit(tmp_path, name="t"):
+    rows = []
+    for f in sorted((tmp_path / "cache" / "train" / name / "run" / "ranks").glob("rank*.jsonl")):
+        rows += [json.loads(line) for line in f.read_text().splitlines()]
+    return rows
+
+
+def check_ddp(records, n_train, epochs):
+    by_epoch = {}
+    for r in records:
+        by_epoch.setdefault(r["epoch"], {})[r["rank"]] = r
+    assert sorted(by_epoch) == list(range(1, epochs + 1))
+    digests = []
+    for epoch, ranks in by_epoch.items():
+        assert sorted(ranks) == [0, 1]
+        a, b = ranks[0], ranks[1]
+        assert a["weights_digest"] == b["weights_digest"], f"epoch {epoch}: ranks disagree"  # DDP keeps them equal
+        assert a["images_digest"] != b["images_digest"], f"epoch {epoch}: both ranks saw the same images"
+        assert n_train <= a["images"] + b["images"] <= n_train + 1  # a split (the sampler pads by at most 1)
+        assert a["images"] < n_train and b["images"] < n_train
+        digests.append(a["weights_digest"])
+    assert len(set(digests)) == len(digests), "weights did not change between epochs"
+
+
+def check_outputs(out: Store, names, tmp_path):
+    from ssl_ray.runtime import prepare_ultralytics
+
+    stage = out.child("train/t")
+    metrics = json.loads(stage.read_bytes("train_metrics.json"))
+    assert {"precision", "recall", "mAP50", "mAP50-95", "per_class"} <= set(metrics)
+    assert set(metrics["per_class"]) <= set(names)
+    checkpoints = [e.rel for e in stage.child("ray").list() if e.rel.endswith("last.pt")]
+    assert checkpoints, "no checkpoint was reported to storage"
+    ultralytics = prepare_ultralytics(tmp_path / "ul")
+    local = tmp_path / "best.pt"
+    local.write_bytes(stage.read_bytes("weights/best.pt"))
+    model = ultralytics.YOLO(str(local))  # loadable with plain Ultralytics
+    assert [model.names[i] for i in sorted(model.names)] == names
+
+
+@pytest.mark.ray
+@pytest.mark.train
+def test_ddp_on_two_cpu_workers_local(ray_local, shapes, tmp_path):
+    _, out, metrics, labeled = run_training(shapes, tmp_path, str(tmp_path / "run"))
+    check_ddp(audit(tmp_path), len(labeled.train), epochs=2)
+    check_outputs(out, labeled.names, tmp_path)
+    assert metrics["epochs"] == 2
+
+
+@pytest.mark.ray
+@pytest.mark.train
+@pytest.mark.s3
+def test_ddp_checkpoints_on_s3(ray_local, shapes, tmp_path, bucket, storage_cfg):
+    extra = [f"storage.endpoint_url={storage_cfg.endpoint_url}", "storage.region=us-east-1"]
+    _, out, _, labeled = run_training(shapes, tmp_path, f"s3://{bucket}/run", extra)
+    check_ddp(audit(tmp_path), len(labeled.train), epochs=2)
+    check_outputs(out, labeled.names, tmp_path)
+
+
+@pytest.mark.ray
+@pytest.mark.train
+def test_killed_worker_resumes_from_its_checkpoint(ray_local, shapes, tmp_path):
+    """SIGKILL a training worker once epoch 1 is reported (rank 1 has logged epoch 2, so it
+    returned from epoch 1's report): Ray restarts the group, which resumes from the last
+    reported checkpoint. Epoch 1 is never trained again; only an epoch whose report did not
+    complete when the worker died may be redone."""
+    import psutil
+
+    epochs = 4
+    killed = []
+    rank_log = tmp_path / "cache" / "train" / "t" / "run" / "ranks" / "rank1.jsonl"
+
+    def kill_after_epoch_one_is_reported():
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            lines = rank_log.read_text().splitlines() if rank_log.exists() else []
+            if len(lines) >= 2:
+                pid = json.loads(lines[-1])["pid"]
+                if psutil.pid_exists(pid):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_after_epoch_one_is_reported)
+    killer.start()
+    _, _, metrics, labeled = run_training(shapes, tmp_path, str(tmp_path / "run"), epochs=epochs)
+    killer.join()
+    assert killed, "no worker was killed"
+    rank0 = [r for r in audit(tmp_path) if r["rank"] == 0]
+    pids = list(dict.fromkeys(r["pid"] for r in rank0))
+    assert len(pids) == 2, "the group was not restarted"
+    before = [r["epoch"] for r in rank0 if r["pid"] == pids[0]]
+    after = [r["epoch"] for r in rank0 if r["pid"] == pids[1]]
+    assert before == list(range(1, len(before) + 1))
+    assert after == list(range(after[0], epochs + 1)), "the restarted group did not run to the end"
+    assert 1 not in after, "epoch 1 was reported, yet the restarted group trained it again"
+    assert after[0] in (before[-1], before[-1] + 1), "a reported epoch was trained again"
+    assert metrics["epoch"] == epochs
