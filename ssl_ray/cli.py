@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     label.add_argument("--round", type=int, default=1, help="round number to write (default 1)")
     label.add_argument("--weights", help="teacher checkpoint (default: model.weights)")
 
+    train = with_config("train", cmd_train, "train the detector on the labeled set with Ray Train")
+    train.add_argument("--name", default="labeled", help="training run name (resume key; output train/<name>)")
+
     demo = sub.add_parser("demo", help="the bundled demo on local Ray and local disk")
     demo.add_argument("--out", default="runs/demo")
     demo.set_defaults(func=cmd_demo)
@@ -141,6 +144,33 @@ def cmd_label(args) -> None:
     print(f"-> {out.uri_of(f'rounds/r{args.round:03d}')}")
 
 
+def cmd_train(args) -> None:
+    from ssl_ray.ingest import ingest_labeled
+    from ssl_ray.runtime import start_ray
+    from ssl_ray.storage import Store, preflight
+    from ssl_ray.train import TrainSpec, train_detector
+
+    cfg = _load(args)
+    if cfg.labeled.data:
+        preflight(cfg.labeled.data.rpartition("/")[0] or ".", cfg.storage)
+    preflight(cfg.output.dir, cfg.storage, write=True)
+    out = Store(cfg.output.dir, cfg.storage)
+    labeled = ingest_labeled(cfg, out)
+    start_ray(cfg.ray.address, cfg.ray.num_cpus)
+    spec = TrainSpec(name=args.name, train=["labeled/train.parquet"], val=["labeled/val.parquet"],
+                     names=labeled.names, weights=cfg.model.weights)
+    metrics = train_detector(cfg, out, spec)
+    print_train_metrics(metrics)
+    print(f"-> {out.uri_of(f'train/{args.name}/weights/best.pt')}")
+
+
+def print_train_metrics(m: dict) -> None:
+    keys = ["precision", "recall", "mAP50", "mAP50-95"]
+    rows = [["all", *(f"{m[k]:.3f}" for k in keys)]]
+    rows += [[name, *(f"{v[k]:.3f}" for k in keys)] for name, v in m.get("per_class", {}).items()]
+    _table(["class", *keys], rows)
+
+
 def print_label_summary(s: dict) -> None:
     _table(["items", "pseudo", "negative (used)", "uncertain", "rejected", "items/s"],
            [[s["items"], s["pseudo"], f"{s['negative']} ({s['negative_used']})", s["uncertain"], s["rejected"],
@@ -152,17 +182,17 @@ def print_label_summary(s: dict) -> None:
 
 
 def cmd_demo(args) -> None:
-    """Until training and the rounds driver land: the real stages that exist, on local Ray.
+    """Until the rounds driver lands: the real stages that exist, on local Ray and local disk.
 
-    Synthetic data -> labeled Parquet -> YOLO tree -> one label pass over the pool with the
-    demo profile's model (an untrained yolo26n.yaml: its own classes, no pseudo-labels yet).
+    Synthetic data -> labeled Parquet -> round-0 teacher trained with Ray Train -> one label
+    pass over the pool with that teacher (round 1's pseudo-labels).
     """
-    from ssl_ray.export import ImageCache, UriReader, write_yolo_tree
     from ssl_ray.ingest import ingest_labeled
     from ssl_ray.label import label_pool
     from ssl_ray.runtime import start_ray
     from ssl_ray.storage import Store
     from ssl_ray.synth import SynthSpec, generate
+    from ssl_ray.train import TrainSpec, train_detector
 
     out = Path(args.out).resolve()
     data_yaml = generate(out / "data", SynthSpec())
@@ -171,15 +201,20 @@ def cmd_demo(args) -> None:
                        f"pool.sources=[{out / 'data' / 'images' / 'pool'}]"])
     store = Store(cfg.output.dir, cfg.storage)
     labeled = ingest_labeled(cfg, store)
-    cache = ImageCache(Path(cfg.output.cache_dir) / "images")
-    tree = write_yolo_tree(out / "run" / "yolo", {"train": labeled.train, "val": labeled.val}, labeled.names,
-                           cache, UriReader(cfg.storage))
     print(f"labeled: {len(labeled.train)} train / {len(labeled.val)} val images -> {store.uri_of('labeled')}")
-    print(f"YOLO dataset: {tree}")
     start_ray(cfg.ray.address, cfg.ray.num_cpus)
-    summary = label_pool(cfg, store, round=1, weights=cfg.model.weights)
+    start = time.perf_counter()
+    spec = TrainSpec(name="r000", train=["labeled/train.parquet"], val=["labeled/val.parquet"], names=labeled.names,
+                     weights=cfg.model.weights, stage="rounds/r000")
+    metrics = train_detector(cfg, store, spec)
+    print(f"round 0 teacher ({cfg.train.epochs} epochs, {time.perf_counter() - start:.0f}s), held-out:")
+    print_train_metrics(metrics)
+    teacher = store.uri_of("rounds/r000/weights/best.pt")
+    conf = cfg.rounds.conf_schedule[0] if cfg.rounds.conf_schedule else None
+    summary = label_pool(cfg, store, round=1, weights=teacher, names=labeled.names, conf=conf)
+    print(f"round 1 pseudo-labels (threshold {summary['conf']}):")
     print_label_summary(summary)
-    print(f"label outputs: {store.uri_of('rounds/r001')}")
+    print(f"outputs: {store.uri}")
 
 
 def _table(header: list[str], rows: list[list]) -> None:

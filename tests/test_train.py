@@ -19,7 +19,7 @@ TINY = ["model.imgsz=64", "train.num_workers=2", "train.batch=4", "train.cpus_pe
         "train.extra={amp: false, nbs: 8, warmup_epochs: 0, mosaic: 0.0}"]
 
 
-def run_training(shapes, tmp_path, out_uri, extra=(), epochs=2, name="t"):
+def run_training(shapes, tmp_path, out_uri, extra=(), epochs=2, name="t", weights="yolo26n.yaml"):
     from ssl_ray.ingest import ingest_labeled
     from ssl_ray.train import TrainSpec, train_detector
 
@@ -28,7 +28,7 @@ def run_training(shapes, tmp_path, out_uri, extra=(), epochs=2, name="t"):
     out = Store(cfg.output.dir, cfg.storage)
     labeled = ingest_labeled(cfg, out)
     spec = TrainSpec(name=name, train=["labeled/train.parquet"], val=["labeled/val.parquet"], names=labeled.names,
-                     weights="yolo26n.yaml")
+                     weights=weights)
     return cfg, out, train_detector(cfg, out, spec), labeled
 
 
@@ -84,9 +84,12 @@ def test_ddp_on_two_cpu_workers_local(ray_local, shapes, tmp_path):
 @pytest.mark.ray
 @pytest.mark.train
 @pytest.mark.s3
-def test_ddp_checkpoints_on_s3(ray_local, shapes, tmp_path, bucket, storage_cfg):
+def test_ddp_checkpoints_on_s3_warm_started_from_an_s3_checkpoint(ray_local, shapes, tmp_path, bucket, storage_cfg,
+                                                                   teachers):
+    Store(f"s3://{bucket}/models", storage_cfg).write_bytes("start.pt", Path(teachers["yolo26n"]).read_bytes())
     extra = [f"storage.endpoint_url={storage_cfg.endpoint_url}", "storage.region=us-east-1"]
-    _, out, _, labeled = run_training(shapes, tmp_path, f"s3://{bucket}/run", extra)
+    _, out, _, labeled = run_training(shapes, tmp_path, f"s3://{bucket}/run", extra,
+                                      weights=f"s3://{bucket}/models/start.pt")
     check_ddp(audit(tmp_path), len(labeled.train), epochs=2)
     check_outputs(out, labeled.names, tmp_path)
 

@@ -1,0 +1,95 @@
+"""Training overhead of ssl_ray's Ray Train stage against plain Ultralytics.
+
+The same data (the YOLO tree the stage builds from Parquet), model, hyper-parameters and
+torch threads, trained by (a) `YOLO(model).train(...)` and (b) `train_detector` with one Ray
+Train worker. Epoch times come from each run's own results.csv (Ultralytics writes the
+cumulative time after every epoch); the first epoch (start-up, dataloader warm-up) is
+excluded and the median of the rest compared. Target: b/a <= 1.05.
+
+    .venv/bin/python bench/train_overhead.py --epochs 6 --imgsz 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+
+def epoch_times(results_csv: Path) -> list[float]:
+    with open(results_csv) as f:
+        cumulative = [float(row["time"]) for row in csv.DictReader(f)]
+    return [b - a for a, b in zip([0.0] + cumulative, cumulative)]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--imgsz", type=int, default=128)
+    ap.add_argument("--n-train", type=int, default=200)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="ssl_ray-bench-train-"))
+    try:
+        from ssl_ray.config import load_config
+        from ssl_ray.ingest import ingest_labeled
+        from ssl_ray.runtime import prepare_ultralytics, start_ray
+        from ssl_ray.storage import Store
+        from ssl_ray.synth import SynthSpec, generate
+        from ssl_ray.train import TrainSpec, train_detector
+
+        data = generate(work / "data", SynthSpec(n_train=args.n_train, n_val=32, n_pool=1, imgsz=160, seed=3))
+        hyper = {"amp": False, "plots": False, "mosaic": 1.0, "seed": 0, "deterministic": True}
+        demo = Path(__file__).parents[1] / "ssl_ray" / "configs" / "demo.yaml"
+        cfg = load_config(demo, [f"labeled.data={data}", f"output.dir={work / 'run'}", f"output.cache_dir={work / 'cache'}",
+                                 f"model.imgsz={args.imgsz}", f"train.epochs={args.epochs}", f"train.batch={args.batch}",
+                                 "train.num_workers=1", f"train.cpus_per_worker={args.threads}",
+                                 "train.dataloader_workers=0", f"train.extra={json.dumps(hyper)}"])
+        out = Store(cfg.output.dir)
+        labeled = ingest_labeled(cfg, out)
+
+        start_ray(num_cpus=8, log_to_driver=False)
+        t0 = time.perf_counter()
+        train_detector(cfg, out, TrainSpec(name="bench", train=["labeled/train.parquet"], val=["labeled/val.parquet"],
+                                           names=labeled.names, weights="yolo26n.yaml"))
+        b_total = time.perf_counter() - t0
+        tree = work / "cache" / "train" / "bench" / "data" / "data.yaml"
+        b_epochs = epoch_times(work / "cache" / "train" / "bench" / "run" / "results.csv")
+
+        ultralytics = prepare_ultralytics(work / "ul", threads=args.threads)
+        t0 = time.perf_counter()
+        ultralytics.YOLO("yolo26n.yaml").train(
+            data=str(tree), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, device="cpu", workers=0,
+            project=str(work / "plain"), name="run", exist_ok=True, verbose=False, **hyper)
+        a_total = time.perf_counter() - t0
+        a_epochs = epoch_times(work / "plain" / "run" / "results.csv")
+
+        a, b = statistics.median(a_epochs[1:]), statistics.median(b_epochs[1:])
+        figures = {
+            "epochs": args.epochs, "imgsz": args.imgsz, "n_train": len(labeled.train), "batch": args.batch,
+            "threads": args.threads, "a_plain_epoch_s": round(a, 2), "b_ray_train_epoch_s": round(b, 2),
+            "b_over_a": round(b / a, 3), "a_total_s": round(a_total, 1), "b_total_s": round(b_total, 1),
+            "a_epochs_s": [round(x, 2) for x in a_epochs], "b_epochs_s": [round(x, 2) for x in b_epochs],
+        }
+        print(json.dumps(figures, indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
