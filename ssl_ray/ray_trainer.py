@@ -18,7 +18,8 @@ checkpoint format) stays Ultralytics'. The subclass changes only how it meets Ra
   digest of its parameters to `<save_dir>/ranks/rank<N>.jsonl`: proof that the shards differ
   and the weights agree.
 
-Import only inside a Ray Train worker, after `ssl_ray.runtime.prepare_ultralytics`.
+Importing Ultralytics has side effects, so the class is defined on first use, inside a Ray
+Train worker after `ssl_ray.runtime.prepare_ultralytics`: call `make_trainer(...)`.
 """
 
 from __future__ import annotations
@@ -26,91 +27,103 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-
-import torch
-from torch import nn
-from ultralytics.models.yolo.detect import DetectionTrainer
-from ultralytics.utils import DEFAULT_CFG, RANK
+from functools import cache
 
 
-class RayDetectionTrainer(DetectionTrainer):
-    def __init__(self, world_size: int, overrides: dict, _callbacks=None):
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        super().__init__(cfg=DEFAULT_CFG, overrides=overrides, _callbacks=_callbacks)
-        if visible is not None:  # select_device rewrote it; Ray's assignment is the truth
-            os.environ["CUDA_VISIBLE_DEVICES"] = visible
-        self.ddp = False  # never launch torchrun: Ray Train started the ranks
-        self.world_size = world_size
-        self._seen: list[str] = []
+def make_trainer(world_size: int, overrides: dict):
+    """A RayDetectionTrainer for this rank."""
+    return _trainer_class()(world_size, overrides)
 
-    def _setup_ddp(self):
-        """The process group exists (Ray Train); just take the device Ray assigned."""
-        import ray.train.torch
 
-        self.device = ray.train.torch.get_device()
+@cache
+def _trainer_class():
+    from torch import nn
+    from ultralytics.models.yolo.detect import DetectionTrainer
+    from ultralytics.utils import DEFAULT_CFG, RANK
 
-    def _setup_train(self):
-        world = self.world_size
-        total = self.batch_size
-        # Ultralytics' setup as one process on this rank's share of the batch...
-        self.world_size, self.batch_size = 1, max(total // max(world, 1), 1)
-        try:
-            super()._setup_train()
-        finally:
-            self.world_size, self.batch_size = world, total
-        # ...with the accumulation of the whole group, as Ultralytics computes it for DDP.
-        self.accumulate = max(round(self.args.nbs / total), 1)
-        if not self.args.time:
-            self.accumulate = min(self.accumulate, len(self.train_loader) * self.epochs)
-        if world > 1:  # Ultralytics' own DDP arguments; device_ids=None for CPU modules
-            buffers = "forward_sync_buffers" if "forward_sync_buffers" in _ddp_params() else "broadcast_buffers"
-            self.model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=None if self.device.type == "cpu" else [self.device.index],
-                find_unused_parameters=not bool(self.args.compile), static_graph=bool(self.args.compile),
-                **{buffers: False},
-            )
+    class RayDetectionTrainer(DetectionTrainer):
+        def __init__(self, world_size: int, overrides: dict, _callbacks=None):
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            super().__init__(cfg=DEFAULT_CFG, overrides=overrides, _callbacks=_callbacks)
+            if visible is not None:  # select_device rewrote it; Ray's assignment is the truth
+                os.environ["CUDA_VISIBLE_DEVICES"] = visible
+            self.ddp = False  # never launch torchrun: Ray Train started the ranks
+            self.world_size = world_size
+            self._seen: list[str] = []
 
-    def preprocess_batch(self, batch):
-        self._seen.extend(batch["im_file"])
-        return super().preprocess_batch(batch)
+        def _setup_ddp(self):
+            """The process group exists (Ray Train); just take the device Ray assigned."""
+            import ray.train.torch
 
-    def final_eval(self):
-        """Strip the optimizer from last.pt/best.pt, as Ultralytics does, without its re-validation
-        of best.pt: that runs a standalone validator which, inside any DDP rank, assumes CUDA.
-        The held-out metrics of the best epoch come from the (distributed) per-epoch validation."""
-        from ultralytics.utils.torch_utils import strip_optimizer
+            self.device = ray.train.torch.get_device()
 
-        if RANK in {-1, 0}:
-            ckpt = strip_optimizer(self.last) if self.last.exists() else {}
-            if self.best.exists():
-                strip_optimizer(self.best, updates={"train_results": ckpt.get("train_results")})
+        def _setup_train(self):
+            world = self.world_size
+            total = self.batch_size
+            # Ultralytics' setup as one process on this rank's share of the batch...
+            self.world_size, self.batch_size = 1, max(total // max(world, 1), 1)
+            try:
+                super()._setup_train()
+            finally:
+                self.world_size, self.batch_size = world, total
+            # ...with the accumulation of the whole group, as Ultralytics computes it for DDP.
+            self.accumulate = max(round(self.args.nbs / total), 1)
+            if not self.args.time:
+                self.accumulate = min(self.accumulate, len(self.train_loader) * self.epochs)
+            if world > 1:  # Ultralytics' own DDP arguments; device_ids=None for CPU modules
+                buffers = "forward_sync_buffers" if "forward_sync_buffers" in _ddp_params() else "broadcast_buffers"
+                self.model = nn.parallel.DistributedDataParallel(
+                    self.model, device_ids=None if self.device.type == "cpu" else [self.device.index],
+                    find_unused_parameters=not bool(self.args.compile), static_graph=bool(self.args.compile),
+                    **{buffers: False},
+                )
 
-    def write_audit(self) -> None:
-        """Append this rank's epoch record (images seen, parameter digest) and reset the list.
-        Parameters are what DDP keeps identical; BatchNorm statistics are per rank by design
-        (Ultralytics turns buffer broadcasting off)."""
-        from ultralytics.utils.torch_utils import unwrap_model
+        def preprocess_batch(self, batch):
+            self._seen.extend(batch["im_file"])
+            return super().preprocess_batch(batch)
 
-        seen = sorted(set(self._seen))
-        self._seen = []
-        record = {
-            "epoch": self.epoch + 1, "rank": max(RANK, 0), "pid": os.getpid(), "images": len(seen),
-            "images_digest": hashlib.blake2b("\n".join(seen).encode(), digest_size=16).hexdigest(),
-            "weights_digest": parameters_digest(unwrap_model(self.model)),
-        }
-        folder = self.save_dir / "ranks"
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / f"rank{max(RANK, 0)}.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        def final_eval(self):
+            """Strip the optimizer from last.pt/best.pt, as Ultralytics does, without its re-validation
+            of best.pt: that runs a standalone validator which, inside any DDP rank, assumes CUDA.
+            The held-out metrics of the best epoch come from the (distributed) per-epoch validation."""
+            from ultralytics.utils.torch_utils import strip_optimizer
+
+            if RANK in {-1, 0}:
+                ckpt = strip_optimizer(self.last) if self.last.exists() else {}
+                if self.best.exists():
+                    strip_optimizer(self.best, updates={"train_results": ckpt.get("train_results")})
+
+        def write_audit(self) -> None:
+            """Append this rank's epoch record (images seen, parameter digest) and reset the list.
+            Parameters are what DDP keeps identical; BatchNorm statistics are per rank by design
+            (Ultralytics turns buffer broadcasting off)."""
+            from ultralytics.utils.torch_utils import unwrap_model
+
+            seen = sorted(set(self._seen))
+            self._seen = []
+            record = {
+                "epoch": self.epoch + 1, "rank": max(RANK, 0), "pid": os.getpid(), "images": len(seen),
+                "images_digest": hashlib.blake2b("\n".join(seen).encode(), digest_size=16).hexdigest(),
+                "weights_digest": parameters_digest(unwrap_model(self.model)),
+            }
+            folder = self.save_dir / "ranks"
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(folder / f"rank{max(RANK, 0)}.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    return RayDetectionTrainer
 
 
 def _ddp_params() -> set[str]:
     import inspect
 
+    from torch import nn
+
     return set(inspect.signature(nn.parallel.DistributedDataParallel).parameters)
 
 
-def parameters_digest(model: torch.nn.Module) -> str:
+def parameters_digest(model) -> str:
+    """Digest of a torch module's parameters (names and values)."""
     h = hashlib.blake2b(digest_size=16)
     for name, param in sorted(model.named_parameters()):
         h.update(name.encode())

@@ -86,7 +86,7 @@ def _train_loop(config: dict) -> None:
         dist.barrier()  # the node's tree is complete before any rank reads it
 
     prepare_ultralytics(cfg.output.cache_dir, threads=max(1, int(cfg.train.cpus_per_worker)))
-    from ssl_ray.ray_trainer import RayDetectionTrainer
+    from ssl_ray.ray_trainer import make_trainer
     from ssl_ray.teacher import resolve_weights
 
     overrides = {
@@ -109,7 +109,7 @@ def _train_loop(config: dict) -> None:
             shutil.copyfile(Path(folder) / "last.pt", resume)
         overrides["resume"] = str(resume)
 
-    trainer = RayDetectionTrainer(world, overrides)
+    trainer = make_trainer(world, overrides)
     best = {}  # held-out metrics of the best epoch so far (rank 0)
     trainer.add_callback("on_fit_epoch_end", lambda t: _report_epoch(t, rank, spec.names, best))
     trainer.train()

@@ -30,7 +30,7 @@ def test_demo_profile_is_small_and_cpu_only():
     ("train.epochs=3", lambda c: c.train.epochs == 3),
     ("pool.sources=[a, s3://b/c]", lambda c: c.pool.sources == ["a", "s3://b/c"]),
     ("select.per_class={car: 0.7, 2: 0.9}", lambda c: c.select.per_class == {"car": 0.7, "2": 0.9}),
-    ("train.extra.lr0=0.001", lambda c: c.train.extra == {"amp": False, "lr0": 0.001}),
+    ("train.extra.lr0=0.001", lambda c: c.train.extra == {"amp": False, "nbs": 16, "lr0": 0.001}),
     ("storage.endpoint_url=http://127.0.0.1:9000", lambda c: c.storage.endpoint_url == "http://127.0.0.1:9000"),
     ("ray.num_cpus=null", lambda c: c.ray.num_cpus is None),
     ("select.min_box_px=3", lambda c: c.select.min_box_px == 3.0 and isinstance(c.select.min_box_px, float)),

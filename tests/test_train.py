@@ -97,22 +97,29 @@ def test_ddp_checkpoints_on_s3_warm_started_from_an_s3_checkpoint(ray_local, sha
 @pytest.mark.ray
 @pytest.mark.train
 def test_killed_worker_resumes_from_its_checkpoint(ray_local, shapes, tmp_path):
-    """SIGKILL a training worker once epoch 1 is reported (rank 1 has logged epoch 2, so it
-    returned from epoch 1's report): Ray restarts the group, which resumes from the last
-    reported checkpoint. Epoch 1 is never trained again; only an epoch whose report did not
-    complete when the worker died may be redone."""
+    """SIGKILL a training worker once Ray Train has registered epoch 1's checkpoint (its
+    checkpoint manager's snapshot on storage names it): Ray restarts the group, which resumes
+    from the last registered checkpoint. Epoch 1 is never trained again; only an epoch whose
+    checkpoint was not registered when the worker died may be redone."""
     import psutil
 
     epochs = 4
     killed = []
+    snapshot = tmp_path / "run" / "train" / "t" / "ray" / "t" / "checkpoint_manager_snapshot.json"
     rank_log = tmp_path / "cache" / "train" / "t" / "run" / "ranks" / "rank1.jsonl"
+
+    def registered_epochs() -> list[int]:
+        try:
+            results = json.loads(snapshot.read_text())["checkpoint_results"]
+        except (OSError, ValueError, KeyError):
+            return []
+        return [r["metrics"].get("epoch", 0) for r in results]
 
     def kill_after_epoch_one_is_reported():
         deadline = time.time() + 300
         while time.time() < deadline:
-            lines = rank_log.read_text().splitlines() if rank_log.exists() else []
-            if len(lines) >= 2:
-                pid = json.loads(lines[-1])["pid"]
+            if 1 in registered_epochs() and rank_log.exists():
+                pid = json.loads(rank_log.read_text().splitlines()[-1])["pid"]
                 if psutil.pid_exists(pid):
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
