@@ -97,6 +97,7 @@ def _train_loop(config: dict) -> None:
         "project": str(work), "name": "run", "exist_ok": True, "plots": False, "verbose": rank == 0,
         **cfg.train.extra,
     }
+    best: dict = {}  # held-out metrics of the best epoch so far (rank 0)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # a restarted group: continue from the last reported epoch
         with checkpoint.as_directory() as folder:
@@ -107,10 +108,16 @@ def _train_loop(config: dict) -> None:
             resume = work / "resume" / "last.pt"
             resume.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(Path(folder) / "last.pt", resume)
+            # The best epoch so far stays the best unless beaten: its weights where Ultralytics
+            # keeps best.pt (this node may not have them) and its metrics.
+            if (Path(folder) / "best.pt").exists():
+                weights = work / "run" / "weights"
+                weights.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(Path(folder) / "best.pt", weights / "best.pt")
+                best.update(saved)
         overrides["resume"] = str(resume)
 
     trainer = make_trainer(world, overrides)
-    best = {}  # held-out metrics of the best epoch so far (rank 0)
     trainer.add_callback("on_fit_epoch_end", lambda t: _report_epoch(t, rank, spec.names, best))
     trainer.train()
     _report_final(trainer.best if trainer.best.exists() else trainer.last, best, rank)
