@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     train = with_config("train", cmd_train, "train the detector on the labeled set with Ray Train")
     train.add_argument("--name", default="labeled", help="training run name (resume key; output train/<name>)")
 
+    run = with_config("run", cmd_run, "the multi-round SSL job (resumes an interrupted run)")
+    run.add_argument("--new-run", action="store_true", help="replace an existing run at output.dir")
+
     demo = sub.add_parser("demo", help="the bundled demo on local Ray and local disk")
     demo.add_argument("--out", default="runs/demo")
     demo.set_defaults(func=cmd_demo)
@@ -144,6 +147,42 @@ def cmd_label(args) -> None:
     print(f"-> {out.uri_of(f'rounds/r{args.round:03d}')}")
 
 
+def cmd_run(args) -> None:
+    run_job(_load(args), new_run=args.new_run)
+
+
+def run_job(cfg: Config, *, new_run: bool = False) -> None:
+    """Preflight, local or joined Ray, the rounds; prints the table as rounds finish."""
+    from ssl_ray.driver import run_rounds
+    from ssl_ray.report import COLUMNS, table_rows
+    from ssl_ray.rounds import best_round
+    from ssl_ray.runtime import start_ray
+    from ssl_ray.storage import preflight
+
+    if not cfg.labeled.data or not cfg.pool.sources:
+        raise SslRayError("labeled.data and pool.sources are both required for a run")
+    preflight(cfg.labeled.data.rpartition("/")[0] or ".", cfg.storage)
+    for source in cfg.pool.sources:
+        preflight(source, cfg.storage)
+    preflight(cfg.output.dir, cfg.storage, write=True)
+    start_ray(cfg.ray.address, cfg.ray.num_cpus)
+    start = time.perf_counter()
+    total = cfg.rounds.max_rounds + 1
+
+    def progress(state) -> None:
+        done = len(state.rounds)
+        elapsed = time.perf_counter() - start
+        eta = elapsed / done * (total - done)
+        print()
+        _table(COLUMNS, table_rows(state.rounds))
+        print(f"round {done - 1} done: {elapsed / 60:.1f} min elapsed, at most {eta / 60:.1f} min to go", flush=True)
+
+    state = run_rounds(cfg, new_run=new_run, on_round=progress)
+    out = cfg.output.dir.rstrip("/")
+    print(f"\nbest round: {best_round(state.scores)}; "
+          f"weights {out}/final/weights/best.pt; report {out}/report/report.md")
+
+
 def cmd_train(args) -> None:
     from ssl_ray.ingest import ingest_labeled
     from ssl_ray.runtime import start_ray
@@ -182,39 +221,15 @@ def print_label_summary(s: dict) -> None:
 
 
 def cmd_demo(args) -> None:
-    """Until the rounds driver lands: the real stages that exist, on local Ray and local disk.
-
-    Synthetic data -> labeled Parquet -> round-0 teacher trained with Ray Train -> one label
-    pass over the pool with that teacher (round 1's pseudo-labels).
-    """
-    from ssl_ray.ingest import ingest_labeled
-    from ssl_ray.label import label_pool
-    from ssl_ray.runtime import start_ray
-    from ssl_ray.storage import Store
+    """The bundled demo: the synthetic dataset, then the real multi-round job on local Ray."""
     from ssl_ray.synth import SynthSpec, generate
-    from ssl_ray.train import TrainSpec, train_detector
 
     out = Path(args.out).resolve()
     data_yaml = generate(out / "data", SynthSpec())
     cfg = load_config(Path(__file__).parent / "configs" / "demo.yaml",
                       [f"labeled.data={data_yaml}", f"output.dir={out / 'run'}", f"output.cache_dir={out / 'cache'}",
                        f"pool.sources=[{out / 'data' / 'images' / 'pool'}]"])
-    store = Store(cfg.output.dir, cfg.storage)
-    labeled = ingest_labeled(cfg, store)
-    print(f"labeled: {len(labeled.train)} train / {len(labeled.val)} val images -> {store.uri_of('labeled')}")
-    start_ray(cfg.ray.address, cfg.ray.num_cpus)
-    start = time.perf_counter()
-    spec = TrainSpec(name="r000", train=["labeled/train.parquet"], val=["labeled/val.parquet"], names=labeled.names,
-                     weights=cfg.model.weights, stage="rounds/r000")
-    metrics = train_detector(cfg, store, spec)
-    print(f"round 0 teacher ({cfg.train.epochs} epochs, {time.perf_counter() - start:.0f}s), held-out:")
-    print_train_metrics(metrics)
-    teacher = store.uri_of("rounds/r000/weights/best.pt")
-    conf = cfg.rounds.conf_schedule[0] if cfg.rounds.conf_schedule else None
-    summary = label_pool(cfg, store, round=1, weights=teacher, names=labeled.names, conf=conf)
-    print(f"round 1 pseudo-labels (threshold {summary['conf']}):")
-    print_label_summary(summary)
-    print(f"outputs: {store.uri}")
+    run_job(cfg)
 
 
 def _table(header: list[str], rows: list[list]) -> None:

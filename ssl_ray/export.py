@@ -118,7 +118,9 @@ def write_yolo_tree(
             if not target.exists():
                 _link_or_copy(cached, target)
             (lbl_dir / f"{row['image_id']}.txt").write_text(label_lines(row["boxes"] or []))
-    meta = {"path": str(out), **{s: f"images/{s}" for s in splits}, "names": dict(enumerate(names))}
+    # No 'path': Ultralytics then resolves the splits next to data.yaml, wherever the tree is
+    # copied (a relative 'path' would be taken relative to its global datasets folder).
+    meta = {**{s: f"images/{s}" for s in splits}, "names": dict(enumerate(names))}
     data_yaml = out / "data.yaml"
     data_yaml.write_text(yaml.safe_dump(meta, sort_keys=False))
     return data_yaml

@@ -1,0 +1,139 @@
+"""The rounds driver: resumable multi-round pseudo-labeling over the stages.
+
+    round 0   train on the labeled set (rounds/r000)
+    round r   label the pool with round r-1's best.pt at round r's threshold
+              -> merge labeled + selected rows (rounds/rNNN/merged.parquet)
+              -> train, warm-started from round r-1's weights -> held-out metrics
+    final     the best round's weights and dataset (final/), report (report/)
+
+Each round ends with `rounds/rNNN/metrics.json` and `_COMMITTED`, written last; a committed
+round is read back, never redone or rewritten. Inside a round, the label and train stages
+keep their own markers, so a crash resumes at the first unfinished stage. The driver does no
+heavy work itself: ingest reads only the labeled set, everything else runs on Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ssl_ray import rounds as plan
+from ssl_ray.config import Config, dump_config
+from ssl_ray.errors import ConfigError
+from ssl_ray.export import read_parquet_rows, write_parquet
+from ssl_ray.ingest import ingest_labeled
+from ssl_ray.label import label_pool
+from ssl_ray.storage import Store
+from ssl_ray.train import TrainSpec, train_detector
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunState:
+    names: list[str]
+    rounds: list[dict] = field(default_factory=list)  # metrics.json of each finished round
+
+    @property
+    def scores(self) -> list[float]:
+        return [r["held_out"]["mAP50-95"] for r in self.rounds]
+
+
+def run_rounds(cfg: Config, *, new_run: bool = False, on_round: Callable[[RunState], None] | None = None) -> RunState:
+    out = Store(cfg.output.dir, cfg.storage)
+    claim_run_dir(out, cfg, new_run)
+    labeled = ingest_labeled(cfg, out)
+    state = RunState(names=labeled.names)
+    for r in range(cfg.rounds.max_rounds + 1):
+        if r > 0 and plan.should_stop(state.scores, cfg.rounds.patience):
+            log.info("held-out mAP50-95 did not improve for %d round(s): stopping", cfg.rounds.patience)
+            break
+        state.rounds.append(_run_round(cfg, out, r, state, len(labeled.train)))
+        if on_round:
+            on_round(state)
+    _finalize(cfg, out, state)
+    return state
+
+
+def claim_run_dir(out: Store, cfg: Config, new_run: bool) -> None:
+    """Record the effective config; refuse a different config on an existing run."""
+    text = dump_config(cfg)
+    if out.exists("config.yaml"):
+        old = out.read_bytes("config.yaml").decode()
+        if old == text:
+            return
+        if not new_run:
+            raise ConfigError(f"{out.uri} holds a run with another config ({_first_difference(old, text)}): "
+                              f"use another output.dir, or --new-run to replace that run")
+        out.delete_prefix()
+    out.write_text("config.yaml", text)
+
+
+def _first_difference(old_yaml: str, new_yaml: str) -> str:
+    import yaml
+
+    def flat(node, prefix=""):
+        if isinstance(node, dict):
+            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+        return {prefix.rstrip("."): node}
+
+    old, new = flat(yaml.safe_load(old_yaml)), flat(yaml.safe_load(new_yaml))
+    key = next(k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k))
+    return f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+
+
+def _run_round(cfg: Config, out: Store, r: int, state: RunState, n_labeled: int) -> dict:
+    stage = f"rounds/r{r:03d}"
+    if out.is_committed(stage):
+        return json.loads(out.read_bytes(f"{stage}/metrics.json"))
+    start = time.perf_counter()
+    record: dict = {"round": r, "threshold": None, "labeled_images": n_labeled}
+    train_rows, weights = ["labeled/train.parquet"], cfg.model.weights
+    if r > 0:
+        teacher = out.uri_of(f"rounds/r{r - 1:03d}/weights/best.pt")
+        record["threshold"] = plan.threshold_for(r, cfg.rounds, cfg.select)
+        record["label"] = label_pool(cfg, out, round=r, weights=teacher, names=state.names, conf=record["threshold"])
+        if not out.exists(f"{stage}/merged.parquet"):
+            selected = read_parquet_rows(out, f"{stage}/pseudo/part-000000.parquet")
+            labeled = read_parquet_rows(out, "labeled/train.parquet")
+            write_parquet(out, f"{stage}/merged.parquet", plan.merge(labeled, selected))
+        train_rows, weights = [f"{stage}/merged.parquet"], teacher
+    spec = TrainSpec(name=f"r{r:03d}", train=train_rows, val=["labeled/val.parquet"], names=state.names,
+                     weights=weights, stage=stage)
+    record["held_out"] = train_detector(cfg, out, spec)
+    record["seconds"] = round(time.perf_counter() - start, 1)
+    out.write_text(f"{stage}/metrics.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+    out.commit(stage)
+    return record
+
+
+def _finalize(cfg: Config, out: Store, state: RunState) -> None:
+    """final/: the best round's weights, its training rows as Parquet and as a YOLO tree that
+    `yolo train` accepts as is; then the report."""
+    from ssl_ray.report import write_report
+
+    best = plan.best_round(state.scores)
+    stage = f"rounds/r{best:03d}"
+    out.write_bytes("final/weights/best.pt", out.read_bytes(f"{stage}/weights/best.pt"))
+    rows = read_parquet_rows(out, f"{stage}/merged.parquet" if best > 0 else "labeled/train.parquet")
+    write_parquet(out, "final/dataset.parquet", rows)
+    _export_yolo(cfg, out, rows, read_parquet_rows(out, "labeled/val.parquet"), state.names)
+    write_report(out, state.rounds, best)
+
+
+def _export_yolo(cfg: Config, out: Store, train: list[dict], val: list[dict], names: list[str]) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from ssl_ray.export import ImageCache, UriReader, write_yolo_tree
+
+    cache = ImageCache(Path(cfg.output.cache_dir).expanduser() / "images")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) if out.is_s3 else Path(out.path("final/yolo"))
+        write_yolo_tree(local, {"train": train, "val": val}, names, cache, UriReader(cfg.storage))
+        if out.is_s3:
+            for path in sorted(p for p in local.rglob("*") if p.is_file()):
+                out.write_bytes(f"final/yolo/{path.relative_to(local).as_posix()}", path.read_bytes())

@@ -1,0 +1,89 @@
+"""The rounds driver end to end on local Ray and local disk (tiny: imgsz 64, 2 epochs)."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from ssl_ray.config import load_config
+from ssl_ray.errors import ConfigError
+
+DEMO = Path(__file__).parents[1] / "ssl_ray" / "configs" / "demo.yaml"
+
+
+def tiny(shapes, tmp_path, *extra):
+    return load_config(DEMO, [
+        f"labeled.data={shapes}", f"pool.sources=[{shapes.parent / 'images' / 'pool'}]",
+        f"output.dir={tmp_path / 'run'}", f"output.cache_dir={tmp_path / 'cache'}", "model.imgsz=64",
+        "train.epochs=2", "train.batch=8", "rounds.max_rounds=2", "rounds.patience=2",
+        "rounds.conf_schedule=[0.002, 0.002]", "select.negative_max_score=0.001", "label.score_floor=0.0", *extra])
+
+
+def digests(root: Path) -> dict:
+    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.ray
+@pytest.mark.train
+def test_rounds_end_to_end_resume_and_config_guard(ray_local, shapes, tmp_path):
+    from ssl_ray.driver import run_rounds
+    from ssl_ray.runtime import prepare_ultralytics
+
+    cfg = tiny(shapes, tmp_path)
+    state = run_rounds(cfg)
+    run = tmp_path / "run"
+    assert [r["round"] for r in state.rounds] == [0, 1, 2]
+    for r in range(3):
+        stage = run / "rounds" / f"r{r:03d}"
+        assert (stage / "_COMMITTED").exists() and (stage / "weights" / "best.pt").exists()
+        metrics = json.loads((stage / "metrics.json").read_text())
+        assert {"mAP50", "mAP50-95", "per_class"} <= set(metrics["held_out"])
+        if r:
+            lab = metrics["label"]
+            assert lab["items"] == 40 and lab["pseudo"] + lab["negative"] + lab["uncertain"] + lab["rejected"] == 40
+            assert metrics["threshold"] == 0.002
+            merged = pq.read_table(stage / "merged.parquet")
+            assert merged.num_rows == len(set(merged.column("image_id").to_pylist()))
+            assert merged.num_rows == 24 + lab["pseudo"] + lab["negative_used"]
+
+    # final outputs: the best round's, readable and trainable as they are
+    dataset = pq.read_table(run / "final" / "dataset.parquet")
+    assert {"image_id", "source", "round", "boxes", "video_uri", "frame_index", "teacher"} <= set(dataset.column_names)
+    best = json.loads((run / "report" / "report.json").read_text())["best_round"]
+    assert best == max(range(3), key=lambda r: (state.scores[r], -r))
+    assert (run / "final" / "weights" / "best.pt").read_bytes() == \
+        (run / "rounds" / f"r{best:03d}" / "weights" / "best.pt").read_bytes()
+    for name in ("report.md", "map_per_round.png", "pseudo_per_class.png"):
+        assert (run / "report" / name).stat().st_size > 0
+    ultralytics = prepare_ultralytics(tmp_path / "ul")
+    ultralytics.YOLO("yolo26n.yaml").train(data=str(run / "final" / "yolo" / "data.yaml"), epochs=1, imgsz=64, batch=8,
+                                           device="cpu", workers=0, amp=False, plots=False,
+                                           project=str(tmp_path / "plain"), name="t", verbose=False)
+
+    # re-running the same command changes nothing: committed rounds are read back
+    before = digests(run)
+    again = run_rounds(cfg)
+    assert again.scores == state.scores and digests(run) == before
+
+    # another config on the same run directory is refused, naming the first difference
+    with pytest.raises(ConfigError, match=r"holds a run with another config \(select.conf: 0.5 -> 0.7\)"):
+        run_rounds(tiny(shapes, tmp_path, "select.conf=0.7"))
+
+
+def test_run_directory_guard(tmp_path):
+    from ssl_ray.driver import claim_run_dir
+    from ssl_ray.storage import Store
+
+    out = Store(str(tmp_path / "run"))
+    claim_run_dir(out, load_config(DEMO), new_run=False)
+    claim_run_dir(out, load_config(DEMO), new_run=False)  # the same config: resume
+    out.write_text("rounds/r000/_COMMITTED", "{}")
+    with pytest.raises(ConfigError, match=r"\(rounds.max_rounds: 2 -> 5\): use another output.dir, or --new-run"):
+        claim_run_dir(out, load_config(DEMO, ["rounds.max_rounds=5"]), new_run=False)
+    assert out.exists("rounds/r000/_COMMITTED")  # refused: nothing touched
+    claim_run_dir(out, load_config(DEMO, ["rounds.max_rounds=5"]), new_run=True)
+    assert not out.exists("rounds/r000/_COMMITTED")
+    assert "max_rounds: 5" in out.read_bytes("config.yaml").decode()

@@ -1,0 +1,45 @@
+"""Round planning, table-driven: thresholds, early stopping, best round, merge."""
+
+import pytest
+
+from ssl_ray.config import RoundsConfig, SelectConfig
+from ssl_ray.rounds import best_round, merge, should_stop, threshold_for
+
+
+@pytest.mark.parametrize("schedule, round, expected", [
+    ([], 1, 0.85), ([], 5, 0.85), ([0.9, 0.8], 1, 0.9), ([0.9, 0.8], 2, 0.8), ([0.9, 0.8], 3, 0.8),
+])
+def test_threshold_for(schedule, round, expected):
+    assert threshold_for(round, RoundsConfig(conf_schedule=schedule), SelectConfig()) == expected
+
+
+def test_round_zero_has_no_threshold():
+    with pytest.raises(ValueError):
+        threshold_for(0, RoundsConfig(), SelectConfig())
+
+
+@pytest.mark.parametrize("scores, patience, stop", [
+    ([0.1], 1, False),
+    ([0.1, 0.2], 1, False),          # improved
+    ([0.1, 0.2, 0.2], 1, True),      # equal is not better
+    ([0.1, 0.2, 0.15], 1, True),
+    ([0.1, 0.2, 0.15], 2, False),    # one bad round, patience 2
+    ([0.1, 0.2, 0.15, 0.19], 2, True),
+    ([0.1, 0.2, 0.15, 0.25], 2, False),
+])
+def test_should_stop(scores, patience, stop):
+    assert should_stop(scores, patience) is stop
+
+
+@pytest.mark.parametrize("scores, best", [([0.1], 0), ([0.1, 0.3, 0.2], 1), ([0.3, 0.3], 0), ([0.1, 0.2, 0.2], 1)])
+def test_best_round_is_the_best_not_the_last(scores, best):
+    assert best_round(scores) == best
+
+
+def test_merge_keeps_labels_and_one_row_per_image():
+    labeled = [{"image_id": "a", "source": "labeled"}, {"image_id": "b", "source": "labeled"}]
+    selected = [{"image_id": "b", "source": "pseudo"}, {"image_id": "c", "source": "pseudo"},
+                {"image_id": "c", "source": "negative"}, {"image_id": "d", "source": "negative"}]
+    merged = merge(labeled, selected)
+    assert [(r["image_id"], r["source"]) for r in merged] == [
+        ("a", "labeled"), ("b", "labeled"), ("c", "pseudo"), ("d", "negative")]
