@@ -74,10 +74,12 @@ def _plot_per_class(rounds: list[dict]) -> bytes:
     labeled = [r for r in rounds if r.get("label")]
     classes = sorted({c for r in labeled for c in r["label"]["pseudo_boxes_per_class"]})
     width = 0.8 / max(len(classes), 1)
-    for i, name in enumerate(classes):
-        ax.bar([r["round"] + i * width for r in labeled], [r["label"]["pseudo_boxes_per_class"][name] for r in labeled],
+    for i, name in enumerate(classes):  # one group of bars centred on each round
+        offset = (i - (len(classes) - 1) / 2) * width
+        ax.bar([r["round"] + offset for r in labeled], [r["label"]["pseudo_boxes_per_class"][name] for r in labeled],
                width, label=name)
-    ax.set(xlabel="round", ylabel="pseudo-label boxes", title="Pseudo-labels per class")
+    ax.set(xlabel="round", ylabel="pseudo-label boxes", title="Pseudo-labels per class",
+           xticks=[r["round"] for r in labeled])
     if classes:
         ax.legend()
     return _png(plt, fig)
