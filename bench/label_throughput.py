@@ -7,6 +7,10 @@
 Also the peak memory (PSS, summed over every Ray process) of (b) for a pool of N and 4N images.
 
     .venv/bin/python bench/label_throughput.py --n 400 --imgsz 160
+
+On a GPU machine (one inference actor per GPU share, fp16; (a) on the same GPU):
+
+    python bench/label_throughput.py --device cuda --n 2000 --imgsz 640 --gpus-per-actor 1 --no-memory
 """
 
 from __future__ import annotations
@@ -26,13 +30,30 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 
 
 def make_pool(root: Path, n: int, imgsz: int) -> Path:
-    from ssl_ray.synth import SynthSpec, generate
+    """n synthetic pool images (the generator's own seeds), rendered in parallel."""
+    from concurrent.futures import ProcessPoolExecutor
 
-    generate(root, SynthSpec(n_train=1, n_val=1, n_pool=n, imgsz=imgsz, seed=7))
-    return root / "images" / "pool"
+    folder = root / "images" / "pool"
+    folder.mkdir(parents=True, exist_ok=True)
+    chunks = [(folder, imgsz, range(i, min(i + 250, n))) for i in range(0, n, 250)]
+    with ProcessPoolExecutor(max(1, os.cpu_count() or 1)) as ex:
+        list(ex.map(_render_chunk, chunks))
+    return folder
 
 
-def bench_predict(weights: str, pool: Path, imgsz: int, floor: float, work: Path) -> tuple[float, int]:
+def _render_chunk(job) -> None:
+    import numpy as np
+
+    from ssl_ray.synth import SynthSpec, render
+
+    folder, imgsz, indices = job
+    spec = SynthSpec(n_train=1, n_val=1, n_pool=1, imgsz=imgsz, seed=7)
+    for i in indices:
+        image, _ = render(np.random.default_rng([spec.seed, 2, i]), spec)
+        image.save(folder / f"pool_{i:06d}.jpg", quality=90)
+
+
+def bench_predict(weights: str, pool: Path, imgsz: int, floor: float, work: Path, device: str) -> tuple[float, int]:
     import torch
 
     from ssl_ray.runtime import prepare_ultralytics
@@ -42,13 +63,13 @@ def bench_predict(weights: str, pool: Path, imgsz: int, floor: float, work: Path
     start = time.perf_counter()
     model = ultralytics.YOLO(weights)
     n = 0
-    for _ in model.predict(source=str(pool), stream=True, save_txt=True, conf=floor, imgsz=imgsz, device="cpu",
+    for _ in model.predict(source=str(pool), stream=True, save_txt=True, conf=floor, imgsz=imgsz, device=device,
                            project=str(work / "predict"), name="p", exist_ok=True, verbose=False):
         n += 1
     return n / (time.perf_counter() - start), threads
 
 
-def bench_forward(weights: str, pool: Path, imgsz: int, work: Path, threads: int) -> tuple[float, int]:
+def bench_forward(weights: str, pool: Path, imgsz: int, work: Path, threads: int, device: str) -> tuple[float, int]:
     import numpy as np
     import torch
 
@@ -56,17 +77,24 @@ def bench_forward(weights: str, pool: Path, imgsz: int, work: Path, threads: int
     from ssl_ray.images import decode_rgb
     from ssl_ray.teacher import Teacher
 
-    teacher = Teacher(weights, str(work), threads=threads)
-    images = np.stack([letterbox(decode_rgb(p.read_bytes()), imgsz)[0] for p in sorted(pool.iterdir())])
+    teacher = Teacher(weights, str(work), device=device, threads=threads)
+    images = np.stack([letterbox(decode_rgb(p.read_bytes()), imgsz)[0] for p in sorted(pool.iterdir())[:256]])
+    gpu = teacher.device.type == "cuda"
+    sync = torch.cuda.synchronize if gpu else (lambda: None)
     best = (0.0, 0)
-    for bs in (1, 8, 16, 32, 64):
-        x = torch.from_numpy(images[:bs]).permute(0, 3, 1, 2).float() / 255
+    for bs in (1, 8, 16, 32, 64) + ((128, 256) if gpu else ()):
+        if bs > len(images):
+            break
+        x = torch.from_numpy(images[:bs]).to(teacher.device).permute(0, 3, 1, 2)  # on the device already
+        x = (x.half() if teacher.backend.fp16 else x.float()) / 255
         with torch.inference_mode():
             teacher.backend(x)  # warm-up
-            reps = max(1, 128 // bs)
+            sync()
+            reps = max(1, (1024 if gpu else 128) // bs)
             start = time.perf_counter()
             for _ in range(reps):
                 teacher.backend(x)
+            sync()
         best = max(best, (reps * bs / (time.perf_counter() - start), bs))
     return best
 
@@ -103,14 +131,14 @@ class RayMemory:
         self._thread.join()
 
 
-def fresh_cluster() -> None:
+def fresh_cluster(num_cpus: int | None = 8) -> None:
     """Every measured run starts from the same state: a new local cluster, Ray Data warmed
     (its one-off first-use cost lands on no run). The peak memory depends on which worker
     processes are alive, and timings on which are already started."""
     from ssl_ray.runtime import start_ray, stop_ray
 
     stop_ray()
-    start_ray(num_cpus=8, log_to_driver=False).data.range(1).materialize()
+    start_ray(num_cpus=num_cpus, log_to_driver=False).data.range(1).materialize()
 
 
 def bench_stage(weights: str, pool: Path, args, batch: int, work: Path, tag: str) -> tuple[float, float, int, dict]:
@@ -122,17 +150,29 @@ def bench_stage(weights: str, pool: Path, args, batch: int, work: Path, tag: str
     demo = Path(__file__).parents[1] / "ssl_ray" / "configs" / "demo.yaml"
     cfg = load_config(demo, [f"pool.sources=[{pool}]", f"output.dir={work / tag}", f"output.cache_dir={work / 'cache'}",
                              f"model.imgsz={args.imgsz}", f"label.score_floor={args.floor}",
-                             f"label.batch_size={batch}", f"label.num_cpus_per_actor={args.threads}"])
-    fresh_cluster()
+                             f"label.batch_size={batch}", f"label.num_cpus_per_actor={args.threads}",
+                             *(f"label.num_gpus_per_actor={args.gpus_per_actor}", f"label.min_actors={args.actors}",
+                               f"label.max_actors={args.actors}", "label.decode_tasks=null")
+                             * (args.device != "cpu")])
+    num_cpus = 8 if args.device == "cpu" else None  # a GPU machine: all its cores
+    fresh_cluster(num_cpus)
     start = time.perf_counter()
     summary = label_pool(cfg, Store(cfg.output.dir), round=1, weights=weights)
     seconds = time.perf_counter() - start
+    if args.no_memory:
+        return seconds, summary["items"] / seconds, 0, summary
     # Memory in a second, untimed run: sampling PSS reads every process's smaps (it would slow
     # a timed run here).
-    fresh_cluster()
+    fresh_cluster(num_cpus)
     with RayMemory() as mem:
         label_pool(cfg, Store(str(work / f"{tag}-mem")), round=1, weights=weights)
     return seconds, summary["items"] / seconds, mem.peak, summary
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if device != "cpu" else "cpu"
 
 
 def main() -> int:
@@ -141,6 +181,10 @@ def main() -> int:
     ap.add_argument("--imgsz", type=int, default=160)
     ap.add_argument("--floor", type=float, default=0.05)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for (b)'s actor and (c)")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda: (a), (b)'s actors and (c) on the GPU")
+    ap.add_argument("--gpus-per-actor", type=float, default=1.0, help="with --device cuda")
+    ap.add_argument("--actors", type=int, default=1, help="inference actors, with --device cuda")
+    ap.add_argument("--no-memory", action="store_true", help="skip the untimed memory runs")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ssl_ray-bench-"))
@@ -153,13 +197,14 @@ def main() -> int:
         pool_n = make_pool(work / "n", args.n, args.imgsz)
         pool_4n = make_pool(work / "4n", 4 * args.n, args.imgsz)
 
-        a, a_threads = bench_predict(weights, pool_n, args.imgsz, args.floor, work)
-        c, best_bs = bench_forward(weights, pool_n, args.imgsz, work, args.threads)
+        a, a_threads = bench_predict(weights, pool_n, args.imgsz, args.floor, work, args.device)
+        c, best_bs = bench_forward(weights, pool_n, args.imgsz, work, args.threads, args.device)
         t_n, b, mem_n, _ = bench_stage(weights, pool_n, args, best_bs, work, "run_n")
         t_4n, b4, mem_4n, _ = bench_stage(weights, pool_4n, args, best_bs, work, "run_4n")
         steady = 3 * args.n / (t_4n - t_n)
         figures = {
-            "n": args.n, "imgsz": args.imgsz, "cores": os.cpu_count(), "threads_a": a_threads,
+            "n": args.n, "imgsz": args.imgsz, "cores": os.cpu_count(), "device": device_name(args.device),
+            "actors": args.actors if args.device != "cpu" else 1, "threads_a": a_threads,
             "threads_b_c": args.threads, "batch_b_c": best_bs,
             "a_predict_stream_save_txt_img_s": round(a, 1),
             "b_stage_end_to_end_n_img_s": round(b, 1), "b_stage_end_to_end_4n_img_s": round(b4, 1),
@@ -168,7 +213,7 @@ def main() -> int:
             "b4n_over_a": round(b4 / a, 2), "b_steady_over_a": round(steady / a, 2),
             "b4n_over_c": round(b4 / c, 2), "b_steady_over_c": round(steady / c, 2),
             "ray_peak_pss_mib_n": round(mem_n / 2**20), "ray_peak_pss_mib_4n": round(mem_4n / 2**20),
-            "memory_growth": round(mem_4n / mem_n - 1, 3),
+            "memory_growth": round(mem_4n / mem_n - 1, 3) if mem_n else None,
         }
         print(json.dumps(figures, indent=2))
         if args.json:

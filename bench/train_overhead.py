@@ -7,6 +7,10 @@ cumulative time after every epoch); the first epoch (start-up, dataloader warm-u
 excluded and the median of the rest compared. Target: b/a <= 1.05.
 
     .venv/bin/python bench/train_overhead.py --epochs 6 --imgsz 128
+
+On a GPU machine (one Ray Train worker on one GPU against `YOLO.train(device=0)`, AMP on):
+
+    python bench/train_overhead.py --device cuda --epochs 4 --imgsz 640 --n-train 1024 --batch 32 --threads 8
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ def main() -> int:
     ap.add_argument("--n-train", type=int, default=200)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (1 GPU, AMP on)")
+    ap.add_argument("--data-imgsz", type=int, default=160, help="side of the generated images")
     ap.add_argument("--json")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ssl_ray-bench-train-"))
@@ -50,13 +56,16 @@ def main() -> int:
         from ssl_ray.synth import SynthSpec, generate
         from ssl_ray.train import TrainSpec, train_detector
 
-        data = generate(work / "data", SynthSpec(n_train=args.n_train, n_val=32, n_pool=1, imgsz=160, seed=3))
-        hyper = {"amp": False, "plots": False, "mosaic": 1.0, "seed": 0, "deterministic": True}
+        gpu = args.device != "cpu"
+        data = generate(work / "data", SynthSpec(n_train=args.n_train, n_val=32, n_pool=1, imgsz=args.data_imgsz, seed=3))
+        hyper = {"amp": gpu, "plots": False, "mosaic": 1.0, "seed": 0, "deterministic": not gpu}
         demo = Path(__file__).parents[1] / "ssl_ray" / "configs" / "demo.yaml"
         cfg = load_config(demo, [f"labeled.data={data}", f"output.dir={work / 'run'}", f"output.cache_dir={work / 'cache'}",
                                  f"model.imgsz={args.imgsz}", f"train.epochs={args.epochs}", f"train.batch={args.batch}",
                                  "train.num_workers=1", f"train.cpus_per_worker={args.threads}",
-                                 "train.dataloader_workers=0", f"train.extra={json.dumps(hyper)}"])
+                                 f"train.use_gpu={str(gpu).lower()}",
+                                 f"train.dataloader_workers={args.threads if gpu else 0}",
+                                 f"train.extra={json.dumps(hyper)}"])
         out = Store(cfg.output.dir)
         labeled = ingest_labeled(cfg, out)
 
@@ -69,18 +78,26 @@ def main() -> int:
         b_epochs = epoch_times(work / "cache" / "train" / "bench" / "run" / "results.csv")
 
         ultralytics = prepare_ultralytics(work / "ul", threads=args.threads)
+        if gpu:  # the same AMP decision as the Ray worker (no download of the check's weights)
+            import ultralytics.engine.trainer as plain_trainer
+
+            from ssl_ray.ray_trainer import offline_check_amp
+
+            plain_trainer.check_amp = offline_check_amp(plain_trainer.check_amp)
         t0 = time.perf_counter()
         ultralytics.YOLO("yolo26n.yaml").train(
-            data=str(tree), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, device="cpu", workers=0,
+            data=str(tree), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, device=0 if gpu else "cpu",
+            workers=args.threads if gpu else 0,
             project=str(work / "plain"), name="run", exist_ok=True, verbose=False, **hyper)
         a_total = time.perf_counter() - t0
         a_epochs = epoch_times(work / "plain" / "run" / "results.csv")
 
         a, b = statistics.median(a_epochs[1:]), statistics.median(b_epochs[1:])
         figures = {
-            "epochs": args.epochs, "imgsz": args.imgsz, "n_train": len(labeled.train), "batch": args.batch,
+            "device": args.device, "epochs": args.epochs, "imgsz": args.imgsz, "n_train": len(labeled.train), "batch": args.batch,
             "threads": args.threads, "a_plain_epoch_s": round(a, 2), "b_ray_train_epoch_s": round(b, 2),
-            "b_over_a": round(b / a, 3), "a_total_s": round(a_total, 1), "b_total_s": round(b_total, 1),
+            "b_over_a": round(b / a, 3), "a_img_s": round(len(labeled.train) / a, 1),
+            "b_img_s": round(len(labeled.train) / b, 1), "a_total_s": round(a_total, 1), "b_total_s": round(b_total, 1),
             "a_epochs_s": [round(x, 2) for x in a_epochs], "b_epochs_s": [round(x, 2) for x in b_epochs],
         }
         print(json.dumps(figures, indent=2))

@@ -11,6 +11,11 @@ checkpoint format) stays Ultralytics'. The subclass changes only how it meets Ra
   rejects for CPU modules (index None). Its setup runs as a single process (same per-rank
   batch, same optimizer), then the model is wrapped with `device_ids=None` on CPU.
 - **CUDA_VISIBLE_DEVICES** set by Ray is restored after Ultralytics' `select_device`.
+- **AMP check** never downloads: Ultralytics' `check_amp` fetches `yolo26n.pt` to compare fp32
+  and fp16 outputs, retrying for minutes on an offline node. The check runs only when that
+  file is already in Ultralytics' weights folder; otherwise AMP stays on, which is what
+  Ultralytics itself does when it cannot download. Rank 0's verdict is broadcast to every rank
+  (a rank training with a grad scaler and another without would average unlike gradients).
 - **final evaluation**: `final_eval` strips checkpoints but does not re-validate best.pt (its
   standalone validator assumes CUDA inside DDP ranks); the best epoch's distributed
   validation is the result.
@@ -37,9 +42,13 @@ def make_trainer(world_size: int, overrides: dict):
 
 @cache
 def _trainer_class():
+    import torch
+    import ultralytics.engine.trainer as ultralytics_trainer
     from torch import nn
     from ultralytics.models.yolo.detect import DetectionTrainer
     from ultralytics.utils import DEFAULT_CFG, RANK
+
+    ultralytics_trainer.check_amp = offline_check_amp(ultralytics_trainer.check_amp)
 
     class RayDetectionTrainer(DetectionTrainer):
         def __init__(self, world_size: int, overrides: dict, _callbacks=None):
@@ -66,6 +75,14 @@ def _trainer_class():
                 super()._setup_train()
             finally:
                 self.world_size, self.batch_size = world, total
+            if world > 1 and self.device.type == "cuda":  # one AMP verdict for the group (rank 0's)
+                import torch.distributed as dist
+
+                verdict = torch.tensor(int(self.amp), device=self.device)
+                dist.broadcast(verdict, src=0)
+                if bool(verdict) != self.amp:
+                    self.amp = bool(verdict)
+                    self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.args.amp != "bf16")
             # ...with the accumulation of the whole group, as Ultralytics computes it for DDP.
             self.accumulate = max(round(self.args.nbs / total), 1)
             if not self.args.time:
@@ -112,6 +129,21 @@ def _trainer_class():
                 f.write(json.dumps(record) + "\n")
 
     return RayDetectionTrainer
+
+
+def offline_check_amp(check_amp):
+    """Ultralytics' `check_amp`, run only when its reference weights are already local."""
+
+    def check(model):
+        from ultralytics.utils import LOGGER, WEIGHTS_DIR
+
+        if next(model.parameters()).device.type != "cuda" or (WEIGHTS_DIR / "yolo26n.pt").is_file():
+            return check_amp(model)  # CPU: False at once; CUDA with local weights: the real check
+        LOGGER.info("AMP: check skipped (no local yolo26n.pt and no downloads at run time); AMP stays on")
+        return True
+
+    check.__wrapped__ = check_amp
+    return check
 
 
 def _ddp_params() -> set[str]:

@@ -141,3 +141,38 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_local, shapes, tmp_path):
     assert 1 not in after, "epoch 1 was reported, yet the restarted group trained it again"
     assert after[0] in (before[-1], before[-1] + 1), "a reported epoch was trained again"
     assert metrics["epoch"] == epochs
+
+
+class _FakeParam:
+    def __init__(self, device_type):
+        self.device = type("Device", (), {"type": device_type})()
+
+
+class _FakeModel:
+    def __init__(self, device_type):
+        self._param = _FakeParam(device_type)
+
+    def parameters(self):
+        return iter([self._param])
+
+
+@pytest.mark.parametrize("device, weights_local, calls_original, expected", [
+    ("cpu", False, True, False),    # CPU: Ultralytics answers False at once, no download
+    ("cuda", True, True, False),    # reference weights already local: the real check decides
+    ("cuda", False, False, True),   # offline GPU node: no download attempt, AMP stays on
+])
+def test_amp_check_never_downloads(tmp_path, monkeypatch, device, weights_local, calls_original, expected):
+    from ssl_ray.runtime import prepare_ultralytics
+
+    prepare_ultralytics(tmp_path)
+    import ultralytics.utils
+
+    from ssl_ray.ray_trainer import offline_check_amp
+
+    monkeypatch.setattr(ultralytics.utils, "WEIGHTS_DIR", tmp_path)
+    if weights_local:
+        (tmp_path / "yolo26n.pt").write_bytes(b"x")
+    called = []
+    check = offline_check_amp(lambda model: called.append(model) or False)
+    assert check(_FakeModel(device)) is expected
+    assert bool(called) is calls_original

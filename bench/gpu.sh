@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# GPU figures for docs/benchmarks.md and the sizing guide in docs/cluster.md, on one GPU machine
+# with ray, ultralytics and this project importable (PYTHONPATH or an installed venv):
+#
+#     bash bench/gpu.sh OUT_DIR
+#
+# Writes OUT_DIR/{env.txt,label_1x1.json,label_2x05.json,train.json} and a log of each.
+set -u
+out=${1:?usage: bench/gpu.sh OUT_DIR}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 YOLO_OFFLINE=1
+py=${PYTHON:-python3}
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; free -g | head -2
+  $py -c "import ray, ultralytics, torch; print('ray', ray.__version__, 'ultralytics', ultralytics.__version__,
+'torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } > "$out/env.txt" 2>&1
+cat "$out/env.txt"
+# Label stage: one actor per GPU, then two actors sharing it (0.5 GPU each).
+timeout 180 $py bench/label_throughput.py --device cuda --n 1000 --imgsz 640 --threads 4 --no-memory \
+  --actors 1 --gpus-per-actor 1 --json "$out/label_1x1.json" > "$out/label_1x1.log" 2>&1
+echo "label 1x1 rc=$?"; cat "$out/label_1x1.json" 2>/dev/null
+# Training: one Ray Train worker on the GPU against YOLO.train(device=0), AMP on.
+timeout 180 $py bench/train_overhead.py --device cuda --epochs 4 --imgsz 640 --n-train 1024 --data-imgsz 320 \
+  --batch 32 --threads 8 --json "$out/train.json" > "$out/train.log" 2>&1
+echo "train rc=$?"; cat "$out/train.json" 2>/dev/null
+timeout 130 $py bench/label_throughput.py --device cuda --n 1000 --imgsz 640 --threads 4 --no-memory \
+  --actors 2 --gpus-per-actor 0.5 --json "$out/label_2x05.json" > "$out/label_2x05.log" 2>&1
+echo "label 2x0.5 rc=$?"; cat "$out/label_2x05.json" 2>/dev/null
+tail -5 "$out"/*.log
