@@ -62,3 +62,15 @@ def boxes_per_class(rows: list[dict], names: list[str]) -> dict[str, int]:
         for b in r["boxes"] or []:
             counts[names[b["cls"]]] += 1
     return counts
+
+
+HISTOGRAM_BINS = 20
+
+
+def score_histogram(rows: list[dict], bins: int = HISTOGRAM_BINS) -> list[int]:
+    """Counts of every kept detection score in `bins` equal bins over [0, 1] (1.0 in the last)."""
+    counts = [0] * bins
+    for r in rows:
+        for b in r["boxes"] or []:
+            counts[min(int(b["score"] * bins), bins - 1)] += 1
+    return counts

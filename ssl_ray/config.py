@@ -9,6 +9,7 @@ the standard AWS sources (environment, profile, instance role).
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -193,3 +194,16 @@ def dump_config(cfg: Config) -> str:
 def _yaml_where(e: yaml.YAMLError) -> str:
     mark = getattr(e, "problem_mark", None)
     return f"line {mark.line + 1}, column {mark.column + 1}" if mark else str(e)
+
+
+def with_absolute_paths(cfg: Config) -> Config:
+    """Relative local paths mean the caller's working directory, not a Ray worker's: resolve
+    them before a config travels to tasks. `s3://` and `~` paths are left as they are (`~` is
+    each node's own home)."""
+    def absolute(path: str) -> str:
+        return path if path.startswith(("s3://", "~")) else os.path.abspath(path)
+
+    labeled = dataclasses.replace(cfg.labeled, data=cfg.labeled.data and absolute(cfg.labeled.data))
+    pool = dataclasses.replace(cfg.pool, sources=[absolute(s) for s in cfg.pool.sources])
+    output = dataclasses.replace(cfg.output, dir=absolute(cfg.output.dir), cache_dir=absolute(cfg.output.cache_dir))
+    return dataclasses.replace(cfg, labeled=labeled, pool=pool, output=output)

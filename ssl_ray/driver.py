@@ -8,8 +8,12 @@
 
 Each round ends with `rounds/rNNN/metrics.json` and `_COMMITTED`, written last; a committed
 round is read back, never redone or rewritten. Inside a round, the label and train stages
-keep their own markers, so a crash resumes at the first unfinished stage. The driver does no
-heavy work itself: ingest reads only the labeled set, everything else runs on Ray.
+keep their own markers, so a crash resumes at the first unfinished stage.
+
+The driver does no heavy work itself: ingest (decoding every labeled image), merging, the
+final export and the report run as Ray tasks; labeling is Ray Data, training Ray Train. With
+a local run directory those tasks are pinned to the driver's node (the only node that sees
+its files); with S3 they go wherever Ray places them.
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ssl_ray import rounds as plan
-from ssl_ray.config import Config, dump_config
+from ssl_ray.config import Config, dump_config, with_absolute_paths
 from ssl_ray.errors import ConfigError
-from ssl_ray.export import read_parquet_rows, write_parquet
+from ssl_ray.export import parquet_num_rows, read_parquet_rows, write_parquet
 from ssl_ray.ingest import ingest_labeled
 from ssl_ray.label import label_pool
+from ssl_ray.runtime import LazyRemote, ray_get
 from ssl_ray.storage import Store
 from ssl_ray.train import TrainSpec, train_detector
 
@@ -44,18 +49,30 @@ class RunState:
 
 def run_rounds(cfg: Config, *, new_run: bool = False, on_round: Callable[[RunState], None] | None = None) -> RunState:
     out = Store(cfg.output.dir, cfg.storage)
-    claim_run_dir(out, cfg, new_run)
-    labeled = ingest_labeled(cfg, out)
-    state = RunState(names=labeled.names)
+    claim_run_dir(out, cfg, new_run)  # the config as the user wrote it
+    cfg = with_absolute_paths(cfg)  # as Ray tasks on other processes must see it
+    names, n_labeled = _on_ray(out, _ingest, cfg)
+    state = RunState(names=names)
     for r in range(cfg.rounds.max_rounds + 1):
         if r > 0 and plan.should_stop(state.scores, cfg.rounds.patience):
             log.info("held-out mAP50-95 did not improve for %d round(s): stopping", cfg.rounds.patience)
             break
-        state.rounds.append(_run_round(cfg, out, r, state, len(labeled.train)))
+        state.rounds.append(_run_round(cfg, out, r, state, n_labeled))
         if on_round:
             on_round(state)
-    _finalize(cfg, out, state)
+    _on_ray(out, _finalize, cfg, state.names, state.rounds, plan.best_round(state.scores))
     return state
+
+
+def _on_ray(out: Store, task: LazyRemote, *args):
+    """Run a driver-side step as a Ray task and wait for it; on the driver's node when the run
+    directory is local."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    opts = {} if out.is_s3 else {"scheduling_strategy": NodeAffinitySchedulingStrategy(
+        ray.get_runtime_context().get_node_id(), soft=False)}
+    return ray_get(task.options(**opts).remote(*args))
 
 
 def claim_run_dir(out: Store, cfg: Config, new_run: bool) -> None:
@@ -90,38 +107,60 @@ def _run_round(cfg: Config, out: Store, r: int, state: RunState, n_labeled: int)
     if out.is_committed(stage):
         return json.loads(out.read_bytes(f"{stage}/metrics.json"))
     start = time.perf_counter()
-    record: dict = {"round": r, "threshold": None, "labeled_images": n_labeled}
+    record: dict = {"round": r, "threshold": None, "labeled_images": n_labeled, "stage_seconds": {}}
     train_rows, weights = ["labeled/train.parquet"], cfg.model.weights
     if r > 0:
         teacher = out.uri_of(f"rounds/r{r - 1:03d}/weights/best.pt")
         record["threshold"] = plan.threshold_for(r, cfg.rounds, cfg.select)
         record["label"] = label_pool(cfg, out, round=r, weights=teacher, names=state.names, conf=record["threshold"])
-        if not out.exists(f"{stage}/merged.parquet"):
-            selected = read_parquet_rows(out, f"{stage}/pseudo/part-000000.parquet")
-            labeled = read_parquet_rows(out, "labeled/train.parquet")
-            write_parquet(out, f"{stage}/merged.parquet", plan.merge(labeled, selected))
+        record["stage_seconds"]["label"] = record["label"]["seconds"]
+        t0 = time.perf_counter()
+        record["train_images"] = _on_ray(out, _merge, out, stage)
+        record["stage_seconds"]["merge"] = round(time.perf_counter() - t0, 1)
         train_rows, weights = [f"{stage}/merged.parquet"], teacher
     spec = TrainSpec(name=f"r{r:03d}", train=train_rows, val=["labeled/val.parquet"], names=state.names,
                      weights=weights, stage=stage)
+    t0 = time.perf_counter()
     record["held_out"] = train_detector(cfg, out, spec)
+    record["stage_seconds"]["train"] = round(time.perf_counter() - t0, 1)
     record["seconds"] = round(time.perf_counter() - start, 1)
     out.write_text(f"{stage}/metrics.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
     out.commit(stage)
     return record
 
 
-def _finalize(cfg: Config, out: Store, state: RunState) -> None:
+def _ingest_impl(cfg: Config) -> tuple[list[str], int]:
+    """Ingest the labeled set (or read it back); its class names and training image count."""
+    labeled = ingest_labeled(cfg, Store(cfg.output.dir, cfg.storage))
+    return labeled.names, len(labeled.train)
+
+
+def _merge_impl(out: Store, stage: str) -> int:
+    """`<stage>/merged.parquet`: the labeled rows plus the round's selection; its row count."""
+    if not out.exists(f"{stage}/merged.parquet"):
+        selected = read_parquet_rows(out, f"{stage}/pseudo/part-000000.parquet")
+        labeled = read_parquet_rows(out, "labeled/train.parquet")
+        write_parquet(out, f"{stage}/merged.parquet", plan.merge(labeled, selected))
+    return parquet_num_rows(out, f"{stage}/merged.parquet")
+
+
+def _finalize_impl(cfg: Config, names: list[str], rounds: list[dict], best: int) -> None:
     """final/: the best round's weights, its training rows as Parquet and as a YOLO tree that
     `yolo train` accepts as is; then the report."""
     from ssl_ray.report import write_report
 
-    best = plan.best_round(state.scores)
+    out = Store(cfg.output.dir, cfg.storage)
     stage = f"rounds/r{best:03d}"
     out.write_bytes("final/weights/best.pt", out.read_bytes(f"{stage}/weights/best.pt"))
     rows = read_parquet_rows(out, f"{stage}/merged.parquet" if best > 0 else "labeled/train.parquet")
     write_parquet(out, "final/dataset.parquet", rows)
-    _export_yolo(cfg, out, rows, read_parquet_rows(out, "labeled/val.parquet"), state.names)
-    write_report(out, state.rounds, best)
+    _export_yolo(cfg, out, rows, read_parquet_rows(out, "labeled/val.parquet"), names)
+    write_report(out, rounds, best)
+
+
+_ingest = LazyRemote(_ingest_impl, num_cpus=1)
+_merge = LazyRemote(_merge_impl, num_cpus=1)
+_finalize = LazyRemote(_finalize_impl, num_cpus=1)
 
 
 def _export_yolo(cfg: Config, out: Store, train: list[dict], val: list[dict], names: list[str]) -> None:

@@ -48,6 +48,12 @@ def read_parquet_rows(store: Store, rel: str) -> list[dict]:
     return pq.read_table(store.path(rel), filesystem=store.fs, schema=schema.ROW_SCHEMA).to_pylist()
 
 
+def parquet_num_rows(store: Store, rel: str) -> int:
+    """Row count from the file's footer, without reading its rows."""
+    with store.fs.open_input_file(store.path(rel)) as f:
+        return pq.ParquetFile(f).metadata.num_rows
+
+
 class ImageCache:
     """Node-local content-addressed image cache: `<root>/<id[:2]>/<id>.<ext>`."""
 

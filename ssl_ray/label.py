@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 
 import numpy as np
 import pyarrow as pa
 
 from ssl_ray import accounting, schema
-from ssl_ray.config import Config
+from ssl_ray.config import Config, with_absolute_paths
 from ssl_ray.errors import SslRayError
 from ssl_ray.runtime import LazyRemote, ray_get
 from ssl_ray.storage import Store
@@ -49,7 +48,7 @@ def label_pool(cfg: Config, out: Store, *, round: int, weights: str, names: list
     """
     import ray
 
-    cfg = _with_absolute_paths(cfg)
+    cfg = with_absolute_paths(cfg)
     stage = out.child(f"rounds/r{round:03d}")
     if stage.exists(LABELED_MARKER):
         log.info("round %d already labeled", round)
@@ -98,18 +97,6 @@ def label_pool(cfg: Config, out: Store, *, round: int, weights: str, names: list
         raise LabelError(problem)
     stage.write_text(LABELED_MARKER, json.dumps({"items": summary["items"]}) + "\n")  # last write
     return summary
-
-
-def _with_absolute_paths(cfg: Config) -> Config:
-    """Relative local paths mean the caller's working directory, not a Ray worker's."""
-    import dataclasses
-
-    def absolute(path: str) -> str:
-        return path if path.startswith(("s3://", "~")) else os.path.abspath(path)
-
-    pool = dataclasses.replace(cfg.pool, sources=[absolute(s) for s in cfg.pool.sources])
-    output = dataclasses.replace(cfg.output, cache_dir=absolute(cfg.output.cache_dir))
-    return dataclasses.replace(cfg, pool=pool, output=output)
 
 
 def round_(x: float) -> float:
@@ -247,6 +234,7 @@ def _finalize_impl(cfg: Config, stage: Store, names: list[str], round: int, teac
         "videos_frames": sum(1 for p in preds if p["video_uri"]), **chosen.counts(), "rejected": len(rejects),
         "rejected_by_reason": reasons, "retried_copies_dropped": retries,
         "pseudo_boxes_per_class": accounting.boxes_per_class(chosen.pseudo, names),
+        "score_histogram": accounting.score_histogram(preds),  # every kept detection, 20 bins over [0, 1]
     }
 
 

@@ -8,18 +8,22 @@ import json
 
 from ssl_ray.storage import Store
 
-COLUMNS = ["round", "threshold", "pseudo", "negative (used)", "uncertain", "rejected", "mAP50", "mAP50-95", "seconds"]
+COLUMNS = ["round", "threshold", "pool items", "pseudo", "negative (used)", "uncertain", "rejected",
+           "pseudo boxes per class", "train images", "mAP50", "mAP50-95", "label s", "train s", "round s"]
 
 
 def table_rows(rounds: list[dict]) -> list[list]:
     rows = []
     for r in rounds:
         lab = r.get("label") or {}
+        times = r.get("stage_seconds", {})
+        per_class = ", ".join(f"{k} {v}" for k, v in lab.get("pseudo_boxes_per_class", {}).items()) or "-"
         rows.append([
-            r["round"], "-" if r["threshold"] is None else f"{r['threshold']:.2f}", lab.get("pseudo", "-"),
-            f"{lab['negative']} ({lab['negative_used']})" if lab else "-", lab.get("uncertain", "-"),
-            lab.get("rejected", "-"), f"{r['held_out']['mAP50']:.3f}", f"{r['held_out']['mAP50-95']:.3f}",
-            r["seconds"],
+            r["round"], "-" if r["threshold"] is None else f"{r['threshold']:.2f}", lab.get("items", "-"),
+            lab.get("pseudo", "-"), f"{lab['negative']} ({lab['negative_used']})" if lab else "-",
+            lab.get("uncertain", "-"), lab.get("rejected", "-"), per_class,
+            r.get("train_images", r["labeled_images"]), f"{r['held_out']['mAP50']:.3f}",
+            f"{r['held_out']['mAP50-95']:.3f}", times.get("label", "-"), times.get("train", "-"), r["seconds"],
         ])
     return rows
 
@@ -29,7 +33,8 @@ def markdown(rounds: list[dict], best: int) -> str:
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(str(x) for x in row) + " |" for row in table_rows(rounds)]
     lines += ["", "![held-out mAP per round](map_per_round.png)", "",
-              "![pseudo-labels per class](pseudo_per_class.png)", ""]
+              "![pseudo-labels per class](pseudo_per_class.png)", "",
+              "![teacher score histogram](score_histogram.png)", ""]
     return "\n".join(lines)
 
 
@@ -38,6 +43,7 @@ def write_report(out: Store, rounds: list[dict], best: int) -> None:
     report.write_text("report.json", json.dumps({"best_round": best, "rounds": rounds}, indent=2, sort_keys=True) + "\n")
     report.write_bytes("map_per_round.png", _plot_map(rounds))
     report.write_bytes("pseudo_per_class.png", _plot_per_class(rounds))
+    report.write_bytes("score_histogram.png", _plot_scores(rounds))
     report.write_text("report.md", markdown(rounds, best))
 
 
@@ -81,5 +87,21 @@ def _plot_per_class(rounds: list[dict]) -> bytes:
     ax.set(xlabel="round", ylabel="pseudo-label boxes", title="Pseudo-labels per class",
            xticks=[r["round"] for r in labeled])
     if classes:
+        ax.legend()
+    return _png(plt, fig)
+
+
+def _plot_scores(rounds: list[dict]) -> bytes:
+    """Per round: how the teacher's kept detection scores spread, and where the threshold cut."""
+    plt, fig, ax = _figure()
+    for r in (r for r in rounds if r.get("label", {}).get("score_histogram")):
+        counts = r["label"]["score_histogram"]
+        edges = [i / len(counts) for i in range(len(counts) + 1)]
+        line = ax.stairs(counts, edges, label=f"round {r['round']}")
+        ax.axvline(r["threshold"], color=line.get_edgecolor(), linestyle="--", linewidth=1)
+    ax.set(xlabel="detection score (dashed: the round's threshold)", ylabel="detections", xlim=(0, 1),
+           title="Teacher scores on the pool")
+    ax.set_yscale("symlog")
+    if ax.get_legend_handles_labels()[0]:
         ax.legend()
     return _png(plt, fig)

@@ -96,3 +96,13 @@ def teachers(tmp_path_factory):
         model.save(str(root / f"{name}.pt"))
         out[name] = str(root / f"{name}.pt")
     return out
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A separate Ray head node started with the `ray` CLI (token auth on, 127.0.0.1), for jobs
+    submitted with `ray job submit` and drivers run as their own processes."""
+    from rayhead import ray_head
+
+    with ray_head(tmp_path_factory.mktemp("rayhead")) as head:
+        yield head

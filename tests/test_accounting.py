@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ssl_ray.accounting import boxes_per_class, dedupe, reject_fraction_error
+from ssl_ray.accounting import boxes_per_class, dedupe, reject_fraction_error, score_histogram
 from ssl_ray.boxes import letterbox, to_normalized_xywh
 
 
@@ -51,3 +51,13 @@ def test_boxes_are_clipped_to_the_image():
     _, lb = letterbox(np.zeros((50, 100, 3), np.uint8), 100)
     out = to_normalized_xywh(np.array([[-20.0, -20.0, 50.0, 50.0]]), lb, 100, 50)
     assert out.min() >= 0 and out.max() <= 1
+
+
+@pytest.mark.parametrize("scores, expected", [
+    ([], [0, 0, 0, 0]),
+    ([0.0, 0.24, 0.25], [2, 1, 0, 0]),
+    ([0.999, 1.0], [0, 0, 0, 2]),  # a score of exactly 1 lands in the last bin
+])
+def test_score_histogram(scores, expected):
+    rows = [{"boxes": [{"score": s} for s in scores]}, {"boxes": None}]
+    assert score_histogram(rows, bins=4) == expected

@@ -87,3 +87,40 @@ def test_run_directory_guard(tmp_path):
     claim_run_dir(out, load_config(DEMO, ["rounds.max_rounds=5"]), new_run=True)
     assert not out.exists("rounds/r000/_COMMITTED")
     assert "max_rounds: 5" in out.read_bytes("config.yaml").decode()
+
+
+@pytest.mark.ray
+@pytest.mark.train
+@pytest.mark.s3
+def test_rounds_end_to_end_with_the_run_directory_on_s3(ray_local, shapes, tmp_path, bucket, storage_cfg, s3):
+    import pyarrow.fs as pafs
+
+    from ssl_ray.driver import run_rounds
+
+    cfg = tiny(shapes, tmp_path, f"output.dir=s3://{bucket}/runs/r1", "rounds.max_rounds=1",
+               f"storage.endpoint_url={storage_cfg.endpoint_url}", "storage.region=us-east-1")
+    state = run_rounds(cfg)
+    assert [r["round"] for r in state.rounds] == [0, 1]
+
+    def objects() -> dict:
+        pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="runs/r1/")
+        return {o["Key"][len("runs/r1/"):]: o["ETag"] for page in pages for o in page.get("Contents", [])}
+
+    keys = objects()
+    for key in ("config.yaml", "labeled/_COMMITTED", "rounds/r000/_COMMITTED", "rounds/r001/_COMMITTED",
+                "rounds/r001/_LABELED", "rounds/r001/merged.parquet", "final/weights/best.pt",
+                "final/dataset.parquet", "final/yolo/data.yaml", "report/report.md", "report/score_histogram.png"):
+        assert key in keys, key
+    assert any(k.startswith("final/yolo/images/train/") for k in keys)
+    assert not any("/raw/" in k for k in keys)  # the at-least-once scratch output is gone
+    lab = state.rounds[1]["label"]
+    assert lab["items"] == 40 == lab["pseudo"] + lab["negative"] + lab["uncertain"] + lab["rejected"]
+
+    fs = pafs.S3FileSystem(endpoint_override=s3.endpoint, access_key=s3.access_key, secret_key=s3.secret_key,
+                           region="us-east-1", scheme="http")
+    dataset = pq.read_table(f"{bucket}/runs/r1/final/dataset.parquet", filesystem=fs)
+    best = state.rounds[max(range(2), key=lambda r: (state.scores[r], -r))]
+    assert dataset.num_rows == best.get("train_images", 24)
+
+    run_rounds(cfg)  # re-run: read back, nothing rewritten except final/ and report/ (same bytes)
+    assert objects() == keys

@@ -133,12 +133,15 @@ def test_job_entrypoint_reports_config_errors_as_one_line(tmp_path):
 
 
 def test_relative_local_paths_are_made_absolute_on_the_driver(tmp_path, monkeypatch):
-    from ssl_ray.label import _with_absolute_paths
+    from ssl_ray.config import with_absolute_paths
 
     monkeypatch.chdir(tmp_path)
-    cfg = _with_absolute_paths(load_config(None, ["pool.sources=[pool, s3://b/p]", "output.cache_dir=cache"]))
+    cfg = with_absolute_paths(load_config(None, ["pool.sources=[pool, s3://b/p]", "output.cache_dir=cache",
+                                                 "labeled.data=d/data.yaml", "output.dir=run"]))
     assert cfg.pool.sources == [str(tmp_path / "pool"), "s3://b/p"]
     assert cfg.output.cache_dir == str(tmp_path / "cache")
+    assert (cfg.labeled.data, cfg.output.dir) == (str(tmp_path / "d" / "data.yaml"), str(tmp_path / "run"))
+    assert with_absolute_paths(load_config(None)).labeled.data is None
     assert load_config(None).output.cache_dir.startswith("~")  # expanded on each node, not here
 
 

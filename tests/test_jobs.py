@@ -1,0 +1,95 @@
+"""The job as users launch it: through `ray job submit` against a head node started with the
+`ray` CLI (token auth on), and as a driver process that is SIGKILLed mid-round and re-run."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+ROOT = Path(__file__).parents[1]
+SMOKE = ROOT / "jobs" / "configs" / "smoke.yaml"
+POOL = 200  # the synthetic dataset's pool (SynthSpec defaults): 40 train, 32 val, 200 pool
+
+
+def overrides(tmp_path: Path, *extra: str) -> list[str]:
+    data = tmp_path / "data"
+    return [f"labeled.data={data / 'data.yaml'}", f"pool.sources=[{data / 'images' / 'pool'}]",
+            f"output.dir={tmp_path / 'run'}", f"output.cache_dir={tmp_path / 'cache'}", *extra]
+
+
+def digests(root: Path) -> dict:
+    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def check_round(run: Path, r: int, n_labeled: int = 40) -> dict:
+    """A committed pseudo-label round: counts add up over the pool, no image twice."""
+    stage = run / "rounds" / f"r{r:03d}"
+    assert (stage / "_COMMITTED").exists()
+    metrics = json.loads((stage / "metrics.json").read_text())
+    lab = metrics["label"]
+    assert lab["items"] == POOL == lab["pseudo"] + lab["negative"] + lab["uncertain"] + lab["rejected"]
+    ids = pq.read_table(stage / "merged.parquet").column("image_id").to_pylist()
+    assert len(ids) == len(set(ids)) == n_labeled + lab["pseudo"] + lab["negative_used"] == metrics["train_images"]
+    return metrics
+
+
+@pytest.mark.ray
+@pytest.mark.train
+def test_smoke_job_through_ray_job_submit(ray_head, tmp_path):
+    cmd = ["ray", "job", "submit", "--address", ray_head.dashboard, "--working-dir", str(ROOT), "--",
+           "python", "-m", "jobs.ssl_rounds", "--config", "jobs/configs/smoke.yaml", "--synth", str(tmp_path / "data"),
+           *overrides(tmp_path)]
+    env = {k: v for k, v in ray_head.env.items() if k != "RAY_ADDRESS"}
+    result = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "succeeded" in result.stdout + result.stderr
+    assert "best round:" in result.stdout  # the job's own output, streamed back by the client
+
+    run = tmp_path / "run"
+    check_round(run, 1)
+    for path in ("final/weights/best.pt", "final/dataset.parquet", "final/yolo/data.yaml", "report/report.md",
+                 "report/score_histogram.png"):
+        assert (run / path).stat().st_size > 0, path
+    assert pq.read_table(run / "final" / "dataset.parquet").num_rows > 0
+
+
+@pytest.mark.ray
+@pytest.mark.train
+def test_driver_killed_mid_round_resumes_exactly(ray_head, tmp_path):
+    from ssl_ray.synth import SynthSpec, generate
+
+    generate(tmp_path / "data", SynthSpec())
+    cmd = [sys.executable, "-m", "jobs.ssl_rounds", "--config", str(SMOKE), *overrides(tmp_path, "train.epochs=3")]
+    run = tmp_path / "run"
+    log = open(tmp_path / "driver.log", "wb")
+    driver = subprocess.Popen(cmd, env=ray_head.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:  # kill it once round 1's labels are written, while round 1 trains
+        deadline = time.monotonic() + 600
+        while not (run / "rounds" / "r001" / "_LABELED").exists():
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-4000:]
+            assert time.monotonic() < deadline, "round 1 never got labeled"
+            time.sleep(0.2)
+        time.sleep(3)
+        assert not (run / "rounds" / "r001" / "_COMMITTED").exists(), "round 1 finished before the kill"
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        log.close()
+    round0 = digests(run / "rounds" / "r000")
+    labeled = digests(run / "labeled")
+
+    again = subprocess.run(cmd, env=ray_head.env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    assert digests(run / "rounds" / "r000") == round0 and digests(run / "labeled") == labeled
+    check_round(run, 1)
+    assert (run / "final" / "weights" / "best.pt").exists() and (run / "report" / "report.json").exists()

@@ -1,0 +1,45 @@
+"""The report from round records alone (no Ray): table, JSON and the three plots."""
+
+import io
+import json
+
+from PIL import Image
+
+from ssl_ray.report import COLUMNS, table_rows, write_report
+from ssl_ray.storage import Store
+
+
+def rounds():
+    held = lambda m: {"mAP50": m + 0.1, "mAP50-95": m, "per_class": {}}  # noqa: E731
+    label = {"items": 40, "pseudo": 12, "negative": 5, "negative_used": 3, "uncertain": 20, "rejected": 3,
+             "pseudo_boxes_per_class": {"circle": 9, "square": 4}, "seconds": 7.5,
+             "score_histogram": [30, 10, 5, 2, 0, 0, 1, 0, 4, 9]}
+    return [
+        {"round": 0, "threshold": None, "labeled_images": 24, "held_out": held(0.2), "seconds": 30.0,
+         "stage_seconds": {"train": 29.0}},
+        {"round": 1, "threshold": 0.6, "labeled_images": 24, "train_images": 39, "held_out": held(0.3),
+         "seconds": 50.0, "label": label, "stage_seconds": {"label": 7.5, "merge": 0.4, "train": 40.0}},
+    ]
+
+
+def test_table_rows_carry_counts_classes_and_stage_times():
+    r0, r1 = table_rows(rounds())
+    assert len(r0) == len(r1) == len(COLUMNS)
+    row = dict(zip(COLUMNS, r1))
+    assert row["pool items"] == 40 and row["negative (used)"] == "5 (3)" and row["rejected"] == 3
+    assert row["pseudo boxes per class"] == "circle 9, square 4"
+    assert row["train images"] == 39 and row["label s"] == 7.5 and row["train s"] == 40.0
+    assert dict(zip(COLUMNS, r0))["train images"] == 24 and dict(zip(COLUMNS, r0))["label s"] == "-"
+
+
+def test_write_report(tmp_path):
+    out = Store(str(tmp_path / "run"))
+    write_report(out, rounds(), best=1)
+    report = tmp_path / "run" / "report"
+    assert json.loads((report / "report.json").read_text())["best_round"] == 1
+    md = (report / "report.md").read_text()
+    assert "| round | threshold | pool items |" in md and "| 1 | 0.60 | 40 | 12 | 5 (3) |" in md
+    for name in ("map_per_round.png", "pseudo_per_class.png", "score_histogram.png"):
+        assert f"]({name})" in md
+        with Image.open(io.BytesIO((report / name).read_bytes())) as im:
+            assert im.format == "PNG" and im.size[0] >= 400
