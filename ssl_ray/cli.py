@@ -140,7 +140,7 @@ def cmd_label(args) -> None:
     names = None
     if cfg.labeled.data:
         names = load_data_yaml(cfg.labeled.data, lambda uri: Store(uri, cfg.storage)).names
-    start_ray(cfg.ray.address, cfg.ray.num_cpus)
+    start_ray(cfg.ray.address, cfg.ray.num_cpus, object_store_gb=cfg.ray.object_store_memory_gb)
     out = Store(cfg.output.dir, cfg.storage)
     summary = label_pool(cfg, out, round=args.round, weights=args.weights or cfg.model.weights, names=names)
     print_label_summary(summary)
@@ -165,7 +165,7 @@ def run_job(cfg: Config, *, new_run: bool = False) -> None:
     for source in cfg.pool.sources:
         preflight(source, cfg.storage)
     preflight(cfg.output.dir, cfg.storage, write=True)
-    start_ray(cfg.ray.address, cfg.ray.num_cpus)
+    start_ray(cfg.ray.address, cfg.ray.num_cpus, object_store_gb=cfg.ray.object_store_memory_gb)
     start = time.perf_counter()
     total = cfg.rounds.max_rounds + 1
 
@@ -195,7 +195,7 @@ def cmd_train(args) -> None:
     preflight(cfg.output.dir, cfg.storage, write=True)
     out = Store(cfg.output.dir, cfg.storage)
     labeled = ingest_labeled(cfg, out)
-    start_ray(cfg.ray.address, cfg.ray.num_cpus)
+    start_ray(cfg.ray.address, cfg.ray.num_cpus, object_store_gb=cfg.ray.object_store_memory_gb)
     spec = TrainSpec(name=args.name, train=["labeled/train.parquet"], val=["labeled/val.parquet"],
                      names=labeled.names, weights=cfg.model.weights)
     metrics = train_detector(cfg, out, spec)

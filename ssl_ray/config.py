@@ -131,6 +131,11 @@ class OutputConfig:
 class RayConfig:
     address: str | None = setting(None, "cluster to join ('auto', ray://...); null = RAY_ADDRESS or a local cluster")
     num_cpus: int | None = setting(None, "logical CPUs of a local cluster (null = all cores)", ge=1)
+    object_store_memory_gb: float | None = setting(None, "object store of a local cluster, GiB (null = Ray's default)",
+                                                   gt=0)
+    data_object_store_gb: float | None = setting(
+        None, "object store memory Ray Data may use while labeling, GiB (null = Ray Data's default share)", gt=0)
+    resource_wait_s: float = setting(1800.0, "how long a stage waits for autoscaled nodes (CPUs, GPUs) it needs", ge=0)
 
 
 @_section

@@ -19,3 +19,7 @@ class StorageError(SslRayError):
 
 class DatasetError(SslRayError):
     """A dataset (data.yaml, label file, image) is malformed."""
+
+
+class ResourceError(SslRayError):
+    """The cluster cannot (or did not in time) provide what a stage asks for."""

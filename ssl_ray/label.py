@@ -23,7 +23,7 @@ import pyarrow as pa
 from ssl_ray import accounting, schema
 from ssl_ray.config import Config, with_absolute_paths
 from ssl_ray.errors import SslRayError
-from ssl_ray.runtime import LazyRemote, ray_get
+from ssl_ray.runtime import LazyRemote, ensure_resources, ray_get
 from ssl_ray.storage import Store
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,11 @@ def label_pool(cfg: Config, out: Store, *, round: int, weights: str, names: list
     if stage.exists(LABELED_MARKER):
         log.info("round %d already labeled", round)
         return json.loads(stage.read_bytes("label_summary.json"))
+    ensure_resources(cfg, "label")
+    if cfg.ray.data_object_store_gb:
+        limits = ray.data.DataContext.get_current().execution_options.resource_limits
+        ray.data.DataContext.get_current().execution_options.resource_limits = limits.copy(
+            object_store_memory=cfg.ray.data_object_store_gb * 2**30)
     start = time.perf_counter()
     # The class check and the listing run side by side; nothing is written before the check.
     names_ref = _teacher_names.remote(weights, cfg)

@@ -15,6 +15,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 _LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # else Ray resolves to the eth0 address
+_local_cluster = False  # this process started its own cluster: it cannot grow
 
 
 def prepare_ultralytics(work_dir: str | os.PathLike, threads: int | None = None):
@@ -58,7 +59,8 @@ def _install_font(config_dir: Path) -> None:
         log.warning("no local font for Ultralytics plots: %s", e)
 
 
-def start_ray(address: str | None = None, num_cpus: int | None = None, *, log_to_driver: bool = True):
+def start_ray(address: str | None = None, num_cpus: int | None = None, *, object_store_gb: float | None = None,
+              log_to_driver: bool = True):
     """Join `address` (or RAY_ADDRESS), else start a local cluster on 127.0.0.1.
 
     A local cluster keeps Ray's defaults, token auth included; give more logical CPUs than
@@ -74,8 +76,11 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, *, log_to
         ray.init(address=address, log_to_driver=log_to_driver)
         log.info("joined Ray cluster at %s", address)
         return ray
+    global _local_cluster
+    _local_cluster = True
     ray.init(
         num_cpus=num_cpus or max(4, 2 * (os.cpu_count() or 1)),
+        object_store_memory=int(object_store_gb * 2**30) if object_store_gb else None,
         _node_ip_address="127.0.0.1",
         include_dashboard=False,
         log_to_driver=log_to_driver,
@@ -88,8 +93,56 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, *, log_to
 def stop_ray() -> None:
     import ray
 
+    global _local_cluster
     if ray.is_initialized():
         ray.shutdown()
+    _local_cluster = False
+
+
+_HINTS = {"label": "label.num_gpus_per_actor, label.num_cpus_per_actor or label.min_actors",
+          "train": "train.use_gpu, train.cpus_per_worker or train.num_workers"}
+
+
+def ensure_resources(cfg, stage: str, poll_s: float = 10.0) -> None:
+    """Return once the cluster can hold `stage`'s actors or workers (see `ssl_ray.resources`).
+
+    A joined cluster is asked to scale up (`request_resources`) and waited for, up to
+    `ray.resource_wait_s`: GPU nodes of an autoscaling cluster start at zero. A local cluster
+    cannot grow, so a request it can never hold fails at once, naming the settings to change.
+    """
+    import time
+
+    import ray
+    from ray.autoscaler.sdk import request_resources
+
+    from ssl_ray.errors import ResourceError
+    from ssl_ray.resources import stage_bundles, unplaceable
+
+    bundles = stage_bundles(cfg, stage)
+
+    def problem() -> str | None:
+        return unplaceable(bundles, [n["Resources"] for n in ray.nodes() if n["Alive"]])
+
+    found = problem()
+    if found is None:
+        return
+    if _local_cluster:
+        raise ResourceError(f"{stage}: {found}; this local cluster cannot grow: lower {_HINTS[stage]}")
+    request_resources(bundles=bundles)
+    waited, deadline, last_log = 0.0, time.monotonic() + cfg.ray.resource_wait_s, 0.0
+    try:
+        while found is not None:
+            if time.monotonic() >= deadline:
+                raise ResourceError(f"{stage}: {found}, after waiting {cfg.ray.resource_wait_s:g} s for the autoscaler "
+                                    f"(ray.resource_wait_s): check the cluster's node types, or lower {_HINTS[stage]}")
+            if waited - last_log >= 60 or not last_log:
+                log.warning("%s: waiting for the autoscaler: %s", stage, found)
+                last_log = waited or 1e-9
+            time.sleep(min(poll_s, max(deadline - time.monotonic(), 0)))
+            waited += poll_s
+            found = problem()
+    finally:
+        request_resources(bundles=[])  # withdraw the request: the stage's own tasks keep their nodes
 
 
 class LazyRemote:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ssl_ray.config import Config
+from ssl_ray.runtime import ensure_resources
 from ssl_ray.storage import Store
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ def train_detector(cfg: Config, out: Store, spec: TrainSpec) -> dict:
     stage = out.child(spec.stage or f"train/{spec.name}")
     if stage.exists("weights/best.pt") and stage.exists("train_metrics.json"):
         return json.loads(stage.read_bytes("train_metrics.json"))
+    ensure_resources(cfg, "train")
     resources = {"CPU": cfg.train.cpus_per_worker}
     trainer = TorchTrainer(
         _train_loop,

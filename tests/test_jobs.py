@@ -44,7 +44,8 @@ def check_round(run: Path, r: int, n_labeled: int = 40) -> dict:
 @pytest.mark.ray
 @pytest.mark.train
 def test_smoke_job_through_ray_job_submit(ray_head, tmp_path):
-    cmd = ["ray", "job", "submit", "--address", ray_head.dashboard, "--working-dir", str(ROOT), "--",
+    cmd = ["ray", "job", "submit", "--address", ray_head.dashboard, "--working-dir", str(ROOT),
+           "--runtime-env", str(ROOT / "cluster" / "runtime_env.yaml"), "--",
            "python", "-m", "jobs.ssl_rounds", "--config", "jobs/configs/smoke.yaml", "--synth", str(tmp_path / "data"),
            *overrides(tmp_path)]
     env = {k: v for k, v in ray_head.env.items() if k != "RAY_ADDRESS"}
