@@ -48,6 +48,9 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             # Only our formats: other plugins (e.g. HEIF, registered by some libraries) stay out.
             img = _pillow_open()(io.BytesIO(data), formats=list(FORMATS))
     except UnidentifiedImageError:
+        ours = _our_format_by_signature(data)
+        if ours:  # the right signature, but Pillow could not even read its header
+            raise BadImage("corrupt", f"{ours} signature, unreadable header (e.g. a bad chunk checksum)") from None
         other = _known_other_format(data)
         if other:
             raise BadImage("unsupported_format", f"format {other}") from None
@@ -55,6 +58,8 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as e:
         raise BadImage("too_large", str(e)[:200]) from None
     except (OSError, ValueError, SyntaxError) as e:
+        if _our_format_by_signature(data) is None:  # a loose plugin match (e.g. text starting "BM")
+            raise BadImage("not_image", f"not a recognized image format ({str(e)[:150]})") from None
         raise BadImage("corrupt", str(e)[:200]) from None
     if img.format not in FORMATS:
         raise BadImage("unsupported_format", f"format {img.format}")
@@ -77,6 +82,17 @@ def _pillow_open():
 
 _OTHER_MAGIC = {b"GIF87a": "GIF", b"GIF89a": "GIF", b"8BPS": "PSD", b"\x00\x00\x01\x00": "ICO",
                 b"\x00\x00\x00\x0cjP  ": "JPEG2000", b"\xffO\xffQ": "JPEG2000", b"%PDF": "PDF"}
+
+
+_OUR_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
+
+
+def _our_format_by_signature(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[:2] == b"BM" and data[6:10] == bytes(4):  # BMP: "BM", file size, two reserved zero words
+        return "BMP"
+    return next((name for magic, name in _OUR_MAGIC.items() if data.startswith(magic)), None)
 
 
 def _known_other_format(data: bytes) -> str | None:

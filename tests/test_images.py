@@ -33,6 +33,8 @@ def png_claiming(width: int, height: int) -> bytes:
     (encode(RGB, "GIF"), "unsupported_format"),
     (png_claiming(100_000, 100_000), "too_large"),
     (b"\x00\x00\x00\x18ftypheic" + bytes(32), "unsupported_format"),
+    (b"\x89PNG\r\n\x1a\n" + bytes(40), "corrupt"),          # a PNG signature, then garbage
+    (b"BMW owners' club newsletter, issue 7", "not_image"),  # "BM" text is not a BMP
 ])
 def test_bad_bytes_have_a_reason(data, reason):
     import ultralytics  # noqa: F401  registers extra PIL plugins: classification must not change
