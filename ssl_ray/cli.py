@@ -157,14 +157,10 @@ def run_job(cfg: Config, *, new_run: bool = False) -> None:
     from ssl_ray.report import COLUMNS, table_rows
     from ssl_ray.rounds import best_round
     from ssl_ray.runtime import start_ray
-    from ssl_ray.storage import preflight
 
     if not cfg.labeled.data or not cfg.pool.sources:
         raise SslRayError("labeled.data and pool.sources are both required for a run")
-    preflight(cfg.labeled.data.rpartition("/")[0] or ".", cfg.storage)
-    for source in cfg.pool.sources:
-        preflight(source, cfg.storage)
-    preflight(cfg.output.dir, cfg.storage, write=True)
+    preflight_locations(cfg)
     start_ray(cfg.ray.address, cfg.ray.num_cpus, object_store_gb=cfg.ray.object_store_memory_gb)
     start = time.perf_counter()
     total = cfg.rounds.max_rounds + 1
@@ -181,6 +177,23 @@ def run_job(cfg: Config, *, new_run: bool = False) -> None:
     out = cfg.output.dir.rstrip("/")
     print(f"\nbest round: {best_round(state.scores)}; "
           f"weights {out}/final/weights/best.pt; report {out}/report/report.md")
+
+
+def preflight_locations(cfg: Config) -> None:
+    """Before any work: every location answers (output.dir is writable) and the labeled
+    data.yaml parses. Each failure is one error naming the setting."""
+    from ssl_ray.dataset import load_data_yaml
+    from ssl_ray.storage import Store, preflight
+
+    checks = [("labeled.data", cfg.labeled.data.rpartition("/")[0] or ".", False)]
+    checks += [(f"pool.sources[{i}]", source, False) for i, source in enumerate(cfg.pool.sources)]
+    checks += [("output.dir", cfg.output.dir, True)]
+    for name, uri, write in checks:
+        try:
+            preflight(uri, cfg.storage, write=write)
+        except SslRayError as e:
+            raise type(e)(f"{name}: {e}") from None
+    load_data_yaml(cfg.labeled.data, lambda uri: Store(uri, cfg.storage))
 
 
 def cmd_train(args) -> None:

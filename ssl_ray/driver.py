@@ -49,9 +49,14 @@ class RunState:
 
 def run_rounds(cfg: Config, *, new_run: bool = False, on_round: Callable[[RunState], None] | None = None) -> RunState:
     out = Store(cfg.output.dir, cfg.storage)
-    claim_run_dir(out, cfg, new_run)  # the config as the user wrote it
+    fresh = claim_run_dir(out, cfg, new_run)  # the config as the user wrote it
     cfg = with_absolute_paths(cfg)  # as Ray tasks on other processes must see it
-    names, n_labeled = _on_ray(out, _ingest, cfg)
+    try:
+        names, n_labeled = _on_ray(out, _ingest, cfg)
+    except Exception:
+        if fresh:  # bad labeled data: leave no half-started run behind
+            out.delete_prefix()
+        raise
     state = RunState(names=names)
     for r in range(cfg.rounds.max_rounds + 1):
         if r > 0 and plan.should_stop(state.scores, cfg.rounds.patience):
@@ -75,18 +80,20 @@ def _on_ray(out: Store, task: LazyRemote, *args):
     return ray_get(task.options(**opts).remote(*args))
 
 
-def claim_run_dir(out: Store, cfg: Config, new_run: bool) -> None:
-    """Record the effective config; refuse a different config on an existing run."""
+def claim_run_dir(out: Store, cfg: Config, new_run: bool) -> bool:
+    """Record the effective config; refuse a different config on an existing run. True when
+    the run directory is new (nothing was there, or --new-run replaced it)."""
     text = dump_config(cfg)
     if out.exists("config.yaml"):
         old = out.read_bytes("config.yaml").decode()
         if old == text:
-            return
+            return False
         if not new_run:
             raise ConfigError(f"{out.uri} holds a run with another config ({_first_difference(old, text)}): "
                               f"use another output.dir, or --new-run to replace that run")
         out.delete_prefix()
     out.write_text("config.yaml", text)
+    return True
 
 
 def _first_difference(old_yaml: str, new_yaml: str) -> str:

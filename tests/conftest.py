@@ -99,9 +99,10 @@ def teachers(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
+def ray_head(s3, tmp_path_factory):
     """A separate Ray head node started with the `ray` CLI (token auth on, 127.0.0.1), for jobs
-    submitted with `ray job submit` and drivers run as their own processes."""
+    submitted with `ray job submit` and drivers run as their own processes. Started after the
+    S3 server, so its processes hold the S3 credentials, as nodes with an instance role do."""
     from rayhead import ray_head
 
     with ray_head(tmp_path_factory.mktemp("rayhead")) as head:

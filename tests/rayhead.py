@@ -27,6 +27,7 @@ class RayHead:
     token: str
     env: dict[str, str]  # a client's environment: token auth, loopback, the project's python first on PATH
     log: Path
+    temp_dir: Path  # Ray's session files and logs
 
 
 @contextlib.contextmanager
@@ -54,7 +55,7 @@ def ray_head(workdir: Path, num_cpus: int = 8):
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     head = RayHead(gcs_address=f"127.0.0.1:{port}", dashboard=f"http://127.0.0.1:{dash}", token=token,
-                   env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}, log=log)
+                   env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}, log=log, temp_dir=Path(temp_dir))
     try:
         _wait_ready(head, proc)
         yield head

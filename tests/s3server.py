@@ -23,7 +23,29 @@ class S3Server:
     endpoint: str
     access_key: str
     secret_key: str
-    proc: subprocess.Popen
+    args: list[str]
+    log: Path
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        """Start (or restart, on the same ports and data) and wait until it answers."""
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        _wait_ready(self)
+
+    def kill(self) -> None:
+        """Stop at once, as a crashed or unreachable server would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
 
     def env(self) -> dict[str, str]:
         return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
@@ -61,19 +83,12 @@ def seaweedfs(workdir: Path):
             f"-s3.config={workdir / 's3.json'}"]
     for name, port in ports.items():
         args += [f"-{name}.port={port}", f"-{name}.port.grpc={free_port()}"]
-    log = open(workdir / "weed.log", "wb")
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = S3Server(f"http://127.0.0.1:{ports['s3']}", ACCESS_KEY, SECRET_KEY, proc)
+    server = S3Server(f"http://127.0.0.1:{ports['s3']}", ACCESS_KEY, SECRET_KEY, args, workdir / "weed.log")
     try:
-        _wait_ready(server)
+        server.start()
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        server.stop()
 
 
 def _wait_ready(server: S3Server, timeout: float = 60) -> None:

@@ -5,7 +5,6 @@ is written outside the run directory and the cache, and the accounting is exact.
 import os
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 

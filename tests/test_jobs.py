@@ -3,13 +3,13 @@
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -43,23 +43,51 @@ def check_round(run: Path, r: int, n_labeled: int = 40) -> dict:
 
 @pytest.mark.ray
 @pytest.mark.train
-def test_smoke_job_through_ray_job_submit(ray_head, tmp_path):
+@pytest.mark.s3
+def test_smoke_job_through_ray_job_submit_leaks_no_secret(ray_head, s3, bucket, tmp_path):
+    """The smoke config through the real client, its run directory on S3. Then neither the S3
+    secret key nor the Ray token may appear in the job's output, any Ray log, the run's
+    objects (Parquet, reports, saved config, weights) or any local file the job wrote."""
+    run = f"s3://{bucket}/smoke"
     cmd = ["ray", "job", "submit", "--address", ray_head.dashboard, "--working-dir", str(ROOT),
            "--runtime-env", str(ROOT / "cluster" / "runtime_env.yaml"), "--",
            "python", "-m", "jobs.ssl_rounds", "--config", "jobs/configs/smoke.yaml", "--synth", str(tmp_path / "data"),
-           *overrides(tmp_path)]
+           *overrides(tmp_path, f"output.dir={run}", f"storage.endpoint_url={s3.endpoint}", "storage.region=us-east-1")]
     env = {k: v for k, v in ray_head.env.items() if k != "RAY_ADDRESS"}
     result = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "succeeded" in result.stdout + result.stderr
     assert "best round:" in result.stdout  # the job's own output, streamed back by the client
 
-    run = tmp_path / "run"
-    check_round(run, 1)
-    for path in ("final/weights/best.pt", "final/dataset.parquet", "final/yolo/data.yaml", "report/report.md",
-                 "report/score_histogram.png"):
-        assert (run / path).stat().st_size > 0, path
-    assert pq.read_table(run / "final" / "dataset.parquet").num_rows > 0
+    client = s3.client()
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="smoke/")
+    objects = {o["Key"][len("smoke/"):]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+               for page in pages for o in page.get("Contents", [])}
+    for key in ("rounds/r001/_COMMITTED", "final/weights/best.pt", "final/dataset.parquet", "final/yolo/data.yaml",
+                "report/report.md", "report/score_histogram.png", "config.yaml"):
+        assert objects.get(key), key
+    metrics = json.loads(objects["rounds/r001/metrics.json"])
+    lab = metrics["label"]
+    assert lab["items"] == POOL == lab["pseudo"] + lab["negative"] + lab["uncertain"] + lab["rejected"]
+    best = json.loads(objects["report/report.json"])["best_round"]
+    rows = pq.read_table(pa.BufferReader(objects["final/dataset.parquet"])).num_rows
+    assert rows == (metrics["train_images"] if best == 1 else 40)
+
+    secrets = {"S3 secret key": s3.secret_key.encode(), "Ray token": ray_head.token.encode()}
+    places = {"job output": (result.stdout + result.stderr).encode(), **{f"s3://{bucket}/smoke/{k}": v
+                                                                          for k, v in objects.items()}}
+    for root in (ray_head.temp_dir, tmp_path):  # every Ray log and session file; every local file
+        for path in root.rglob("*"):
+            if "working_dir_files" in path.parts:
+                continue  # the uploaded copy of this repository (tests/s3server.py defines the test key)
+            if path.is_file() and not path.is_symlink() and not path.name.endswith(".sock"):
+                try:
+                    places[str(path)] = path.read_bytes()
+                except OSError:
+                    pass
+    assert len(places) > 50
+    leaks = [(what, where) for where, data in places.items() for what, secret in secrets.items() if secret in data]
+    assert leaks == []
 
 
 @pytest.mark.ray
