@@ -104,6 +104,7 @@ class RayMemory:
 
     def __init__(self, period: float = 0.25):
         self.peak, self.period, self._stop = 0, period, threading.Event()
+        self.timeline: list[tuple[float, int]] = []  # (perf_counter, summed PSS) per sample
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
@@ -120,6 +121,7 @@ class RayMemory:
                     except (psutil.Error, OSError):
                         pass
             self.peak = max(self.peak, total)
+            self.timeline.append((time.perf_counter(), total))
             self._stop.wait(self.period)
 
     def __enter__(self):

@@ -100,13 +100,21 @@ def test_driver_killed_mid_round_resumes_exactly(ray_head, tmp_path):
     run = tmp_path / "run"
     log = open(tmp_path / "driver.log", "wb")
     driver = subprocess.Popen(cmd, env=ray_head.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    try:  # kill it once round 1's labels are written, while round 1 trains
+    snapshot = run / "rounds" / "r001" / "ray" / "r001" / "checkpoint_manager_snapshot.json"
+
+    def registered_epochs() -> list[int]:
+        try:
+            return [r["metrics"].get("epoch", 0) for r in json.loads(snapshot.read_text())["checkpoint_results"]]
+        except (OSError, ValueError, KeyError):
+            return []
+
+    try:  # kill it in round 1, once its labels are written and its first epoch is checkpointed
         deadline = time.monotonic() + 600
-        while not (run / "rounds" / "r001" / "_LABELED").exists():
+        while 1 not in registered_epochs():
             assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-4000:]
-            assert time.monotonic() < deadline, "round 1 never got labeled"
-            time.sleep(0.2)
-        time.sleep(3)
+            assert time.monotonic() < deadline, "round 1 never checkpointed an epoch"
+            time.sleep(0.1)
+        assert (run / "rounds" / "r001" / "_LABELED").exists()
         assert not (run / "rounds" / "r001" / "_COMMITTED").exists(), "round 1 finished before the kill"
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
@@ -122,3 +130,9 @@ def test_driver_killed_mid_round_resumes_exactly(ray_head, tmp_path):
     assert digests(run / "rounds" / "r000") == round0 and digests(run / "labeled") == labeled
     check_round(run, 1)
     assert (run / "final" / "weights" / "best.pt").exists() and (run / "report" / "report.json").exists()
+    # the re-run's training resumed from round 1's checkpoint: epoch 1 was not trained again
+    audit = tmp_path / "cache" / "train" / "r001" / "run" / "ranks" / "rank0.jsonl"
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    pids = list(dict.fromkeys(r["pid"] for r in records))
+    assert len(pids) == 2, records
+    assert 1 not in [r["epoch"] for r in records if r["pid"] == pids[1]], records
