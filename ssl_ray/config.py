@@ -70,6 +70,8 @@ class TrainConfig:
     dataloader_workers: int = setting(8, "Ultralytics dataloader processes per worker", ge=0)
     max_failures: int = setting(3, "worker failures tolerated before the run fails (-1 = unlimited)", ge=-1)
     patience: int = setting(50, "Ultralytics early stopping: epochs without val improvement", ge=1)
+    labeled_fraction: float | None = setting(None, "oversample labeled images to about this share of each epoch "
+                                                   "(null = as they come)", gt=0, lt=1)
     extra: dict[str, Any] = setting({}, "further Ultralytics trainer arguments (lr0, mosaic, ...)")
 
 
@@ -82,10 +84,18 @@ class LabelConfig:
     max_actors: int = setting(8, "inference actors at most (autoscaling)", ge=1)
     score_floor: float = setting(0.05, "detections below this score are not kept at all", ge=0, le=1)
     decode_tasks: int | None = setting(None, "concurrent decode tasks at most (null = as many as CPUs allow)", ge=1)
+    consistency_views: list[str] = setting([], "test-time views checked for agreement: 'flip', 'scale:S' (empty = off)")
+    consistency_iou: float = setting(0.5, "IoU a view's box needs (mapped back) to agree with a box", gt=0, le=1)
 
     def __post_init__(self):
         if self.min_actors > self.max_actors:
             raise ValueError(f"label.min_actors ({self.min_actors}) must be <= label.max_actors ({self.max_actors})")
+        from ssl_ray.consistency import parse_views
+
+        try:
+            parse_views(self.consistency_views, 640)
+        except ValueError as e:
+            raise ValueError(f"label.consistency_views: {e}") from None
 
 
 @_section
@@ -97,6 +107,17 @@ class SelectConfig:
     negative_max_score: float = setting(0.1, "an image whose best score is below this is a negative", ge=0, le=1)
     max_negative_fraction: float = setting(0.2, "negatives at most this fraction of the selection", ge=0, le=1)
     review_max: int = setting(1000, "most uncertain images exported for human review", ge=0)
+    min_agreement: float = setting(1.0, "with label.consistency_views: share of the views that must agree with a "
+                                        "pseudo-box", ge=0, le=1)
+    max_images_per_class: int | None = setting(None, "class balance: pseudo-labeled images trained on per class "
+                                                     "(of an image's best box), highest scores first (null = all)", ge=1)
+    adaptive: Literal["off", "val_precision", "pool_quantile"] = setting(
+        "off", "per-class thresholds from data each round: the lowest score reaching select.target_precision on "
+               "the held-out val set, or the pool score above which select.keep_fraction of a class's detections lie")
+    target_precision: float = setting(0.9, "adaptive=val_precision: precision each class's threshold must reach",
+                                      gt=0, le=1)
+    keep_fraction: float = setting(0.3, "adaptive=pool_quantile: share of each class's pool detections kept", gt=0, le=1)
+    adaptive_floor: float = setting(0.25, "adaptive thresholds never go below this score", ge=0, le=1)
 
     def __post_init__(self):
         for key, value in self.per_class.items():

@@ -27,9 +27,9 @@ from typing import Callable
 from ssl_ray import rounds as plan
 from ssl_ray.config import Config, dump_config, with_absolute_paths
 from ssl_ray.errors import ConfigError
-from ssl_ray.export import parquet_num_rows, read_parquet_rows, write_parquet
+from ssl_ray.export import export_yolo_tree, parquet_num_rows, read_parquet_rows, write_parquet
 from ssl_ray.ingest import ingest_labeled
-from ssl_ray.label import label_pool
+from ssl_ray.label import LABELED_MARKER, label_pool, val_class_thresholds
 from ssl_ray.runtime import LazyRemote, ray_get
 from ssl_ray.storage import Store
 from ssl_ray.train import TrainSpec, train_detector
@@ -116,17 +116,29 @@ def _run_round(cfg: Config, out: Store, r: int, state: RunState, n_labeled: int)
     start = time.perf_counter()
     record: dict = {"round": r, "threshold": None, "labeled_images": n_labeled, "stage_seconds": {}}
     train_rows, weights = ["labeled/train.parquet"], cfg.model.weights
+    copies = 1
     if r > 0:
         teacher = out.uri_of(f"rounds/r{r - 1:03d}/weights/best.pt")
-        record["threshold"] = plan.threshold_for(r, cfg.rounds, cfg.select)
-        record["label"] = label_pool(cfg, out, round=r, weights=teacher, names=state.names, conf=record["threshold"])
+        record["threshold"] = conf = plan.threshold_for(r, cfg.rounds, cfg.select)
+        class_conf = None
+        if cfg.select.adaptive == "val_precision" and not out.exists(f"{stage}/{LABELED_MARKER}"):
+            class_conf = val_class_thresholds(cfg, out, teacher, state.names, conf)
+        record["label"] = label_pool(cfg, out, round=r, weights=teacher, names=state.names, conf=conf,
+                                     class_conf=class_conf)
+        record["class_thresholds"] = record["label"].get("class_thresholds")
         record["stage_seconds"]["label"] = record["label"]["seconds"]
         t0 = time.perf_counter()
         record["train_images"] = _on_ray(out, _merge, out, stage)
         record["stage_seconds"]["merge"] = round(time.perf_counter() - t0, 1)
+        if not out.exists(f"{stage}/review_export/ranking.csv"):
+            t0 = time.perf_counter()
+            record["review_exported"] = _on_ray(out, _review, cfg, out, stage, state.names)
+            record["stage_seconds"]["review"] = round(time.perf_counter() - t0, 1)
         train_rows, weights = [f"{stage}/merged.parquet"], teacher
+        copies = plan.labeled_copies(cfg.train.labeled_fraction, n_labeled, record["train_images"] - n_labeled)
+        record["labeled_copies"] = copies
     spec = TrainSpec(name=f"r{r:03d}", train=train_rows, val=["labeled/val.parquet"], names=state.names,
-                     weights=weights, stage=stage)
+                     weights=weights, stage=stage, labeled_copies=copies)
     t0 = time.perf_counter()
     record["held_out"] = train_detector(cfg, out, spec)
     record["stage_seconds"]["train"] = round(time.perf_counter() - t0, 1)
@@ -161,25 +173,18 @@ def _finalize_impl(cfg: Config, names: list[str], rounds: list[dict], best: int)
     out.write_bytes("final/weights/best.pt", out.read_bytes(f"{stage}/weights/best.pt"))
     rows = read_parquet_rows(out, f"{stage}/merged.parquet" if best > 0 else "labeled/train.parquet")
     write_parquet(out, "final/dataset.parquet", rows)
-    _export_yolo(cfg, out, rows, read_parquet_rows(out, "labeled/val.parquet"), names)
+    export_yolo_tree(cfg, out, "final/yolo", {"train": rows, "val": read_parquet_rows(out, "labeled/val.parquet")},
+                     names)
     write_report(out, rounds, best)
 
 
+def _review_impl(cfg: Config, out: Store, stage: str, names: list[str]) -> int:
+    from ssl_ray.review import export_review
+
+    return export_review(cfg, out, stage, names)
+
+
 _ingest = LazyRemote(_ingest_impl, num_cpus=1)
+_review = LazyRemote(_review_impl, num_cpus=1)
 _merge = LazyRemote(_merge_impl, num_cpus=1)
 _finalize = LazyRemote(_finalize_impl, num_cpus=1)
-
-
-def _export_yolo(cfg: Config, out: Store, train: list[dict], val: list[dict], names: list[str]) -> None:
-    import tempfile
-    from pathlib import Path
-
-    from ssl_ray.export import ImageCache, UriReader, write_yolo_tree
-
-    cache = ImageCache(Path(cfg.output.cache_dir).expanduser() / "images")
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) if out.is_s3 else Path(out.path("final/yolo"))
-        write_yolo_tree(local, {"train": train, "val": val}, names, cache, UriReader(cfg.storage))
-        if out.is_s3:
-            for path in sorted(p for p in local.rglob("*") if p.is_file()):
-                out.write_bytes(f"final/yolo/{path.relative_to(local).as_posix()}", path.read_bytes())

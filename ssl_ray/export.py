@@ -106,12 +106,13 @@ def label_lines(boxes: Iterable[dict]) -> str:
 
 def write_yolo_tree(
     out_dir: str | os.PathLike, splits: dict[str, list[dict]], names: list[str], cache: ImageCache,
-    fetch: Callable[[dict], bytes],
+    fetch: Callable[[dict], bytes], repeat: Callable[[dict], int] | None = None,
 ) -> Path:
     """Write `images/<split>/`, `labels/<split>/` and `data.yaml` under `out_dir`; return data.yaml.
 
     `splits` maps a split name ('train', 'val') to its rows. Images are hard links into the
     cache where the filesystem allows, copies otherwise. Safe to re-run over a partial tree.
+    `repeat(row)` > 1 adds that many copies in all (`<id>~1.<ext>`, ...): oversampling.
     """
     out = Path(out_dir).expanduser().resolve()
     for split, rows in splits.items():
@@ -120,16 +121,35 @@ def write_yolo_tree(
         lbl_dir.mkdir(parents=True, exist_ok=True)
         for row in rows:
             cached = cache.ensure(row["image_id"], lambda row=row: fetch(row))
-            target = img_dir / cached.name
-            if not target.exists():
-                _link_or_copy(cached, target)
-            (lbl_dir / f"{row['image_id']}.txt").write_text(label_lines(row["boxes"] or []))
+            labels = label_lines(row["boxes"] or [])
+            for k in range(repeat(row) if repeat else 1):
+                stem = row["image_id"] if k == 0 else f"{row['image_id']}~{k}"
+                target = img_dir / f"{stem}{cached.suffix}"
+                if not target.exists():
+                    _link_or_copy(cached, target)
+                (lbl_dir / f"{stem}.txt").write_text(labels)
     # No 'path': Ultralytics then resolves the splits next to data.yaml, wherever the tree is
     # copied (a relative 'path' would be taken relative to its global datasets folder).
     meta = {**{s: f"images/{s}" for s in splits}, "names": dict(enumerate(names))}
     data_yaml = out / "data.yaml"
     data_yaml.write_text(yaml.safe_dump(meta, sort_keys=False))
     return data_yaml
+
+
+def export_yolo_tree(cfg, out: Store, rel: str, splits: dict[str, list[dict]], names: list[str]) -> dict[str, str]:
+    """A YOLO tree at `<out>/<rel>` (built in a temp folder and uploaded when `out` is on S3),
+    images from the node's cache; returns image_id -> the image's path inside the tree."""
+    import tempfile
+
+    cache = ImageCache(Path(cfg.output.cache_dir).expanduser() / "images")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) if out.is_s3 else Path(out.path(rel))
+        write_yolo_tree(local, splits, names, cache, UriReader(cfg.storage))
+        files = sorted(p for p in local.rglob("*") if p.is_file())
+        if out.is_s3:
+            for path in files:
+                out.write_bytes(f"{rel}/{path.relative_to(local).as_posix()}", path.read_bytes())
+        return {p.stem: p.relative_to(local).as_posix() for p in files if p.parent.parent.name == "images"}
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 LABELED_MARKER = "_LABELED"
 LISTING_PART = 128  # pool entries per listing block: one decode task each, small enough to pipeline
 DECODE_MEMORY = 2**30  # bytes reserved per decode task (a worker measured ~430 MiB)
-OUTPUT_DIRS = ("raw", "predictions", "rejects", "pseudo", "review", "selection")
+OUTPUT_DIRS = ("raw", "predictions", "rejects", "pseudo", "review", "review_export", "selection")
 RAW_SCHEMA = pa.schema(list(schema.ROW_SCHEMA) + [("reject_reason", pa.string()), ("reject_detail", pa.string())])
 
 
@@ -40,11 +40,12 @@ class LabelError(SslRayError):
 
 
 def label_pool(cfg: Config, out: Store, *, round: int, weights: str, names: list[str] | None = None,
-               conf: float | None = None) -> dict:
+               conf: float | None = None, class_conf: list[float] | None = None) -> dict:
     """Run (or reuse) the label stage of `round`; return its summary.
 
     `names` are the classes of the labeled set; the teacher must predict exactly these
-    (None: take the teacher's own).
+    (None: take the teacher's own). `conf` is the round's global threshold; `class_conf`
+    (e.g. from `val_class_thresholds`) one threshold per class instead.
     """
     import ray
 
@@ -92,7 +93,8 @@ def label_pool(cfg: Config, out: Store, *, round: int, weights: str, names: list
         batch_format="numpy",
     )
     ds.write_parquet(stage.path("raw"), filesystem=stage.fs)
-    summary = ray_get(_finalize.options(num_cpus=1).remote(cfg, stage, names, round, weights, conf, listed))
+    summary = ray_get(_finalize.options(num_cpus=1).remote(cfg, stage, names, round, weights, conf, listed,
+                                                           class_conf))
     summary["seconds"] = round_(time.perf_counter() - start)
     summary["items_per_s"] = round_(summary["items"] / max(summary["seconds"], 1e-9))
     stage.delete_prefix("raw")
@@ -182,30 +184,46 @@ def _provenance(batch: dict, i: int) -> dict:
 
 
 class _Predict:
-    """Inference actor: one teacher per actor, batched forward, detections mapped back."""
+    """Inference actor: one teacher per actor, batched forward (every consistency view of the
+    batch in the same forward), detections mapped back."""
 
     def __init__(self, weights: str, cfg: Config):
+        from ssl_ray.consistency import parse_views
         from ssl_ray.teacher import Teacher, resolve_weights
 
         threads = max(1, int(cfg.label.num_cpus_per_actor)) if cfg.label.num_gpus_per_actor == 0 else None
         local = resolve_weights(weights, cfg.output.cache_dir, cfg.storage)
         self.teacher = Teacher(local, cfg.output.cache_dir, threads=threads)
         self.floor = cfg.label.score_floor
+        self.views = parse_views(cfg.label.consistency_views, cfg.model.imgsz)
+        self.iou = cfg.label.consistency_iou
+
+    def detect(self, images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """(detections (k, 6) in canvas pixels, agreement (k,) or None) per image."""
+        from ssl_ray.consistency import apply_view, fuse, undo_view
+
+        if not self.views:
+            return [(d, None) for d in self.teacher.predict(images, self.floor)]
+        n = len(images)
+        out = self.teacher.predict(np.concatenate([images] + [apply_view(images, v) for v in self.views]), self.floor)
+        return [fuse(out[i], [undo_view(out[(k + 1) * n + i], v) for k, v in enumerate(self.views)], self.iou)
+                for i in range(n)]
 
     def __call__(self, batch: dict) -> pa.Table:
         from ssl_ray.boxes import Letterbox, to_normalized_xywh
 
         ok = np.array([not r for r in batch["reject_reason"]], dtype=bool)
-        dets = iter(self.teacher.predict(batch["image"][ok], self.floor) if ok.any() else [])
+        dets = iter(self.detect(batch["image"][ok]) if ok.any() else [])
         rows = []
         for i in range(len(ok)):
             boxes = []
             if ok[i]:
-                d = next(dets)
+                d, agree = next(dets)
                 lb = Letterbox(float(batch["ratio"][i]), float(batch["pad_x"][i]), float(batch["pad_y"][i]))
                 xywh = to_normalized_xywh(d[:, :4], lb, int(batch["width"][i]), int(batch["height"][i]))
-                boxes = [schema.box(int(c), *xy, score=float(s))
-                         for xy, s, c in zip(xywh, d[:, 4], d[:, 5]) if xy[2] > 0 and xy[3] > 0]
+                agree = [None] * len(d) if agree is None else agree
+                boxes = [schema.box(int(c), *xy, score=float(s), agree=a)
+                         for xy, s, c, a in zip(xywh, d[:, 4], d[:, 5], agree) if xy[2] > 0 and xy[3] > 0]
             rows.append({
                 "image_id": str(batch["image_id"][i]), "uri": str(batch["uri"][i]),
                 "width": int(batch["width"][i]), "height": int(batch["height"][i]), **_provenance(batch, i),
@@ -216,15 +234,20 @@ class _Predict:
 
 
 def _finalize_impl(cfg: Config, stage: Store, names: list[str], round: int, teacher: str,
-                   conf: float | None, listed: int) -> dict:
+                   conf: float | None, listed: int, class_conf: list[float] | None = None) -> dict:
     import pyarrow.parquet as pq
 
     from ssl_ray.export import write_parquet, write_rejects
-    from ssl_ray.select import select
+    from ssl_ray.select import class_thresholds, select
+    from ssl_ray.thresholds import quantile_thresholds
 
     raw = pq.read_table(stage.path("raw"), filesystem=stage.fs, schema=RAW_SCHEMA).to_pylist()
     preds, rejects, retries = accounting.dedupe(raw, round, teacher)
-    chosen = select(preds, cfg.select, names, round=round, conf=conf)
+    base = cfg.select.conf if conf is None else conf
+    if class_conf is None and cfg.select.adaptive == "pool_quantile":
+        class_conf = quantile_thresholds(preds, len(names), cfg.select.keep_fraction, base, cfg.select.adaptive_floor)
+    chosen = select(preds, cfg.select, names, round=round, conf=conf, class_conf=class_conf)
+    used = class_thresholds(cfg.select, names, conf) if class_conf is None else class_conf
     write_parquet(stage, "predictions/part-000000.parquet", preds)
     write_rejects(stage, "rejects/part-000000.parquet", rejects)
     write_parquet(stage, "pseudo/part-000000.parquet", chosen.training)
@@ -240,7 +263,47 @@ def _finalize_impl(cfg: Config, stage: Store, names: list[str], round: int, teac
         "rejected_by_reason": reasons, "retried_copies_dropped": retries,
         "pseudo_boxes_per_class": accounting.boxes_per_class(chosen.pseudo, names),
         "score_histogram": accounting.score_histogram(preds),  # every kept detection, 20 bins over [0, 1]
+        "class_thresholds": dict(zip(names, (round_(t) for t in used))),
     }
 
 
 _finalize = LazyRemote(_finalize_impl)
+
+
+def val_class_thresholds(cfg: Config, out: Store, weights: str, names: list[str], fallback: float) -> list[float]:
+    """Per-class thresholds reaching `select.target_precision` on the held-out labeled val set
+    (`ssl_ray.thresholds`), from `weights`' detections; runs as a Ray task (GPU if labeling
+    uses one)."""
+    gpus = min(1.0, cfg.label.num_gpus_per_actor)
+    task = _val_thresholds.options(num_cpus=max(1.0, cfg.label.num_cpus_per_actor), num_gpus=gpus)
+    return ray_get(task.remote(with_absolute_paths(cfg), out, weights, names, fallback))
+
+
+def _val_thresholds_impl(cfg: Config, out: Store, weights: str, names: list[str], fallback: float) -> list[float]:
+    from pathlib import Path
+
+    from ssl_ray.boxes import letterbox, to_normalized_xywh
+    from ssl_ray.export import ImageCache, UriReader, read_parquet_rows
+    from ssl_ray.images import decode_rgb
+    from ssl_ray.teacher import Teacher, resolve_weights
+    from ssl_ray.thresholds import match_detections, precision_thresholds
+
+    rows = read_parquet_rows(out, "labeled/val.parquet")
+    threads = max(1, int(cfg.label.num_cpus_per_actor)) if cfg.label.num_gpus_per_actor == 0 else None
+    teacher = Teacher(resolve_weights(weights, cfg.output.cache_dir, cfg.storage), cfg.output.cache_dir,
+                      threads=threads)
+    cache, reader = ImageCache(Path(cfg.output.cache_dir).expanduser() / "images"), UriReader(cfg.storage)
+    preds: dict[str, list[dict]] = {}
+    for start in range(0, len(rows), cfg.label.batch_size):
+        chunk = rows[start:start + cfg.label.batch_size]
+        boxed = [letterbox(decode_rgb(cache.ensure(r["image_id"], lambda r=r: reader(r)).read_bytes(),
+                                      cfg.pool.max_pixels), cfg.model.imgsz) for r in chunk]
+        dets = teacher.predict(np.stack([canvas for canvas, _ in boxed]), cfg.select.adaptive_floor)
+        for r, (_, lb), d in zip(chunk, boxed, dets):
+            xywh = to_normalized_xywh(d[:, :4], lb, r["width"], r["height"])
+            preds[r["image_id"]] = [schema.box(int(c), *xy, score=float(s)) for xy, s, c in zip(xywh, d[:, 4], d[:, 5])]
+    scored, _ = match_detections(preds, {r["image_id"]: r["boxes"] or [] for r in rows}, len(names))
+    return precision_thresholds(scored, cfg.select.target_precision, fallback, cfg.select.adaptive_floor)
+
+
+_val_thresholds = LazyRemote(_val_thresholds_impl)

@@ -39,3 +39,11 @@ def merge(labeled: list[dict], selected: list[dict]) -> list[dict]:
             seen.add(row["image_id"])
             out.append(row)
     return out
+
+
+def labeled_copies(fraction: float | None, n_labeled: int, n_other: int) -> int:
+    """How many times each labeled image appears so that labeled images make up about
+    `fraction` of an epoch next to `n_other` pseudo-labeled and negative images (at least 1)."""
+    if fraction is None or n_labeled == 0 or n_other == 0:
+        return 1
+    return max(1, round(fraction / (1 - fraction) * n_other / n_labeled))

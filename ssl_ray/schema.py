@@ -20,6 +20,7 @@ BOX_TYPE = pa.struct([
     ("w", pa.float32()),
     ("h", pa.float32()),
     ("score", pa.float32()),
+    ("agree", pa.float32()),  # share of consistency views that agreed; null when none ran
 ])
 
 ROW_SCHEMA = pa.schema([
@@ -69,9 +70,11 @@ def make_row(
     }
 
 
-def box(cls: int, x: float, y: float, w: float, h: float, score: float = 1.0) -> dict:
-    """One box: class id and normalized center-x, center-y, width, height (Ultralytics xywhn)."""
-    return {"cls": int(cls), "x": float(x), "y": float(y), "w": float(w), "h": float(h), "score": float(score)}
+def box(cls: int, x: float, y: float, w: float, h: float, score: float = 1.0, agree: float | None = None) -> dict:
+    """One box: class id and normalized center-x, center-y, width, height (Ultralytics xywhn),
+    its score, and the share of consistency views that agreed with it (None: none ran)."""
+    return {"cls": int(cls), "x": float(x), "y": float(y), "w": float(w), "h": float(h), "score": float(score),
+            "agree": None if agree is None else float(agree)}
 
 
 def rows_to_table(rows: list[dict]) -> pa.Table:

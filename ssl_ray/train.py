@@ -36,6 +36,7 @@ class TrainSpec:
     names: list[str]  # class names
     weights: str  # start: a .yaml (from scratch), a .pt, or the previous round's best.pt
     stage: str = field(default="")  # output folder under the run directory (default: train/<name>)
+    labeled_copies: int = 1  # each labeled training image appears this many times (oversampling)
 
 
 def train_detector(cfg: Config, out: Store, spec: TrainSpec) -> dict:
@@ -131,7 +132,8 @@ def _materialize(cfg: Config, out: Store, spec: TrainSpec, folder: Path) -> None
     train = [row for rel in spec.train for row in read_parquet_rows(out, rel)]
     val = [row for rel in spec.val for row in read_parquet_rows(out, rel)]
     cache = ImageCache(Path(cfg.output.cache_dir).expanduser() / "images")
-    write_yolo_tree(folder, {"train": train, "val": val}, spec.names, cache, UriReader(cfg.storage))
+    write_yolo_tree(folder, {"train": train, "val": val}, spec.names, cache, UriReader(cfg.storage),
+                    repeat=lambda row: spec.labeled_copies if row["source"] == "labeled" else 1)
 
 
 def _report_epoch(trainer, rank: int, names: list[str], best: dict) -> None:

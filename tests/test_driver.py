@@ -21,6 +21,13 @@ def tiny(shapes, tmp_path, *extra):
         "rounds.conf_schedule=[0.002, 0.002]", "select.negative_max_score=0.001", "label.score_floor=0.0", *extra])
 
 
+# Every selection mechanism on: adaptive thresholds from val precision (an untrained teacher
+# never reaches the target, so they fall back to the schedule), a flipped view for
+# consistency (any agreement accepted, so something is selected), class balance, oversampling.
+MECHANISMS = ["select.adaptive=val_precision", "select.target_precision=0.5", "label.consistency_views=[flip]",
+              "select.min_agreement=0.0", "select.max_images_per_class=6", "train.labeled_fraction=0.5"]
+
+
 def digests(root: Path) -> dict:
     return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
             if p.is_file()}
@@ -32,7 +39,7 @@ def test_rounds_end_to_end_resume_and_config_guard(ray_local, shapes, tmp_path):
     from ssl_ray.driver import run_rounds
     from ssl_ray.runtime import prepare_ultralytics
 
-    cfg = tiny(shapes, tmp_path)
+    cfg = tiny(shapes, tmp_path, *MECHANISMS)
     state = run_rounds(cfg)
     run = tmp_path / "run"
     assert [r["round"] for r in state.rounds] == [0, 1, 2]
@@ -47,7 +54,21 @@ def test_rounds_end_to_end_resume_and_config_guard(ray_local, shapes, tmp_path):
             assert metrics["threshold"] == 0.002
             merged = pq.read_table(stage / "merged.parquet")
             assert merged.num_rows == len(set(merged.column("image_id").to_pylist()))
-            assert merged.num_rows == 24 + lab["pseudo"] + lab["negative_used"]
+            assert merged.num_rows == 24 + lab["pseudo_used"] + lab["negative_used"] == metrics["train_images"]
+            assert lab["pseudo_used"] <= 3 * 6 and lab["pseudo_used"] <= lab["pseudo"]  # at most 6 per class
+            assert set(metrics["class_thresholds"]) == {"circle", "square", "triangle"}
+            boxes = [b for row in pq.read_table(stage / "predictions").to_pylist() for b in row["boxes"]]
+            assert boxes and all(b["agree"] in (0.0, 1.0) for b in boxes)  # one flipped view: agrees or not
+            copies = metrics["labeled_copies"]
+            assert copies == max(1, round(metrics["train_images"] / 24 - 1))
+            tree = tmp_path / "cache" / "train" / f"r{r:03d}" / "data" / "images" / "train"
+            assert len(list(tree.iterdir())) == 24 * copies + metrics["train_images"] - 24
+            export = stage / "review_export"
+            tasks = json.loads((export / "label_studio.json").read_text())
+            review = pq.read_table(stage / "review").num_rows
+            assert len(tasks) == review == len((export / "ranking.csv").read_text().splitlines()) - 1
+            assert len(list((export / "images" / "review").iterdir())) == review
+            assert all(Path(t["data"]["image"]).exists() for t in tasks)
 
     # final outputs: the best round's, readable and trainable as they are
     dataset = pq.read_table(run / "final" / "dataset.parquet")
@@ -70,7 +91,7 @@ def test_rounds_end_to_end_resume_and_config_guard(ray_local, shapes, tmp_path):
 
     # another config on the same run directory is refused, naming the first difference
     with pytest.raises(ConfigError, match=r"holds a run with another config \(select.conf: 0.5 -> 0.7\)"):
-        run_rounds(tiny(shapes, tmp_path, "select.conf=0.7"))
+        run_rounds(tiny(shapes, tmp_path, *MECHANISMS, "select.conf=0.7"))
 
 
 def test_run_directory_guard(tmp_path):

@@ -37,7 +37,7 @@ def check_round(run: Path, r: int, n_labeled: int = 40) -> dict:
     lab = metrics["label"]
     assert lab["items"] == POOL == lab["pseudo"] + lab["negative"] + lab["uncertain"] + lab["rejected"]
     ids = pq.read_table(stage / "merged.parquet").column("image_id").to_pylist()
-    assert len(ids) == len(set(ids)) == n_labeled + lab["pseudo"] + lab["negative_used"] == metrics["train_images"]
+    assert len(ids) == len(set(ids)) == n_labeled + lab["pseudo_used"] + lab["negative_used"] == metrics["train_images"]
     return metrics
 
 

@@ -43,3 +43,17 @@ def test_merge_keeps_labels_and_one_row_per_image():
     merged = merge(labeled, selected)
     assert [(r["image_id"], r["source"]) for r in merged] == [
         ("a", "labeled"), ("b", "labeled"), ("c", "pseudo"), ("d", "negative")]
+
+
+@pytest.mark.parametrize("fraction, n_labeled, n_other, copies", [
+    (None, 40, 600, 1),     # off
+    (0.5, 40, 600, 15),     # 40 x 15 = 600: half of each epoch labeled
+    (0.25, 40, 600, 5),     # 200 of 800
+    (0.1, 40, 600, 2),      # 80 of 680 (rounded)
+    (0.5, 40, 0, 1),        # nothing to balance against
+    (0.01, 40, 600, 1),     # never below one copy
+])
+def test_labeled_copies(fraction, n_labeled, n_other, copies):
+    from ssl_ray.rounds import labeled_copies
+
+    assert labeled_copies(fraction, n_labeled, n_other) == copies

@@ -72,8 +72,51 @@ def test_every_row_has_exactly_one_outcome_and_review_is_ranked():
         row(B(0, 0.5), B(1, 0.45), image_id="e" * 32),         # two ambiguous boxes: first
     ]
     sel = select(rows, CFG, NAMES, round=3)
-    assert sel.counts() == {"pseudo": 1, "negative": 1, "uncertain": 3, "negative_used": 0}
+    assert sel.counts() == {"pseudo": 1, "negative": 1, "uncertain": 3, "negative_used": 0, "pseudo_used": 1}
     assert [r["image_id"][0] for r in sel.uncertain] == ["e", "c", "d"]
     ids = [r["image_id"] for r in sel.pseudo + sel.negative + sel.uncertain]
     assert sorted(ids) == sorted(r["image_id"] for r in rows)
     assert {r["source"] for r in sel.pseudo} == {"pseudo"} and all(r["round"] == 3 for r in sel.pseudo)
+
+
+def agreeing(cls, score, agree):
+    return {**box(cls, 0.5, 0.5, 0.2, 0.2, score), "agree": agree}
+
+
+@pytest.mark.parametrize("boxes, min_agreement, outcome", [
+    ([agreeing(0, 0.9, 1.0)], 1.0, "pseudo"),
+    ([agreeing(0, 0.9, 0.5)], 1.0, "uncertain"),   # confident, but a view disagrees: for review
+    ([agreeing(0, 0.9, 0.5)], 0.5, "pseudo"),
+    ([agreeing(0, 0.9, 0.0)], 0.0, "pseudo"),
+    ([B(0, 0.9)], 1.0, "pseudo"),                   # no agreement recorded: consistency did not run
+])
+def test_agreement_filter(boxes, min_agreement, outcome):
+    cfg = SelectConfig(conf=0.8, negative_max_score=0.2, min_agreement=min_agreement)
+    assert classify(row(*boxes), cfg, class_thresholds(cfg, NAMES))[0] == outcome
+
+
+def test_view_disagreement_ranks_for_review():
+    cfg = SelectConfig(conf=0.8, negative_max_score=0.2)
+    rows = [row(agreeing(0, 0.95, 0.0), image_id="a" * 32),   # confident, all views disagree: 1.0
+            row(agreeing(0, 0.9, 0.5), image_id="b" * 32),    # half disagree: 0.5
+            row(B(0, 0.3), image_id="c" * 32)]                 # in the band, near its edge: 0.2
+    assert [r["image_id"][0] for r in select(rows, cfg, NAMES, round=1).uncertain] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("cap, used", [(None, "abcde"), (1, "ad"), (2, "abde"), (5, "abcde")])
+def test_cap_per_class_keeps_the_best_images_of_each_class(cap, used):
+    cfg = SelectConfig(conf=0.5, negative_max_score=0.1, max_images_per_class=cap)
+    rows = [row(B(0, 0.9), image_id="a" * 32), row(B(0, 0.8), image_id="b" * 32), row(B(0, 0.7), image_id="c" * 32),
+            row(B(1, 0.6), image_id="d" * 32), row(B(1, 0.55), B(0, 0.52), image_id="e" * 32)]  # e counts as class 1
+    sel = select(rows, cfg, NAMES, round=1)
+    assert len(sel.pseudo) == 5 and "".join(r["image_id"][0] for r in sel.pseudo_used) == used
+    assert sel.training == sel.pseudo_used + sel.negatives_used
+
+
+def test_class_conf_replaces_the_global_threshold_but_not_per_class_settings():
+    cfg = SelectConfig(conf=0.8, negative_max_score=0.1, per_class={"bike": 0.95})
+    rows = [row(B(0, 0.6), image_id="a" * 32), row(B(1, 0.6), image_id="b" * 32), row(B(2, 0.9), image_id="c" * 32)]
+    sel = select(rows, cfg, NAMES, round=1, class_conf=[0.5, 0.7, 0.3])
+    assert [r["image_id"][0] for r in sel.pseudo] == ["a"]  # car 0.6 >= 0.5; person 0.6 < 0.7; bike keeps 0.95
+    with pytest.raises(ValueError, match="3 classes"):
+        select(rows, cfg, NAMES, round=1, class_conf=[0.5])

@@ -1,0 +1,117 @@
+"""Consistency under test-time augmentation (pure numpy): a teacher should find the same
+objects on an image and on a transformed copy of it.
+
+Views are transforms of the square letterboxed canvas, so every view fits the same batch:
+
+- `flip`: horizontal mirror;
+- `scale:S` (0 < S < 1): the canvas shrunk by S about its centre, padded with grey.
+
+Each is an axis-aligned affine map x' = a·x + b (and y' = c·y + d), so boxes predicted on a
+view map back exactly. A base box *agrees* with a view when that view has a box of the same
+class with IoU ≥ `iou` after the map back. Boxes are matched greedily, highest score first,
+each view box used once. An agreeing box is fused: coordinates are the score-weighted mean of
+the matched boxes, its score the mean of their scores; its `agree` is the fraction of views
+that agree (1.0 = all).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ssl_ray.boxes import PAD_VALUE
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    name: str
+    a: float = 1.0  # x' = a*x + b
+    b: float = 0.0
+    c: float = 1.0  # y' = c*y + d
+    d: float = 0.0
+
+
+def parse_views(specs: list[str], size: int) -> list[View]:
+    """`["flip", "scale:0.8"]` -> views for a `size` x `size` canvas."""
+    views = []
+    for spec in specs:
+        name, _, arg = spec.partition(":")
+        if name == "flip" and not arg:
+            views.append(View(spec, a=-1.0, b=float(size)))
+        elif name == "scale" and arg:
+            s = float(arg)
+            if not 0 < s < 1:
+                raise ValueError(f"{spec!r}: the scale must be between 0 and 1")
+            off = (1 - s) * size / 2
+            views.append(View(spec, a=s, b=off, c=s, d=off))
+        else:
+            raise ValueError(f"{spec!r}: unknown view (expected 'flip' or 'scale:S')")
+    return views
+
+
+def apply_view(images: np.ndarray, view: View) -> np.ndarray:
+    """The view of a batch of square canvases (N, S, S, 3) uint8."""
+    if view.a == -1.0:
+        return np.ascontiguousarray(images[:, :, ::-1])
+    import cv2
+
+    n, size = images.shape[0], images.shape[1]
+    inner = max(1, round(size * view.a))
+    off = int(round(view.b))
+    out = np.full_like(images, PAD_VALUE)
+    for i in range(n):
+        out[i, off:off + inner, off:off + inner] = cv2.resize(images[i], (inner, inner), interpolation=cv2.INTER_AREA)
+    return out
+
+
+def undo_view(dets: np.ndarray, view: View) -> np.ndarray:
+    """Detections (k, 6: x1, y1, x2, y2, score, cls) predicted on a view, in canvas coordinates."""
+    out = np.array(dets, dtype=np.float64, copy=True).reshape(-1, 6)
+    xs = (out[:, [0, 2]] - view.b) / view.a
+    ys = (out[:, [1, 3]] - view.d) / view.c
+    out[:, 0], out[:, 2] = xs.min(axis=1), xs.max(axis=1)  # a flip swaps the edges
+    out[:, 1], out[:, 3] = ys.min(axis=1), ys.max(axis=1)
+    return out
+
+
+def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one xyxy box with each of (k, 4) boxes."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    ix = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
+    iy = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+    inter = ix * iy
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = area + areas - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def fuse(base: np.ndarray, others: list[np.ndarray], iou_thr: float) -> tuple[np.ndarray, np.ndarray]:
+    """(fused detections (k, 6), agreement (k,)) for the base view's k detections, given each
+    other view's detections already mapped back (`undo_view`). Every base box is kept; only
+    agreeing ones are fused. With no other view, agreement is 1."""
+    base = np.asarray(base, dtype=np.float64).reshape(-1, 6)
+    fused = base.copy()
+    agree = np.ones(len(base)) if not others else np.zeros(len(base))
+    if not others or not len(base):
+        return fused, agree
+    used = [np.zeros(len(o), dtype=bool) for o in others]
+    for i in np.argsort(-base[:, 4], kind="stable"):
+        matches = [base[i]]
+        for v, other in enumerate(others):
+            if not len(other):
+                continue
+            overlap = iou(base[i, :4], other[:, :4])
+            overlap[(other[:, 5] != base[i, 5]) | used[v]] = -1.0
+            j = int(np.argmax(overlap))
+            if overlap[j] >= iou_thr:
+                used[v][j] = True
+                matches.append(other[j])
+        agree[i] = (len(matches) - 1) / len(others)
+        if len(matches) > 1:
+            m = np.stack(matches)
+            weights = m[:, 4] / max(m[:, 4].sum(), 1e-12)
+            fused[i, :4] = (m[:, :4] * weights[:, None]).sum(axis=0)
+            fused[i, 4] = m[:, 4].mean()
+    return fused, agree
