@@ -143,7 +143,8 @@ def fresh_cluster(num_cpus: int | None = 8) -> None:
     start_ray(num_cpus=num_cpus, log_to_driver=False).data.range(1).materialize()
 
 
-def bench_stage(weights: str, pool: Path, args, batch: int, work: Path, tag: str) -> tuple[float, float, int, dict]:
+def bench_stage(weights: str, pool: Path, args, batch: int, work: Path, tag: str,
+                views: list[str] = ()) -> tuple[float, float, int, dict]:
     """(seconds, images/s, peak Ray PSS bytes, summary) of one label-stage run."""
     from ssl_ray.config import load_config
     from ssl_ray.label import label_pool
@@ -155,7 +156,8 @@ def bench_stage(weights: str, pool: Path, args, batch: int, work: Path, tag: str
                              f"label.batch_size={batch}", f"label.num_cpus_per_actor={args.threads}",
                              *(f"label.num_gpus_per_actor={args.gpus_per_actor}", f"label.min_actors={args.actors}",
                                f"label.max_actors={args.actors}", "label.decode_tasks=null")
-                             * (args.device != "cpu")])
+                             * (args.device != "cpu"),
+                             f"label.consistency_views=[{', '.join(views)}]"])
     num_cpus = 8 if args.device == "cpu" else None  # a GPU machine: all its cores
     fresh_cluster(num_cpus)
     start = time.perf_counter()
@@ -187,6 +189,8 @@ def main() -> int:
     ap.add_argument("--gpus-per-actor", type=float, default=1.0, help="with --device cuda")
     ap.add_argument("--actors", type=int, default=1, help="inference actors, with --device cuda")
     ap.add_argument("--no-memory", action="store_true", help="skip the untimed memory runs")
+    ap.add_argument("--views", nargs="*", default=[],
+                    help="also time (b) with these consistency views (e.g. flip): their cost, side by side")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ssl_ray-bench-"))
@@ -217,6 +221,14 @@ def main() -> int:
             "ray_peak_pss_mib_n": round(mem_n / 2**20), "ray_peak_pss_mib_4n": round(mem_4n / 2**20),
             "memory_growth": round(mem_4n / mem_n - 1, 3) if mem_n else None,
         }
+        if args.views:  # the same stage with consistency views, right after: the cost of the views
+            tv_n, bv, _, _ = bench_stage(weights, pool_n, args, best_bs, work, "views_n", args.views)
+            tv_4n, bv4, _, _ = bench_stage(weights, pool_4n, args, best_bs, work, "views_4n", args.views)
+            steady_views = 3 * args.n / (tv_4n - tv_n)
+            figures.update({"views": args.views, "b_views_end_to_end_4n_img_s": round(bv4, 1),
+                            "b_views_steady_img_s": round(steady_views, 1),
+                            "views_steady_over_plain": round(steady_views / steady, 2),
+                            "views_end_to_end_4n_over_plain": round(bv4 / b4, 2)})
         print(json.dumps(figures, indent=2))
         if args.json:
             Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")

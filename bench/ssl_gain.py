@@ -82,7 +82,8 @@ def main() -> int:
             data = generate(work / f"data{seed}", SynthSpec(n_train=args.labeled, n_val=args.val, n_pool=args.pool,
                                                             imgsz=args.imgsz, clutter=2, seed=seed))
             common = [f"seed={seed}", f"model.imgsz={args.imgsz}", f"train.batch={args.batch}",
-                      f"pool.sources=[{data.parent / 'images' / 'pool'}]", "train.extra={amp: false}"]
+                      f"pool.sources=[{data.parent / 'images' / 'pool'}]",
+                      "train.extra={amp: false, nbs: 16}"]  # one optimizer step per batch
             row: dict = {"ssl": {}, "steps": {}}
             for variant in args.variants:
                 state = run([*common, f"labeled.data={data}", f"output.dir={work / f'{seed}-{variant}'}",
@@ -110,6 +111,8 @@ def main() -> int:
             row["minutes"] = round((time.perf_counter() - t0) / 60, 1)
             results["seeds"][seed] = row
             print(json.dumps({seed: row}, indent=2), flush=True)
+            if args.json:  # after every seed: a long run that is stopped keeps what it finished
+                Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         summary = {}
         for variant in args.variants:
             gaps = [r["gap_recovered"][variant] for r in results["seeds"].values() if r["gap_recovered"][variant] is not None]
