@@ -37,8 +37,8 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 
 DEMO = Path(__file__).parents[1] / "ssl_ray" / "configs" / "demo.yaml"
 VARIANTS = {
-    "naive": ["rounds.max_rounds=1", "rounds.conf_schedule=[0.5]", "select.adaptive=off"],
-    "global": ["select.adaptive=off"],
+    "naive": ["rounds.max_rounds=1", "rounds.conf_schedule=[0.5]", "select.adaptive=global"],
+    "global": ["select.adaptive=global"],
     "adaptive": ["select.adaptive=val_precision"],
     "adaptive+consistency": ["select.adaptive=val_precision", "label.consistency_views=[flip]",
                              "select.min_agreement=1.0"],

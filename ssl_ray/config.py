@@ -111,8 +111,9 @@ class SelectConfig:
                                         "pseudo-box", ge=0, le=1)
     max_images_per_class: int | None = setting(None, "class balance: pseudo-labeled images trained on per class "
                                                      "(of an image's best box), highest scores first (null = all)", ge=1)
-    adaptive: Literal["off", "val_precision", "pool_quantile"] = setting(
-        "off", "per-class thresholds from data each round: the lowest score reaching select.target_precision on "
+    adaptive: Literal["global", "val_precision", "pool_quantile"] = setting(
+        "global", "thresholds: the global one (and per_class), or per class from data each round: the lowest "
+                  "score reaching select.target_precision on "
                "the held-out val set, or the pool score above which select.keep_fraction of a class's detections lie")
     target_precision: float = setting(0.9, "adaptive=val_precision: precision each class's threshold must reach",
                                       gt=0, le=1)

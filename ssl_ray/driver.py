@@ -29,7 +29,8 @@ from ssl_ray.config import Config, dump_config, with_absolute_paths
 from ssl_ray.errors import ConfigError
 from ssl_ray.export import export_yolo_tree, parquet_num_rows, read_parquet_rows, write_parquet
 from ssl_ray.ingest import ingest_labeled
-from ssl_ray.label import LABELED_MARKER, label_pool, val_class_thresholds
+from ssl_ray.calibrate import val_class_thresholds
+from ssl_ray.label import LABELED_MARKER, label_pool
 from ssl_ray.runtime import LazyRemote, ray_get
 from ssl_ray.storage import Store
 from ssl_ray.train import TrainSpec, train_detector
@@ -125,7 +126,6 @@ def _run_round(cfg: Config, out: Store, r: int, state: RunState, n_labeled: int)
             class_conf = val_class_thresholds(cfg, out, teacher, state.names, conf)
         record["label"] = label_pool(cfg, out, round=r, weights=teacher, names=state.names, conf=conf,
                                      class_conf=class_conf)
-        record["class_thresholds"] = record["label"].get("class_thresholds")
         record["stage_seconds"]["label"] = record["label"]["seconds"]
         t0 = time.perf_counter()
         record["train_images"] = _on_ray(out, _merge, out, stage)

@@ -238,7 +238,7 @@ def _finalize_impl(cfg: Config, stage: Store, names: list[str], round: int, teac
     import pyarrow.parquet as pq
 
     from ssl_ray.export import write_parquet, write_rejects
-    from ssl_ray.select import class_thresholds, select
+    from ssl_ray.select import select
     from ssl_ray.thresholds import quantile_thresholds
 
     raw = pq.read_table(stage.path("raw"), filesystem=stage.fs, schema=RAW_SCHEMA).to_pylist()
@@ -247,7 +247,6 @@ def _finalize_impl(cfg: Config, stage: Store, names: list[str], round: int, teac
     if class_conf is None and cfg.select.adaptive == "pool_quantile":
         class_conf = quantile_thresholds(preds, len(names), cfg.select.keep_fraction, base, cfg.select.adaptive_floor)
     chosen = select(preds, cfg.select, names, round=round, conf=conf, class_conf=class_conf)
-    used = class_thresholds(cfg.select, names, conf) if class_conf is None else class_conf
     write_parquet(stage, "predictions/part-000000.parquet", preds)
     write_rejects(stage, "rejects/part-000000.parquet", rejects)
     write_parquet(stage, "pseudo/part-000000.parquet", chosen.training)
@@ -263,47 +262,8 @@ def _finalize_impl(cfg: Config, stage: Store, names: list[str], round: int, teac
         "rejected_by_reason": reasons, "retried_copies_dropped": retries,
         "pseudo_boxes_per_class": accounting.boxes_per_class(chosen.pseudo, names),
         "score_histogram": accounting.score_histogram(preds),  # every kept detection, 20 bins over [0, 1]
-        "class_thresholds": dict(zip(names, (round_(t) for t in used))),
+        "class_thresholds": dict(zip(names, (round_(t) for t in chosen.thresholds))),
     }
 
 
 _finalize = LazyRemote(_finalize_impl)
-
-
-def val_class_thresholds(cfg: Config, out: Store, weights: str, names: list[str], fallback: float) -> list[float]:
-    """Per-class thresholds reaching `select.target_precision` on the held-out labeled val set
-    (`ssl_ray.thresholds`), from `weights`' detections; runs as a Ray task (GPU if labeling
-    uses one)."""
-    gpus = min(1.0, cfg.label.num_gpus_per_actor)
-    task = _val_thresholds.options(num_cpus=max(1.0, cfg.label.num_cpus_per_actor), num_gpus=gpus)
-    return ray_get(task.remote(with_absolute_paths(cfg), out, weights, names, fallback))
-
-
-def _val_thresholds_impl(cfg: Config, out: Store, weights: str, names: list[str], fallback: float) -> list[float]:
-    from pathlib import Path
-
-    from ssl_ray.boxes import letterbox, to_normalized_xywh
-    from ssl_ray.export import ImageCache, UriReader, read_parquet_rows
-    from ssl_ray.images import decode_rgb
-    from ssl_ray.teacher import Teacher, resolve_weights
-    from ssl_ray.thresholds import match_detections, precision_thresholds
-
-    rows = read_parquet_rows(out, "labeled/val.parquet")
-    threads = max(1, int(cfg.label.num_cpus_per_actor)) if cfg.label.num_gpus_per_actor == 0 else None
-    teacher = Teacher(resolve_weights(weights, cfg.output.cache_dir, cfg.storage), cfg.output.cache_dir,
-                      threads=threads)
-    cache, reader = ImageCache(Path(cfg.output.cache_dir).expanduser() / "images"), UriReader(cfg.storage)
-    preds: dict[str, list[dict]] = {}
-    for start in range(0, len(rows), cfg.label.batch_size):
-        chunk = rows[start:start + cfg.label.batch_size]
-        boxed = [letterbox(decode_rgb(cache.ensure(r["image_id"], lambda r=r: reader(r)).read_bytes(),
-                                      cfg.pool.max_pixels), cfg.model.imgsz) for r in chunk]
-        dets = teacher.predict(np.stack([canvas for canvas, _ in boxed]), cfg.select.adaptive_floor)
-        for r, (_, lb), d in zip(chunk, boxed, dets):
-            xywh = to_normalized_xywh(d[:, :4], lb, r["width"], r["height"])
-            preds[r["image_id"]] = [schema.box(int(c), *xy, score=float(s)) for xy, s, c in zip(xywh, d[:, 4], d[:, 5])]
-    scored, _ = match_detections(preds, {r["image_id"]: r["boxes"] or [] for r in rows}, len(names))
-    return precision_thresholds(scored, cfg.select.target_precision, fallback, cfg.select.adaptive_floor)
-
-
-_val_thresholds = LazyRemote(_val_thresholds_impl)

@@ -30,6 +30,7 @@ class Selection:
     uncertain: list[dict] = field(default_factory=list)  # most uncertain first
     negatives_used: list[dict] = field(default_factory=list)
     pseudo_used: list[dict] = field(default_factory=list)  # after the per-class cap
+    thresholds: list[float] = field(default_factory=list)  # the threshold of each class
 
     @property
     def training(self) -> list[dict]:
@@ -41,10 +42,13 @@ class Selection:
                 "negative_used": len(self.negatives_used), "pseudo_used": len(self.pseudo_used)}
 
 
-def class_thresholds(cfg: SelectConfig, names: list[str], conf: float | None = None) -> list[float]:
-    """Threshold per class id: `per_class` (by name or id) over the global `conf`."""
-    base = cfg.conf if conf is None else conf
-    out = [base] * len(names)
+def class_thresholds(cfg: SelectConfig, names: list[str], conf: float | None = None,
+                     class_conf: list[float] | None = None) -> list[float]:
+    """Threshold per class id: `per_class` (by name or id) over `class_conf` (one per class,
+    e.g. adaptive ones), else over the global `conf` (default `select.conf`)."""
+    if class_conf is not None and len(class_conf) != len(names):
+        raise ValueError(f"class_conf has {len(class_conf)} thresholds for {len(names)} classes")
+    out = list(class_conf) if class_conf is not None else [cfg.conf if conf is None else conf] * len(names)
     for key, value in cfg.per_class.items():
         if key in names:
             out[names.index(key)] = value
@@ -98,13 +102,8 @@ def select(rows: list[dict], cfg: SelectConfig, names: list[str], *, round: int,
     """Split prediction rows into pseudo / negative / uncertain; cap pseudo images per class
     and negatives; rank uncertain. `class_conf` (one threshold per class, e.g. adaptive ones)
     replaces the global `conf`; `select.per_class` still overrides both."""
-    thresholds = class_thresholds(cfg, names, conf)
-    if class_conf is not None:
-        if len(class_conf) != len(names):
-            raise ValueError(f"class_conf has {len(class_conf)} thresholds for {len(names)} classes")
-        base = class_thresholds(cfg, names, 2.0)  # per_class overrides show up as values != 2.0
-        thresholds = [t if t != 2.0 else c for t, c in zip(base, class_conf)]
-    result = Selection()
+    thresholds = class_thresholds(cfg, names, conf, class_conf)
+    result = Selection(thresholds=thresholds)
     ranked = []
     for row in rows:
         outcome, boxes, score = classify(row, cfg, thresholds)

@@ -56,7 +56,7 @@ def test_rounds_end_to_end_resume_and_config_guard(ray_local, shapes, tmp_path):
             assert merged.num_rows == len(set(merged.column("image_id").to_pylist()))
             assert merged.num_rows == 24 + lab["pseudo_used"] + lab["negative_used"] == metrics["train_images"]
             assert lab["pseudo_used"] <= 3 * 6 and lab["pseudo_used"] <= lab["pseudo"]  # at most 6 per class
-            assert set(metrics["class_thresholds"]) == {"circle", "square", "triangle"}
+            assert set(lab["class_thresholds"]) == {"circle", "square", "triangle"}
             boxes = [b for row in pq.read_table(stage / "predictions").to_pylist() for b in row["boxes"]]
             assert boxes and all(b["agree"] in (0.0, 1.0) for b in boxes)  # one flipped view: agrees or not
             copies = metrics["labeled_copies"]
