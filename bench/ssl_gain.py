@@ -10,13 +10,15 @@ For each seed, the same generated data (labeled, unlabeled pool, held-out val):
                   adaptive+consistency   the same, boxes kept only when a flipped view agrees
   (c) oracle    labeled set + the whole pool with its true labels
 
-Fairness: (a) and (c) get at least as many optimizer steps as the largest SSL run (every
-round included) and stop early on the val set (Ultralytics' patience). Otherwise a "gain"
+Fairness: every SSL variant starts from the same round-0 teacher (trained once on the
+labeled set). (a) and (c) get at least as many optimizer steps as the largest SSL run (its
+round 0 included) and stop early on the val set (Ultralytics' patience). Otherwise a "gain"
 would only be extra training. Printed: held-out mAP50-95 of each, and the gap recovered,
 (b - a) / (c - a).
 
     .venv/bin/python bench/ssl_gain.py --seeds 0 1 2            # the full protocol (hours on 2 cores)
-    .venv/bin/python bench/ssl_gain.py --seeds 0 --variants global adaptive --epochs 15 --rounds 2
+    .venv/bin/python bench/ssl_gain.py --seeds 0 --pool 300 --variants naive global adaptive+consistency \
+        --epochs-round0 150 --epochs 20 --rounds 2                   # about half an hour
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ def main() -> int:
     ap.add_argument("--pool", type=int, default=600)
     ap.add_argument("--val", type=int, default=64)
     ap.add_argument("--imgsz", type=int, default=96)
-    ap.add_argument("--epochs", type=int, default=30, help="epochs per SSL training run")
+    ap.add_argument("--epochs-round0", type=int, default=150, help="epochs of the labeled-only round 0 teacher")
+    ap.add_argument("--epochs", type=int, default=30, help="epochs per pseudo-label round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--patience", type=int, default=30, help="early stopping of (a) and (c), epochs")
@@ -85,18 +88,28 @@ def main() -> int:
                       f"pool.sources=[{data.parent / 'images' / 'pool'}]",
                       "train.extra={amp: false, nbs: 16}"]  # one optimizer step per batch
             row: dict = {"ssl": {}, "steps": {}}
+            # Round 0 once, shared: every SSL variant starts from the same labeled-only teacher
+            # (rounds.round0=evaluate), trained for --epochs-round0.
+            teacher = run([*common, f"labeled.data={data}", f"output.dir={work / f'{seed}-round0'}",
+                           f"output.cache_dir={work / 'cache'}", f"train.epochs={args.epochs_round0}",
+                           "rounds.max_rounds=0", f"train.patience={args.epochs_round0}"])
+            weights = work / f"{seed}-round0" / "rounds" / "r000" / "weights" / "best.pt"
+            row["round0"] = teacher.scores[0]
+            round0_steps = steps(args.labeled, args.batch, args.epochs_round0)
             for variant in args.variants:
                 state = run([*common, f"labeled.data={data}", f"output.dir={work / f'{seed}-{variant}'}",
                              f"output.cache_dir={work / 'cache'}", f"train.epochs={args.epochs}",
                              f"rounds.max_rounds={args.rounds}", f"train.patience={args.epochs}",
-                             "rounds.patience=99", *VARIANTS[variant]])
+                             "rounds.patience=99", "rounds.round0=evaluate", f"model.weights={weights}",
+                             *VARIANTS[variant]])
                 row["ssl"][variant] = max(state.scores)
-                row["steps"][variant] = sum(steps(r.get("train_images", r["labeled_images"]), args.batch,
-                                                  args.epochs) for r in state.rounds)
+                row["steps"][variant] = round0_steps + sum(steps(r["train_images"], args.batch, args.epochs)
+                                                           for r in state.rounds[1:])
                 row.setdefault("rounds", {})[variant] = [
                     {"round": r["round"], "mAP50-95": r["held_out"]["mAP50-95"], "threshold": r["threshold"],
-                     "thresholds": (r.get("label") or {}).get("class_thresholds"),
-                     "pseudo": (r.get("label") or {}).get("pseudo")} for r in state.rounds]
+                     "class_thresholds": (r.get("label") or {}).get("class_thresholds"),
+                     "pseudo": (r.get("label") or {}).get("pseudo"),
+                     "pseudo_used": (r.get("label") or {}).get("pseudo_used")} for r in state.rounds]
             budget = max(row["steps"].values())
             for name, yaml_name, n in (("baseline", "data.yaml", args.labeled),
                                        ("oracle", "data_oracle.yaml", args.labeled + args.pool)):

@@ -18,6 +18,7 @@ its files); with S3 they go wherever Ray places them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -33,7 +34,7 @@ from ssl_ray.calibrate import val_class_thresholds
 from ssl_ray.label import LABELED_MARKER, label_pool
 from ssl_ray.runtime import LazyRemote, ray_get
 from ssl_ray.storage import Store
-from ssl_ray.train import TrainSpec, train_detector
+from ssl_ray.train import TrainSpec, evaluate_detector, train_detector
 
 log = logging.getLogger(__name__)
 
@@ -116,36 +117,46 @@ def _run_round(cfg: Config, out: Store, r: int, state: RunState, n_labeled: int)
         return json.loads(out.read_bytes(f"{stage}/metrics.json"))
     start = time.perf_counter()
     record: dict = {"round": r, "threshold": None, "labeled_images": n_labeled, "stage_seconds": {}}
-    train_rows, weights = ["labeled/train.parquet"], cfg.model.weights
-    copies = 1
+    spec = TrainSpec(name=f"r{r:03d}", train=["labeled/train.parquet"], val=["labeled/val.parquet"],
+                     names=state.names, weights=cfg.model.weights, stage=stage)
     if r > 0:
-        teacher = out.uri_of(f"rounds/r{r - 1:03d}/weights/best.pt")
-        record["threshold"] = conf = plan.threshold_for(r, cfg.rounds, cfg.select)
-        class_conf = None
-        if cfg.select.adaptive == "val_precision" and not out.exists(f"{stage}/{LABELED_MARKER}"):
-            class_conf = val_class_thresholds(cfg, out, teacher, state.names, conf)
-        record["label"] = label_pool(cfg, out, round=r, weights=teacher, names=state.names, conf=conf,
-                                     class_conf=class_conf)
-        record["stage_seconds"]["label"] = record["label"]["seconds"]
-        t0 = time.perf_counter()
-        record["train_images"] = _on_ray(out, _merge, out, stage)
-        record["stage_seconds"]["merge"] = round(time.perf_counter() - t0, 1)
-        if not out.exists(f"{stage}/review_export/ranking.csv"):
-            t0 = time.perf_counter()
-            record["review_exported"] = _on_ray(out, _review, cfg, out, stage, state.names)
-            record["stage_seconds"]["review"] = round(time.perf_counter() - t0, 1)
-        train_rows, weights = [f"{stage}/merged.parquet"], teacher
-        copies = plan.labeled_copies(cfg.train.labeled_fraction, n_labeled, record["train_images"] - n_labeled)
-        record["labeled_copies"] = copies
-    spec = TrainSpec(name=f"r{r:03d}", train=train_rows, val=["labeled/val.parquet"], names=state.names,
-                     weights=weights, stage=stage, labeled_copies=copies)
+        spec = _pseudo_label(cfg, out, r, state, spec, record)
     t0 = time.perf_counter()
-    record["held_out"] = train_detector(cfg, out, spec)
-    record["stage_seconds"]["train"] = round(time.perf_counter() - t0, 1)
+    if r == 0 and cfg.rounds.round0 == "evaluate":  # the given weights are round 0's: score them only
+        record["held_out"] = evaluate_detector(cfg, out, spec)
+        record["stage_seconds"]["evaluate"] = round(time.perf_counter() - t0, 1)
+    else:
+        record["held_out"] = train_detector(cfg, out, spec)
+        record["stage_seconds"]["train"] = round(time.perf_counter() - t0, 1)
     record["seconds"] = round(time.perf_counter() - start, 1)
     out.write_text(f"{stage}/metrics.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
     out.commit(stage)
     return record
+
+
+def _pseudo_label(cfg: Config, out: Store, r: int, state: RunState, spec: TrainSpec, record: dict) -> TrainSpec:
+    """Round r >= 1 up to training: label the pool with round r-1's weights, merge, export the
+    review; the round's training spec (warm start, merged rows, labeled oversampling)."""
+    stage, n_labeled = spec.stage, record["labeled_images"]
+    teacher = out.uri_of(f"rounds/r{r - 1:03d}/weights/best.pt")
+    record["threshold"] = conf = plan.threshold_for(r, cfg.rounds, cfg.select)
+    class_conf = None
+    if cfg.select.adaptive == "val_precision" and not out.exists(f"{stage}/{LABELED_MARKER}"):
+        class_conf = val_class_thresholds(cfg, out, teacher, state.names, conf)
+    record["label"] = label_pool(cfg, out, round=r, weights=teacher, names=state.names, conf=conf,
+                                 class_conf=class_conf)
+    record["stage_seconds"]["label"] = record["label"]["seconds"]
+    t0 = time.perf_counter()
+    record["train_images"] = _on_ray(out, _merge, out, stage)
+    record["stage_seconds"]["merge"] = round(time.perf_counter() - t0, 1)
+    if not out.exists(f"{stage}/review_export/ranking.csv"):
+        t0 = time.perf_counter()
+        _on_ray(out, _review, cfg, out, stage, state.names)
+        record["stage_seconds"]["review"] = round(time.perf_counter() - t0, 1)
+    record["labeled_copies"] = plan.labeled_copies(cfg.train.labeled_fraction, n_labeled,
+                                                   record["train_images"] - n_labeled)
+    return dataclasses.replace(spec, train=[f"{stage}/merged.parquet"], weights=teacher,
+                               labeled_copies=record["labeled_copies"])
 
 
 def _ingest_impl(cfg: Config) -> tuple[list[str], int]:

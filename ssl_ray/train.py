@@ -184,3 +184,43 @@ def validation_metrics(det_metrics, names: list[str]) -> dict:
     }
     return {"precision": float(box.mp), "recall": float(box.mr), "mAP50": float(box.map50),
             "mAP50-95": float(box.map), "per_class": per_class}
+
+
+def evaluate_detector(cfg: Config, out: Store, spec: TrainSpec) -> dict:
+    """No training: `spec.weights` become the stage's weights/best.pt, scored on the held-out
+    rows (`rounds.round0: evaluate`). A Ray task, on a GPU when training uses one."""
+    from ssl_ray.runtime import LazyRemote, ray_get
+
+    stage = out.child(spec.stage or f"train/{spec.name}")
+    if stage.exists("weights/best.pt") and stage.exists("eval_metrics.json"):
+        return json.loads(stage.read_bytes("eval_metrics.json"))
+    task = LazyRemote(_evaluate_impl).options(num_cpus=cfg.train.cpus_per_worker,
+                                               num_gpus=1 if cfg.train.use_gpu else 0)
+    metrics = ray_get(task.remote(cfg, out, spec))
+    stage.write_text("eval_metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")  # last write
+    return metrics
+
+
+def _evaluate_impl(cfg: Config, out: Store, spec: TrainSpec) -> dict:
+    from ssl_ray.export import ImageCache, UriReader, read_parquet_rows, write_yolo_tree
+    from ssl_ray.runtime import prepare_ultralytics
+    from ssl_ray.teacher import load_yolo, resolve_weights
+
+    work = Path(cfg.output.cache_dir).expanduser() / "eval" / spec.name
+    val = [row for rel in spec.val for row in read_parquet_rows(out, rel)]
+    cache = ImageCache(Path(cfg.output.cache_dir).expanduser() / "images")
+    # Ultralytics' dataset check wants a train entry even to validate: an empty one.
+    data_yaml = write_yolo_tree(work / "data", {"train": [], "val": val}, spec.names, cache, UriReader(cfg.storage))
+    prepare_ultralytics(cfg.output.cache_dir, threads=max(1, int(cfg.train.cpus_per_worker)))
+    weights = resolve_weights(spec.weights, cfg.output.cache_dir, cfg.storage)
+    model = load_yolo(weights, cfg.output.cache_dir)
+    if [model.names[i] for i in sorted(model.names)] != list(spec.names):
+        from ssl_ray.errors import ConfigError
+
+        raise ConfigError(f"model.weights: {spec.weights} predicts {list(model.names.values())[:10]}, "
+                          f"but the labeled set has {spec.names}")
+    results = model.val(data=str(data_yaml), imgsz=cfg.model.imgsz, batch=cfg.train.batch, split="val",
+                        device="0" if cfg.train.use_gpu else "cpu", workers=0, plots=False, verbose=False,
+                        project=str(work), name="val", exist_ok=True)
+    out.child(spec.stage or f"train/{spec.name}").write_bytes("weights/best.pt", Path(weights).read_bytes())
+    return {**validation_metrics(results, spec.names), "evaluated": spec.weights}

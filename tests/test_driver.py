@@ -145,3 +145,19 @@ def test_rounds_end_to_end_with_the_run_directory_on_s3(ray_local, shapes, tmp_p
 
     run_rounds(cfg)  # re-run: read back, nothing rewritten except final/ and report/ (same bytes)
     assert objects() == keys
+
+
+@pytest.mark.ray
+@pytest.mark.train
+def test_round0_evaluate_scores_the_given_weights_without_training(ray_local, shapes, tmp_path, teachers):
+    from ssl_ray.driver import run_rounds
+
+    cfg = tiny(shapes, tmp_path, "rounds.round0=evaluate", f"model.weights={teachers['yolo26n']}",
+               "rounds.max_rounds=1")
+    state = run_rounds(cfg)
+    r0 = tmp_path / "run" / "rounds" / "r000"
+    held = state.rounds[0]["held_out"]
+    assert held["evaluated"] == teachers["yolo26n"] and 0 <= held["mAP50-95"] <= 1 and "per_class" in held
+    assert (r0 / "weights" / "best.pt").read_bytes() == Path(teachers["yolo26n"]).read_bytes()
+    assert not (r0 / "ray").exists() and "train" not in state.rounds[0]["stage_seconds"]  # no Ray Train run
+    assert state.rounds[1]["label"]["teacher"].endswith("rounds/r000/weights/best.pt")
