@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-from label_throughput import RayMemory, fresh_cluster, make_pool  # noqa: E402
+from label_throughput import RayMemory, fresh_cluster, make_pool, untrained_teacher  # noqa: E402
 
 
 def main() -> int:
@@ -37,12 +37,9 @@ def main() -> int:
 
         from ssl_ray.config import load_config
         from ssl_ray.label import label_pool
-        from ssl_ray.runtime import prepare_ultralytics
         from ssl_ray.storage import Store
 
-        ultralytics = prepare_ultralytics(work / "ul")
-        weights = str(work / "yolo26n.pt")
-        ultralytics.YOLO("yolo26n.yaml").save(weights)
+        weights = untrained_teacher(work)
         t0 = time.perf_counter()
         pool = make_pool(work / "pool", args.n, args.imgsz)
         generated = time.perf_counter() - t0

@@ -173,6 +173,15 @@ def bench_stage(weights: str, pool: Path, args, batch: int, work: Path, tag: str
     return seconds, summary["items"] / seconds, mem.peak, summary
 
 
+def untrained_teacher(work: Path) -> str:
+    """YOLO26n from Ultralytics' bundled yaml, saved as a .pt (the path real checkpoints take)."""
+    from ssl_ray.runtime import prepare_ultralytics
+
+    weights = str(work / "yolo26n.pt")
+    prepare_ultralytics(work / "ul").YOLO("yolo26n.yaml").save(weights)
+    return weights
+
+
 def device_name(device: str) -> str:
     import torch
 
@@ -195,11 +204,7 @@ def main() -> int:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ssl_ray-bench-"))
     try:
-        from ssl_ray.runtime import prepare_ultralytics
-
-        ultralytics = prepare_ultralytics(work / "ul")
-        weights = str(work / "yolo26n.pt")
-        ultralytics.YOLO("yolo26n.yaml").save(weights)
+        weights = untrained_teacher(work)
         pool_n = make_pool(work / "n", args.n, args.imgsz)
         pool_4n = make_pool(work / "4n", 4 * args.n, args.imgsz)
 
