@@ -54,7 +54,7 @@ def main() -> int:
         from ssl_ray.runtime import prepare_ultralytics, start_ray
         from ssl_ray.storage import Store
         from ssl_ray.synth import SynthSpec, generate
-        from ssl_ray.train import TrainSpec, train_detector
+        from ssl_ray.train import TrainSpec, train_detector, work_dir
 
         gpu = args.device != "cpu"
         data = generate(work / "data", SynthSpec(n_train=args.n_train, n_val=32, n_pool=1, imgsz=args.data_imgsz, seed=3))
@@ -74,8 +74,9 @@ def main() -> int:
         train_detector(cfg, out, TrainSpec(name="bench", train=["labeled/train.parquet"], val=["labeled/val.parquet"],
                                            names=labeled.names, weights="yolo26n.yaml"))
         b_total = time.perf_counter() - t0
-        tree = work / "cache" / "train" / "bench" / "data" / "data.yaml"
-        b_epochs = epoch_times(work / "cache" / "train" / "bench" / "run" / "results.csv")
+        folder = work_dir(cfg, out, "train", "bench")
+        tree = folder / "data" / "data.yaml"
+        b_epochs = epoch_times(folder / "run" / "results.csv")
 
         ultralytics = prepare_ultralytics(work / "ul", threads=args.threads)
         if gpu:  # the same AMP decision as the Ray worker (no download of the check's weights)

@@ -111,7 +111,8 @@ def write_yolo_tree(
     """Write `images/<split>/`, `labels/<split>/` and `data.yaml` under `out_dir`; return data.yaml.
 
     `splits` maps a split name ('train', 'val') to its rows. Images are hard links into the
-    cache where the filesystem allows, copies otherwise. Safe to re-run over a partial tree.
+    cache where the filesystem allows, copies otherwise. Safe to re-run over a partial or an
+    older tree: afterwards each split holds exactly `rows`, and files of other rows are removed.
     `repeat(row)` > 1 adds that many copies in all (`<id>~1.<ext>`, ...): oversampling.
     """
     out = Path(out_dir).expanduser().resolve()
@@ -119,6 +120,7 @@ def write_yolo_tree(
         img_dir, lbl_dir = out / "images" / split, out / "labels" / split
         img_dir.mkdir(parents=True, exist_ok=True)
         lbl_dir.mkdir(parents=True, exist_ok=True)
+        written: set[str] = set()
         for row in rows:
             cached = cache.ensure(row["image_id"], lambda row=row: fetch(row))
             labels = label_lines(row["boxes"] or [])
@@ -128,6 +130,9 @@ def write_yolo_tree(
                 if not target.exists():
                     _link_or_copy(cached, target)
                 (lbl_dir / f"{stem}.txt").write_text(labels)
+                written.update((target.name, f"{stem}.txt"))
+        for stale in [f for d in (img_dir, lbl_dir) for f in d.iterdir() if f.name not in written]:
+            stale.unlink()
     # No 'path': Ultralytics then resolves the splits next to data.yaml, wherever the tree is
     # copied (a relative 'path' would be taken relative to its global datasets folder).
     meta = {**{s: f"images/{s}" for s in splits}, "names": dict(enumerate(names))}

@@ -14,6 +14,7 @@ resume, so finished epochs are not repeated. Outputs: `<out>/<stage>/weights/bes
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainSpec:
-    name: str  # unique per training run: Ray Train's run name (resume key) and the cache folder
+    name: str  # unique within a run: Ray Train's run name (resume key); names its cache folder (see work_dir)
     train: list[str]  # Parquet files of training rows, relative to the run directory
     val: list[str]  # Parquet files of held-out rows
     names: list[str]  # class names
@@ -81,7 +82,7 @@ def _train_loop(config: dict) -> None:
     spec: TrainSpec = config["spec"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    work = Path(cfg.output.cache_dir).expanduser() / "train" / spec.name
+    work = work_dir(cfg, out, "train", spec.name)
     data_yaml = work / "data" / "data.yaml"
     if ctx.get_local_rank() == 0:
         _materialize(cfg, out, spec, work / "data")
@@ -124,6 +125,15 @@ def _train_loop(config: dict) -> None:
     trainer.add_callback("on_fit_epoch_end", lambda t: _report_epoch(t, rank, spec.names, best))
     trainer.train()
     _report_final(trainer.best if trainer.best.exists() else trainer.last, best, rank)
+
+
+def work_dir(cfg: Config, out: Store, kind: str, name: str) -> Path:
+    """The node-local folder of one training or evaluation (its YOLO tree, its Ultralytics
+    project): in the shared cache, but keyed by the run directory as well as the stage name,
+    so that two runs sharing `output.cache_dir`, one after the other or side by side on one
+    node, never train on each other's trees."""
+    run = hashlib.blake2b(out.uri.encode(), digest_size=8).hexdigest()
+    return Path(cfg.output.cache_dir).expanduser() / kind / f"{name}-{run}"
 
 
 def _materialize(cfg: Config, out: Store, spec: TrainSpec, folder: Path) -> None:
@@ -206,7 +216,7 @@ def _evaluate_impl(cfg: Config, out: Store, spec: TrainSpec) -> dict:
     from ssl_ray.runtime import prepare_ultralytics
     from ssl_ray.teacher import load_yolo, resolve_weights
 
-    work = Path(cfg.output.cache_dir).expanduser() / "eval" / spec.name
+    work = work_dir(cfg, out, "eval", spec.name)
     val = [row for rel in spec.val for row in read_parquet_rows(out, rel)]
     cache = ImageCache(Path(cfg.output.cache_dir).expanduser() / "images")
     # Ultralytics' dataset check wants a train entry even to validate: an empty one.

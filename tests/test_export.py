@@ -50,6 +50,19 @@ def test_yolo_tree_negatives_get_empty_label_files(tmp_path, shapes):
     assert before == {p: p.read_bytes() for p in (tmp_path / "yolo").rglob("*") if p.is_file()}
 
 
+def test_yolo_tree_over_another_tree_holds_exactly_the_new_rows(tmp_path, shapes):
+    """A tree rewritten with other rows (another run, a changed selection) keeps no file of the
+    old rows: a stale image would be trained on with its stale label."""
+    rows = read_split(load_data_yaml(str(shapes), Store), "train").rows[:6]
+    names, cache, fetch = ["circle", "square", "triangle"], ImageCache(tmp_path / "cache"), UriReader(Store(".").cfg)
+    write_yolo_tree(tmp_path / "yolo", {"train": rows[:4]}, names, cache, fetch, repeat=lambda r: 2)
+    new = [{**rows[0], "boxes": []}, *rows[4:]]
+    write_yolo_tree(tmp_path / "yolo", {"train": new}, names, cache, fetch)
+    stems = lambda kind: sorted(p.stem for p in (tmp_path / "yolo" / kind / "train").iterdir())  # noqa: E731
+    assert stems("images") == stems("labels") == sorted(r["image_id"] for r in new)
+    assert (tmp_path / "yolo" / "labels" / "train" / f"{rows[0]['image_id']}.txt").read_text() == ""
+
+
 def test_parquet_round_trip_local(tmp_path, shapes):
     rows = read_split(load_data_yaml(str(shapes), Store), "train").rows
     store = Store(str(tmp_path))

@@ -131,7 +131,7 @@ def test_driver_killed_mid_round_resumes_exactly(ray_head, tmp_path):
     check_round(run, 1)
     assert (run / "final" / "weights" / "best.pt").exists() and (run / "report" / "report.json").exists()
     # the re-run's training resumed from round 1's checkpoint: epoch 1 was not trained again
-    audit = tmp_path / "cache" / "train" / "r001" / "run" / "ranks" / "rank0.jsonl"
+    (audit,) = (tmp_path / "cache" / "train").glob("r001-*/run/ranks/rank0.jsonl")
     records = [json.loads(line) for line in audit.read_text().splitlines()]
     pids = list(dict.fromkeys(r["pid"] for r in records))
     assert len(pids) == 2, records

@@ -32,9 +32,14 @@ def run_training(shapes, tmp_path, out_uri, extra=(), epochs=2, name="t", weight
     return cfg, out, train_detector(cfg, out, spec), labeled
 
 
+def rank_logs(tmp_path, name="t", rank="*") -> list[Path]:
+    """The per-rank audit files of training `name` (its cache folder is `<name>-<run key>`)."""
+    return sorted((tmp_path / "cache" / "train").glob(f"{name}-*/run/ranks/rank{rank}.jsonl"))
+
+
 def audit(tmp_path, name="t"):
     rows = []
-    for f in sorted((tmp_path / "cache" / "train" / name / "run" / "ranks").glob("rank*.jsonl")):
+    for f in rank_logs(tmp_path, name):
         rows += [json.loads(line) for line in f.read_text().splitlines()]
     return rows
 
@@ -106,7 +111,6 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_local, shapes, tmp_path):
     epochs = 4
     killed = []
     snapshot = tmp_path / "run" / "train" / "t" / "ray" / "t" / "checkpoint_manager_snapshot.json"
-    rank_log = tmp_path / "cache" / "train" / "t" / "run" / "ranks" / "rank1.jsonl"
 
     def registered_epochs() -> list[int]:
         try:
@@ -118,8 +122,8 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_local, shapes, tmp_path):
     def kill_after_epoch_one_is_reported():
         deadline = time.time() + 300
         while time.time() < deadline:
-            if 1 in registered_epochs() and rank_log.exists():
-                pid = json.loads(rank_log.read_text().splitlines()[-1])["pid"]
+            if 1 in registered_epochs() and rank_logs(tmp_path, rank=1):
+                pid = json.loads(rank_logs(tmp_path, rank=1)[0].read_text().splitlines()[-1])["pid"]
                 if psutil.pid_exists(pid):
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
@@ -176,3 +180,17 @@ def test_amp_check_never_downloads(tmp_path, monkeypatch, device, weights_local,
     check = offline_check_amp(lambda model: called.append(model) or False)
     assert check(_FakeModel(device)) is expected
     assert bool(called) is calls_original
+
+
+def test_runs_sharing_a_cache_never_share_a_training_folder(tmp_path):
+    """Two runs with one output.cache_dir (the default is per user) both have a round r001:
+    each trains on its own tree, and a re-run of a run finds its own folder again."""
+    from ssl_ray.config import load_config
+    from ssl_ray.train import work_dir
+
+    cfg = load_config(None, [f"output.cache_dir={tmp_path / 'cache'}"])
+    a, b = Store(str(tmp_path / "run-a")), Store(str(tmp_path / "run-b"))
+    assert work_dir(cfg, a, "train", "r001") != work_dir(cfg, b, "train", "r001")
+    assert work_dir(cfg, a, "train", "r001") == work_dir(cfg, Store(str(tmp_path / "run-a")), "train", "r001")
+    assert work_dir(cfg, a, "train", "r001") != work_dir(cfg, a, "eval", "r001")
+    assert work_dir(cfg, a, "train", "r001").parent == tmp_path / "cache" / "train"
