@@ -144,8 +144,9 @@ def fresh_cluster(num_cpus: int | None = 8) -> None:
 
 
 def bench_stage(weights: str, pool: Path, args, batch: int, work: Path, tag: str,
-                views: list[str] = ()) -> tuple[float, float, int, dict]:
-    """(seconds, images/s, peak Ray PSS bytes, summary) of one label-stage run."""
+                overrides: list[str] = ()) -> tuple[float, float, int, dict]:
+    """(seconds, images/s, peak Ray PSS bytes, summary) of one label-stage run; `overrides`
+    change its config (e.g. consistency views)."""
     from ssl_ray.config import load_config
     from ssl_ray.label import label_pool
     from ssl_ray.storage import Store
@@ -157,7 +158,7 @@ def bench_stage(weights: str, pool: Path, args, batch: int, work: Path, tag: str
                              *(f"label.num_gpus_per_actor={args.gpus_per_actor}", f"label.min_actors={args.actors}",
                                f"label.max_actors={args.actors}", "label.decode_tasks=null")
                              * (args.device != "cpu"),
-                             f"label.consistency_views=[{', '.join(views)}]"])
+                             *overrides])
     num_cpus = 8 if args.device == "cpu" else None  # a GPU machine: all its cores
     fresh_cluster(num_cpus)
     start = time.perf_counter()
@@ -200,6 +201,8 @@ def main() -> int:
     ap.add_argument("--no-memory", action="store_true", help="skip the untimed memory runs")
     ap.add_argument("--views", nargs="*", default=[],
                     help="also time (b) with these consistency views (e.g. flip): their cost, side by side")
+    ap.add_argument("--also", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="also time (b) with these config overrides (e.g. label.actor_calls=1), side by side")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ssl_ray-bench-"))
@@ -226,14 +229,17 @@ def main() -> int:
             "ray_peak_pss_mib_n": round(mem_n / 2**20), "ray_peak_pss_mib_4n": round(mem_4n / 2**20),
             "memory_growth": round(mem_4n / mem_n - 1, 3) if mem_n else None,
         }
-        if args.views:  # the same stage with consistency views, right after: the cost of the views
-            tv_n, bv, _, _ = bench_stage(weights, pool_n, args, best_bs, work, "views_n", args.views)
-            tv_4n, bv4, _, _ = bench_stage(weights, pool_4n, args, best_bs, work, "views_4n", args.views)
-            steady_views = 3 * args.n / (tv_4n - tv_n)
-            figures.update({"views": args.views, "b_views_end_to_end_4n_img_s": round(bv4, 1),
-                            "b_views_steady_img_s": round(steady_views, 1),
-                            "views_steady_over_plain": round(steady_views / steady, 2),
-                            "views_end_to_end_4n_over_plain": round(bv4 / b4, 2)})
+        # The same stage again, right after, with other settings: their effect, side by side.
+        variants = {"views": [f"label.consistency_views=[{', '.join(args.views)}]"]} if args.views else {}
+        variants.update({"also": args.also} if args.also else {})
+        for name, overrides in variants.items():
+            tv_n, _, _, _ = bench_stage(weights, pool_n, args, best_bs, work, f"{name}_n", overrides)
+            tv_4n, bv4, _, _ = bench_stage(weights, pool_4n, args, best_bs, work, f"{name}_4n", overrides)
+            steady_v = 3 * args.n / (tv_4n - tv_n)
+            figures.update({name: overrides, f"b_{name}_end_to_end_4n_img_s": round(bv4, 1),
+                            f"b_{name}_steady_img_s": round(steady_v, 1),
+                            f"{name}_steady_over_plain": round(steady_v / steady, 2),
+                            f"{name}_end_to_end_4n_over_plain": round(bv4 / b4, 2)})
         print(json.dumps(figures, indent=2))
         if args.json:
             Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")

@@ -84,6 +84,9 @@ class LabelConfig:
     max_actors: int = setting(8, "inference actors at most (autoscaling)", ge=1)
     score_floor: float = setting(0.05, "detections below this score are not kept at all", ge=0, le=1)
     decode_tasks: int | None = setting(None, "concurrent decode tasks at most (null = as many as CPUs allow)", ge=1)
+    actor_calls: int = setting(2, "batches in flight inside each inference actor: while the model runs on one, "
+                                  "the next is gathered and the last one's rows returned (the model runs one at a time)",
+                               ge=1)
     consistency_views: list[str] = setting([], "test-time views checked for agreement: 'flip', 'scale:S' (empty = off)")
     consistency_iou: float = setting(0.5, "IoU a view's box needs (mapped back) to agree with a box", gt=0, le=1)
 
@@ -109,6 +112,9 @@ class SelectConfig:
     review_max: int = setting(1000, "most uncertain images exported for human review", ge=0)
     min_agreement: float = setting(1.0, "with label.consistency_views: share of the views that must agree with a "
                                         "pseudo-box", ge=0, le=1)
+    ambiguous_images: Literal["train", "review"] = setting(
+        "train", "an image with confident boxes and others scoring at least negative_max_score that are not kept: "
+                 "train on its confident boxes (the others become background), or send it to review")
     max_images_per_class: int | None = setting(None, "class balance: pseudo-labeled images trained on per class "
                                                      "(of an image's best box), highest scores first (null = all)", ge=1)
     adaptive: Literal["global", "val_precision", "pool_quantile"] = setting(

@@ -86,7 +86,8 @@ def label_pool(cfg: Config, out: Store, *, round: int, weights: str, names: list
     ds = ds.map_batches(
         _Predict,
         fn_constructor_kwargs={"weights": weights, "cfg": cfg},
-        compute=ray.data.ActorPoolStrategy(min_size=cfg.label.min_actors, max_size=cfg.label.max_actors),
+        compute=ray.data.ActorPoolStrategy(min_size=cfg.label.min_actors, max_size=cfg.label.max_actors,
+                                           max_concurrent_calls_per_actor=cfg.label.actor_calls),
         num_gpus=cfg.label.num_gpus_per_actor,
         num_cpus=cfg.label.num_cpus_per_actor,
         batch_size=cfg.label.batch_size,

@@ -4,9 +4,12 @@ Each image gets exactly one outcome:
 
 - **pseudo**: at least one box passes its class threshold, the size filter and (when
   consistency views ran) the agreement filter; only those boxes are kept, the `max_boxes`
-  highest-scoring ones. With `max_images_per_class`, each class (of an image's best box)
-  trains on at most that many pseudo-labeled images, the highest-scoring first: frequent
-  classes do not drown rare ones. The rest stay counted as pseudo but are not trained on.
+  highest-scoring ones. With `ambiguous_images: review`, an image that also has a box scoring
+  at least `negative_max_score` that is not kept is uncertain instead: trained on, that
+  possible object would be taught as background. With `max_images_per_class`, each class
+  (of an image's best box) trains on at most that many pseudo-labeled images, the
+  highest-scoring first: frequent classes do not drown rare ones. The rest stay counted as
+  pseudo but are not trained on.
 - **negative**: no detection scores at or above `negative_max_score`: background. Only a
   bounded share of the training selection (`max_negative_fraction`) is used; the rest stay
   counted as negatives but are not trained on.
@@ -68,6 +71,9 @@ def classify(row: dict, cfg: SelectConfig, thresholds: list[float]) -> tuple[str
         if b["score"] >= thresholds[b["cls"]] and min(b["w"] * w, b["h"] * h) >= cfg.min_box_px
         and agrees(b, cfg.min_agreement)
     ]
+    if confident and cfg.ambiguous_images == "review" and len(confident) < sum(
+            b["score"] >= cfg.negative_max_score for b in boxes):
+        return "uncertain", boxes, uncertainty(boxes, cfg.negative_max_score, thresholds)
     if confident:
         confident.sort(key=lambda b: -b["score"])
         return "pseudo", confident[: cfg.max_boxes], 0.0

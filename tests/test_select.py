@@ -39,6 +39,25 @@ def test_classify(boxes, cfg, outcome, n_kept):
     assert (got, len(kept)) == (outcome, n_kept)
 
 
+STRICT = SelectConfig(conf=0.8, negative_max_score=0.2, min_box_px=4, max_boxes=2, ambiguous_images="review")
+
+
+@pytest.mark.parametrize("boxes, outcome, n_kept", [
+    ([B(0, 0.9)], "pseudo", 1),
+    ([B(0, 0.9), B(1, 0.95), B(2, 0.85)], "pseudo", 2),       # max_boxes is not ambiguity
+    ([B(0, 0.9), B(1, 0.1)], "pseudo", 1),                    # below the low threshold: background
+    ([B(0, 0.9), B(1, 0.2)], "uncertain", 2),                 # a possible object would be background
+    ([B(0, 0.9), B(1, 0.79)], "uncertain", 2),
+    ([B(0, 0.9), B(1, 0.9, size=0.03)], "uncertain", 2),      # a confident box too small to keep
+    ([B(1, 0.5)], "uncertain", 1),
+    ([B(1, 0.1)], "negative", 0),
+])
+def test_ambiguous_images_review(boxes, outcome, n_kept):
+    got, kept, uncertainty = classify(row(*boxes), STRICT, class_thresholds(STRICT, NAMES))
+    assert (got, len(kept)) == (outcome, n_kept)
+    assert (uncertainty > 0) == (outcome == "uncertain" and any(0.2 <= b["score"] < 0.8 for b in boxes))
+
+
 def test_max_boxes_keeps_highest_scores():
     _, kept, _ = classify(row(B(0, 0.81), B(1, 0.99), B(2, 0.9)), CFG, class_thresholds(CFG, NAMES))
     assert [b["score"] for b in kept] == pytest.approx([0.99, 0.9])
