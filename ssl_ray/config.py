@@ -73,6 +73,10 @@ class TrainConfig:
     labeled_fraction: float | None = setting(None, "oversample labeled images to about this share of each epoch "
                                                    "(null = as they come)", gt=0, lt=1)
     extra: dict[str, Any] = setting({}, "further Ultralytics trainer arguments (lr0, mosaic, ...)")
+    finetune_extra: dict[str, Any] = setting(
+        {}, "Ultralytics trainer arguments for rounds 1.. (warm-started from the last round), over train.extra: "
+            "e.g. {optimizer: AdamW, lr0: 0.0005, warmup_epochs: 0} fine-tunes instead of restarting the "
+            "schedule (optimizer 'auto' ignores lr0)")
 
 
 @_section

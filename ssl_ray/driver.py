@@ -156,7 +156,7 @@ def _pseudo_label(cfg: Config, out: Store, r: int, state: RunState, spec: TrainS
     record["labeled_copies"] = plan.labeled_copies(cfg.train.labeled_fraction, n_labeled,
                                                    record["train_images"] - n_labeled)
     return dataclasses.replace(spec, train=[f"{stage}/merged.parquet"], weights=teacher,
-                               labeled_copies=record["labeled_copies"])
+                               labeled_copies=record["labeled_copies"], extra=cfg.train.finetune_extra)
 
 
 def _ingest_impl(cfg: Config) -> tuple[list[str], int]:

@@ -38,6 +38,7 @@ class TrainSpec:
     weights: str  # start: a .yaml (from scratch), a .pt, or the previous round's best.pt
     stage: str = field(default="")  # output folder under the run directory (default: train/<name>)
     labeled_copies: int = 1  # each labeled training image appears this many times (oversampling)
+    extra: dict = field(default_factory=dict)  # Ultralytics arguments over cfg.train.extra (warm-started rounds)
 
 
 def train_detector(cfg: Config, out: Store, spec: TrainSpec) -> dict:
@@ -99,7 +100,7 @@ def _train_loop(config: dict) -> None:
         "device": "cpu" if not cfg.train.use_gpu else str(ray.train.torch.get_device().index),
         "workers": cfg.train.dataloader_workers, "patience": cfg.train.patience, "seed": cfg.seed,
         "project": str(work), "name": "run", "exist_ok": True, "plots": False, "verbose": rank == 0,
-        **cfg.train.extra,
+        **cfg.train.extra, **spec.extra,
     }
     best: dict = {}  # held-out metrics of the best epoch so far (rank 0)
     checkpoint = ray.train.get_checkpoint()

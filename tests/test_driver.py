@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from ssl_ray.config import load_config
 from ssl_ray.errors import ConfigError
@@ -23,9 +24,11 @@ def tiny(shapes, tmp_path, *extra):
 
 # Every selection mechanism on: adaptive thresholds from val precision (an untrained teacher
 # never reaches the target, so they fall back to the schedule), a flipped view for
-# consistency (any agreement accepted, so something is selected), class balance, oversampling.
+# consistency (any agreement accepted, so something is selected), class balance, oversampling,
+# and trainer arguments for the warm-started rounds only.
 MECHANISMS = ["select.adaptive=val_precision", "select.target_precision=0.5", "label.consistency_views=[flip]",
-              "select.min_agreement=0.0", "select.max_images_per_class=6", "train.labeled_fraction=0.5"]
+              "select.min_agreement=0.0", "select.max_images_per_class=6", "train.labeled_fraction=0.5",
+              "train.finetune_extra={warmup_epochs: 0.5}"]
 
 
 def digests(root: Path) -> dict:
@@ -48,6 +51,8 @@ def test_rounds_end_to_end_resume_and_config_guard(ray_local, shapes, tmp_path):
         assert (stage / "_COMMITTED").exists() and (stage / "weights" / "best.pt").exists()
         metrics = json.loads((stage / "metrics.json").read_text())
         assert {"mAP50", "mAP50-95", "per_class"} <= set(metrics["held_out"])
+        (args,) = (tmp_path / "cache" / "train").glob(f"r{r:03d}-*/run/args.yaml")
+        assert yaml.safe_load(args.read_text())["warmup_epochs"] == (0.5 if r else 3.0)  # Ultralytics' default
         if r:
             lab = metrics["label"]
             assert lab["items"] == 40 and lab["pseudo"] + lab["negative"] + lab["uncertain"] + lab["rejected"] == 40
