@@ -13,21 +13,25 @@ For each seed, the same generated data (labeled, unlabeled pool, held-out val):
                   adaptive+consistency   the same, boxes kept only when a flipped view agrees
                   global+review   (not by default) global, and images with unkept boxes
                              above the low threshold go to review instead of training
-  (c) oracle    labeled set + the whole pool with its true labels, from scratch, with at least
-                the largest SSL run's optimizer steps, early stopping on the val set
+  (c) oracle    labeled set + the whole pool with its true labels, from scratch, up to
+                --max-epochs with early stopping on the val set (to convergence)
 
-Fairness: (a) and (c) get at least as many optimizer steps as the largest SSL run, round 0
-included, so a "gain" is not extra training; each run's epochs, best epoch and whether early
-stopping ended it are reported. Printed: held-out mAP50-95 of each, the gap recovered
-(b - a) / (c - a), and per round the quality of the pseudo-labels trained on, against the
-pool's true labels (box precision and recall, IoU 0.5).
+Fairness: (a) gets at least as many optimizer steps as the largest SSL run, round 0
+included, so a "gain" is not extra training; (c) trains until early stopping ends it, and
+its steps over the SSL run's are reported. Each labeled-only run's epochs, best epoch and
+whether early stopping ended it are reported. Printed: held-out mAP50-95 of each, the gap
+recovered (b - a) / (c - a), and per round the quality of the pseudo-labels trained on,
+against the pool's true labels (box precision and recall, IoU 0.5).
 
-    .venv/bin/python bench/ssl_gain.py --work /tmp/gain   # one seed: ~90 min on 2 cores
-    .venv/bin/python bench/ssl_gain.py --seeds 0 1 2      # the spread over seeds
+Runs that do not wait on each other (the oracle, the variants, other seeds) run side by
+side, --jobs at a time, each in its own process and local Ray cluster: a training run here
+uses one core, so --jobs 2 keeps both cores busy. Each run's log is in <work>/logs/.
 
-On 2 cores, seed 0 took 23 min for (a), 36 for the four variants and 25 for (c) and the
-control. With --work, a re-run reuses every finished run (the driver resumes), so another
-variant or seed costs only its own runs.
+    .venv/bin/python bench/ssl_gain.py --work /tmp/gain   # one seed, every variant
+    .venv/bin/python bench/ssl_gain.py --seeds 0 1 --variants adaptive+consistency --work /tmp/gain
+
+With --work, a re-run reuses every finished run (the driver resumes), so another variant
+or seed costs only its own runs. Run times are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -40,8 +44,13 @@ import shutil
 import statistics
 import sys
 import tempfile
+import subprocess
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import yaml
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -56,17 +65,40 @@ VARIANTS = {
     "global+review": ["select.adaptive=global", "select.ambiguous_images=review"],
 }
 DEFAULT_VARIANTS = ["naive", "global", "adaptive", "adaptive+consistency"]
+SLOTS = threading.Semaphore(2)  # runs in flight at once: --jobs
 
 
 def steps(images: int, batch: int, epochs: int) -> int:
     return math.ceil(images / batch) * epochs
 
 
-def run(cfg_overrides: list[str]):
+def execute(overrides: list[str], log: Path) -> list[dict]:
+    """One run of the rounds driver in its own process (its own local Ray cluster), at most
+    --jobs at a time; the metrics.json of each round it ran. A finished run is read back."""
+    out = Path(next(o.split("=", 1)[1] for o in overrides if o.startswith("output.dir=")))
+    with SLOTS:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        print(f"[{time.strftime('%H:%M:%S')}] start  {out.name}", flush=True)
+        with log.open("a") as f:
+            code = subprocess.run([sys.executable, __file__, "--one", json.dumps(overrides)], stdout=f,
+                                  stderr=subprocess.STDOUT).returncode
+        if code:
+            raise RuntimeError(f"{out.name} failed (exit {code}); its log: {log}")
+        print(f"[{time.strftime('%H:%M:%S')}] done   {out.name} in {(time.perf_counter() - t0) / 60:.1f} min",
+              flush=True)
+    return [json.loads(m.read_text()) for m in sorted((out / "rounds").glob("r*/metrics.json"))]
+
+
+def run_one(overrides: list[str]) -> int:
+    """--one: the child side of `execute`."""
     from ssl_ray.config import load_config
     from ssl_ray.driver import run_rounds
+    from ssl_ray.runtime import start_ray
 
-    return run_rounds(load_config(DEMO, cfg_overrides))
+    start_ray(num_cpus=8, log_to_driver=False)
+    run_rounds(load_config(DEMO, overrides))
+    return 0
 
 
 def pool_truth(data: Path) -> dict[str, list[dict]]:
@@ -105,12 +137,13 @@ def converged(held_out: dict, max_epochs: int) -> dict:
             "stopped_early": held_out["epoch"] < max_epochs}
 
 
-def one_seed(args, seed: int, work: Path) -> dict:
+def one_seed(args, seed: int, work: Path, threads: ThreadPoolExecutor) -> dict:
+    """Every run of one seed; runs that do not wait on each other run side by side."""
     from ssl_ray.synth import SynthSpec, generate
 
     data = generate(work / f"data{seed}", SynthSpec(n_train=args.labeled, n_val=args.val, n_pool=args.pool,
                                                     imgsz=args.imgsz, clutter=2, seed=seed))
-    truth = pool_truth(data)
+    truth, n_classes = pool_truth(data), len(yaml.safe_load(data.read_text())["names"])
     common = [f"seed={seed}", f"model.imgsz={args.imgsz}", f"train.batch={args.batch}",
               f"pool.sources=[{data.parent / 'images' / 'pool'}]", f"output.cache_dir={work / 'cache'}",
               "train.extra={amp: false, nbs: 16}"]  # one optimizer step per batch
@@ -119,31 +152,37 @@ def one_seed(args, seed: int, work: Path) -> dict:
     def labeled_only(name: str, yaml_name: str, images: int, max_epochs: int, *extra: str) -> float:
         """Round 0 alone: train on one labeled set up to max_epochs, early stopping on val."""
         out = work / f"{seed}-{name}-e{max_epochs}"  # runs with other settings do not collide in one --work
-        state = run([*common, f"labeled.data={data.parent / yaml_name}", f"output.dir={out}",
-                     f"train.epochs={max_epochs}", "rounds.max_rounds=0", f"train.patience={args.patience}", *extra])
-        held_out = state.rounds[0]["held_out"]
-        row["training"][name] = converged(held_out, max_epochs)
-        row["steps"][name] = steps(images, args.batch, held_out["epoch"])
-        return state.scores[0]
+        (r0,) = execute([*common, f"labeled.data={data.parent / yaml_name}", f"output.dir={out}",
+                         f"train.epochs={max_epochs}", "rounds.max_rounds=0", f"train.patience={args.patience}",
+                         *extra], work / "logs" / f"{out.name}.log")
+        row["training"][name] = converged(r0["held_out"], max_epochs)
+        row["steps"][name] = steps(images, args.batch, r0["held_out"]["epoch"])
+        return r0["held_out"]["mAP50-95"]
 
-    # (a) from scratch; its best weights are every SSL variant's round-0 teacher.
-    scratch = labeled_only("baseline", "data.yaml", args.labeled, args.max_epochs)
-    teacher = work / f"{seed}-baseline-e{args.max_epochs}" / "rounds" / "r000" / "weights" / "best.pt"
-    for variant in args.variants:
+    def ssl(variant: str) -> None:
         out = work / f"{seed}-{variant}-r{args.rounds}e{args.epochs}"
-        state = run([*common, f"labeled.data={data}", f"output.dir={out}", f"train.epochs={args.epochs}",
-                     f"rounds.max_rounds={args.rounds}", f"train.patience={args.epochs}", "rounds.patience=99",
-                     "rounds.round0=evaluate", f"model.weights={teacher}", *VARIANTS[variant]])
-        row["ssl"][variant] = max(state.scores)
+        rounds = execute([*common, f"labeled.data={data}", f"output.dir={out}", f"train.epochs={args.epochs}",
+                          f"rounds.max_rounds={args.rounds}", f"train.patience={args.epochs}", "rounds.patience=99",
+                          "rounds.round0=evaluate", f"model.weights={teacher}", *VARIANTS[variant]],
+                         work / "logs" / f"{out.name}.log")
+        row["ssl"][variant] = max(r["held_out"]["mAP50-95"] for r in rounds)
         row["steps"][variant] = row["steps"]["baseline"] + sum(
-            steps(r["train_images"], args.batch, args.epochs) for r in state.rounds[1:])
+            steps(r["train_images"], args.batch, args.epochs) for r in rounds[1:])
         row["rounds"][variant] = [
             {"round": r["round"], "mAP50-95": round(r["held_out"]["mAP50-95"], 4), "threshold": r["threshold"],
              "class_thresholds": (r.get("label") or {}).get("class_thresholds"),
              "pseudo": (r.get("label") or {}).get("pseudo"), "pseudo_used": (r.get("label") or {}).get("pseudo_used"),
              "trained_on": pseudo_quality(out / "rounds" / f"r{r['round']:03d}" / "merged.parquet", truth,
-                                          len(state.names)) if r["round"] else None}
-            for r in state.rounds]
+                                          n_classes) if r["round"] else None}
+            for r in rounds]
+
+    # (c) from scratch, to early stopping: it waits on nothing, so it starts first.
+    oracle = threads.submit(labeled_only, "oracle", "data_oracle.yaml", args.labeled + args.pool, args.max_epochs)
+    # (a) from scratch; its best weights are every SSL variant's round-0 teacher.
+    scratch = labeled_only("baseline", "data.yaml", args.labeled, args.max_epochs)
+    teacher = work / f"{seed}-baseline-e{args.max_epochs}" / "rounds" / "r000" / "weights" / "best.pt"
+    for done in [threads.submit(ssl, v) for v in args.variants]:
+        done.result()
     ssl_budget = max(row["steps"][v] for v in args.variants)
     # (a) continued: the same teacher trained on the labeled set alone for as many more steps
     # as the largest SSL run spent after round 0 (early stopping on). The baseline is the
@@ -153,10 +192,10 @@ def one_seed(args, seed: int, work: Path) -> dict:
                              math.ceil((ssl_budget - row["steps"]["baseline"]) / batches), f"model.weights={teacher}")
     row["baseline_scratch"], row["baseline_continued"] = scratch, continued
     row["baseline"] = max(scratch, continued)
-    # (c) from scratch with at least the largest SSL run's steps, early stopping on.
-    oracle_images = args.labeled + args.pool
-    oracle_epochs = max(args.epochs, math.ceil(ssl_budget / math.ceil(oracle_images / args.batch)))
-    row["oracle"] = labeled_only("oracle", "data_oracle.yaml", oracle_images, oracle_epochs)
+    row["oracle"] = oracle.result()
+    # The oracle trains until early stopping (or --max-epochs): when it stops with fewer steps
+    # than the SSL run, it had converged; both facts are in the row.
+    row["oracle_steps_over_ssl"] = round(row["steps"]["oracle"] / ssl_budget, 2)
     a, c = row["baseline"], row["oracle"]
     row["gap_recovered"] = {v: round((b - a) / (c - a), 3) if c > a else None for v, b in row["ssl"].items()}
     return row
@@ -170,29 +209,34 @@ def main() -> int:
     ap.add_argument("--pool", type=int, default=600)
     ap.add_argument("--val", type=int, default=64)
     ap.add_argument("--imgsz", type=int, default=96)
-    ap.add_argument("--max-epochs", type=int, default=600, help="cap of the from-scratch baseline (a)")
+    ap.add_argument("--max-epochs", type=int, default=600, help="cap of the from-scratch runs, (a) and (c)")
     ap.add_argument("--patience", type=int, default=50, help="early stopping of (a) and (c), epochs")
-    ap.add_argument("--epochs", type=int, default=10, help="epochs per pseudo-label round")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=20, help="epochs per pseudo-label round")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--json")
     ap.add_argument("--work", help="keep every run here (default: a temporary directory, removed); a re-run "
                                    "with the same arguments resumes: finished runs are not trained again")
+    ap.add_argument("--jobs", type=int, default=2, help="runs side by side, each in its own process and Ray "
+                                                         "cluster (a training run uses one core)")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one config (a list of overrides), JSON
     args = ap.parse_args()
+    if args.one:
+        return run_one(json.loads(args.one))
+    global SLOTS
+    SLOTS = threading.Semaphore(args.jobs)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="ssl_ray-gain-"))
     results: dict = {"args": vars(args), "seeds": {}}
     try:
-        from ssl_ray.runtime import start_ray
-
-        start_ray(num_cpus=8, log_to_driver=False)
-        for seed in args.seeds:
-            t0 = time.perf_counter()
-            row = one_seed(args, seed, work)
-            row["minutes"] = round((time.perf_counter() - t0) / 60, 1)
-            results["seeds"][seed] = row
-            print(json.dumps({seed: row}, indent=2), flush=True)
-            if args.json:  # after every seed: a long run that is stopped keeps what it finished
-                Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=64) as threads:  # waiting only: the work is in child processes
+            rows = {seed: threads.submit(one_seed, args, seed, work, threads) for seed in args.seeds}
+            for seed, row in rows.items():
+                results["seeds"][seed] = row.result()
+                print(json.dumps({seed: results["seeds"][seed]}, indent=2), flush=True)
+                if args.json:  # after every seed: a long run that is stopped keeps what it finished
+                    Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        results["minutes"] = round((time.perf_counter() - t0) / 60, 1)
         summary = {}
         for variant in args.variants:
             gaps = [r["gap_recovered"][variant] for r in results["seeds"].values() if r["gap_recovered"][variant] is not None]
