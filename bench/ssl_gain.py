@@ -176,10 +176,12 @@ def one_seed(args, seed: int, work: Path, threads: ThreadPoolExecutor) -> dict:
                                           n_classes) if r["round"] else None}
             for r in rounds]
 
-    # (c) from scratch, to early stopping: it waits on nothing, so it starts first.
+    # (a) from scratch; its best weights are every SSL variant's round-0 teacher. (c) from
+    # scratch to early stopping waits on nothing: it runs beside (a), asked for second.
+    baseline = threads.submit(labeled_only, "baseline", "data.yaml", args.labeled, args.max_epochs)
+    time.sleep(1)
     oracle = threads.submit(labeled_only, "oracle", "data_oracle.yaml", args.labeled + args.pool, args.max_epochs)
-    # (a) from scratch; its best weights are every SSL variant's round-0 teacher.
-    scratch = labeled_only("baseline", "data.yaml", args.labeled, args.max_epochs)
+    scratch = baseline.result()
     teacher = work / f"{seed}-baseline-e{args.max_epochs}" / "rounds" / "r000" / "weights" / "best.pt"
     for done in [threads.submit(ssl, v) for v in args.variants]:
         done.result()
