@@ -37,6 +37,7 @@ or seed costs only its own runs. Run times are in docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -160,10 +161,11 @@ def one_seed(args, seed: int, work: Path, threads: ThreadPoolExecutor) -> dict:
         return r0["held_out"]["mAP50-95"]
 
     def ssl(variant: str) -> None:
-        out = work / f"{seed}-{variant}-r{args.rounds}e{args.epochs}"
+        tag = f"-{hashlib.blake2b(' '.join(args.set).encode(), digest_size=4).hexdigest()}" if args.set else ""
+        out = work / f"{seed}-{variant}-r{args.rounds}e{args.epochs}{tag}"
         rounds = execute([*common, f"labeled.data={data}", f"output.dir={out}", f"train.epochs={args.epochs}",
                           f"rounds.max_rounds={args.rounds}", f"train.patience={args.epochs}", "rounds.patience=99",
-                          "rounds.round0=evaluate", f"model.weights={teacher}", *VARIANTS[variant]],
+                          "rounds.round0=evaluate", f"model.weights={teacher}", *VARIANTS[variant], *args.set],
                          work / "logs" / f"{out.name}.log")
         row["ssl"][variant] = max(r["held_out"]["mAP50-95"] for r in rounds)
         row["steps"][variant] = row["steps"]["baseline"] + sum(
@@ -216,6 +218,9 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=20, help="epochs per pseudo-label round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="config overrides for every SSL variant, e.g. 'train.finetune_extra={lr0: 0.0005}' "
+                         "(its runs are kept apart by a hash of them)")
     ap.add_argument("--json")
     ap.add_argument("--work", help="keep every run here (default: a temporary directory, removed); a re-run "
                                    "with the same arguments resumes: finished runs are not trained again")
