@@ -91,6 +91,8 @@ class LabelConfig:
     actor_calls: int = setting(2, "batches in flight inside each inference actor: while the model runs on one, "
                                   "the next is gathered and the last one's rows returned (the model runs one at a time)",
                                ge=1)
+    finalize_rows: int = setting(100_000, "pool items per finalize task: the last step (dedupe, select, write) runs "
+                                          "in parallel over hash buckets of about this many items", ge=1)
     consistency_views: list[str] = setting([], "test-time views checked for agreement: 'flip', 'scale:S' (empty = off)")
     consistency_iou: float = setting(0.5, "IoU a view's box needs (mapped back) to agree with a box", gt=0, le=1)
 

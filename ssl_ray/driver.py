@@ -168,7 +168,7 @@ def _ingest_impl(cfg: Config) -> tuple[list[str], int]:
 def _merge_impl(out: Store, stage: str) -> int:
     """`<stage>/merged.parquet`: the labeled rows plus the round's selection; its row count."""
     if not out.exists(f"{stage}/merged.parquet"):
-        selected = read_parquet_rows(out, f"{stage}/pseudo/part-000000.parquet")
+        selected = read_parquet_rows(out, f"{stage}/pseudo")  # one part per finalize bucket
         labeled = read_parquet_rows(out, "labeled/train.parquet")
         write_parquet(out, f"{stage}/merged.parquet", plan.merge(labeled, selected))
     return parquet_num_rows(out, f"{stage}/merged.parquet")

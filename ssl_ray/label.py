@@ -3,7 +3,8 @@
 
     listing (streaming Ray task -> Arrow blocks)  ->  decode + letterbox (CPU tasks)
       ->  batched inference (actor pool, GPUs from config)  ->  raw Parquet (at-least-once)
-      ->  finalize (Ray task): dedupe, select, write the round's Parquet, summary
+      ->  finalize (`finalize`: parallel Ray tasks over hash buckets of the raw rows): dedupe,
+          select, write the round's Parquet, summary
 
 Outputs under `<out>/rounds/rNNN/`: predictions/, rejects/, pseudo/ (training rows:
 pseudo + capped negatives), review/ (most uncertain first), selection/ (every pool image with
@@ -23,6 +24,7 @@ import pyarrow as pa
 from ssl_ray import accounting, schema
 from ssl_ray.config import Config, with_absolute_paths
 from ssl_ray.errors import SslRayError
+from ssl_ray.finalize import finalize
 from ssl_ray.runtime import LazyRemote, ensure_resources, ray_get
 from ssl_ray.storage import Store
 
@@ -31,7 +33,8 @@ log = logging.getLogger(__name__)
 LABELED_MARKER = "_LABELED"
 LISTING_PART = 128  # pool entries per listing block: one decode task each, small enough to pipeline
 DECODE_MEMORY = 2**30  # bytes reserved per decode task (a worker measured ~430 MiB)
-OUTPUT_DIRS = ("raw", "predictions", "rejects", "pseudo", "review", "review_export", "selection")
+OUTPUT_DIRS = ("raw", "scatter", "predictions", "rejects", "pseudo", "review", "review_export", "selection")
+RAW_ROWS_PER_FILE = 10_000  # raw/ holds pool / this files, not one per inference batch
 RAW_SCHEMA = pa.schema(list(schema.ROW_SCHEMA) + [("reject_reason", pa.string()), ("reject_detail", pa.string())])
 
 
@@ -93,9 +96,8 @@ def label_pool(cfg: Config, out: Store, *, round: int, weights: str, names: list
         batch_size=cfg.label.batch_size,
         batch_format="numpy",
     )
-    ds.write_parquet(stage.path("raw"), filesystem=stage.fs)
-    summary = ray_get(_finalize.options(num_cpus=1).remote(cfg, stage, names, round, weights, conf, listed,
-                                                           class_conf))
+    ds.write_parquet(stage.path("raw"), filesystem=stage.fs, min_rows_per_file=RAW_ROWS_PER_FILE)
+    summary = finalize(cfg, stage, names, round, weights, conf, listed, class_conf)
     summary["seconds"] = round_(time.perf_counter() - start)
     summary["items_per_s"] = round_(summary["items"] / max(summary["seconds"], 1e-9))
     stage.delete_prefix("raw")
@@ -232,39 +234,3 @@ class _Predict:
                 "source": None, "round": 0, "boxes": boxes, "teacher": None,
             })
         return pa.Table.from_pylist(rows, schema=RAW_SCHEMA)
-
-
-def _finalize_impl(cfg: Config, stage: Store, names: list[str], round: int, teacher: str,
-                   conf: float | None, listed: int, class_conf: list[float] | None = None) -> dict:
-    import pyarrow.parquet as pq
-
-    from ssl_ray.export import write_parquet, write_rejects
-    from ssl_ray.select import select
-    from ssl_ray.thresholds import quantile_thresholds
-
-    raw = pq.read_table(stage.path("raw"), filesystem=stage.fs, schema=RAW_SCHEMA).to_pylist()
-    preds, rejects, retries = accounting.dedupe(raw, round, teacher)
-    base = cfg.select.conf if conf is None else conf
-    if class_conf is None and cfg.select.adaptive == "pool_quantile":
-        class_conf = quantile_thresholds(preds, len(names), cfg.select.keep_fraction, base, cfg.select.adaptive_floor)
-    chosen = select(preds, cfg.select, names, round=round, conf=conf, class_conf=class_conf)
-    write_parquet(stage, "predictions/part-000000.parquet", preds)
-    write_rejects(stage, "rejects/part-000000.parquet", rejects)
-    write_parquet(stage, "pseudo/part-000000.parquet", chosen.training)
-    write_parquet(stage, "review/part-000000.parquet", chosen.uncertain[: cfg.select.review_max])
-    write_parquet(stage, "selection/part-000000.parquet", chosen.pseudo + chosen.negative + chosen.uncertain)
-    reasons: dict[str, int] = {}
-    for r in rejects:
-        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
-    return {
-        "round": round, "teacher": teacher, "conf": conf if conf is not None else cfg.select.conf,
-        "files_listed": listed, "items": len(preds) + len(rejects),
-        "videos_frames": sum(1 for p in preds if p["video_uri"]), **chosen.counts(), "rejected": len(rejects),
-        "rejected_by_reason": reasons, "retried_copies_dropped": retries,
-        "pseudo_boxes_per_class": accounting.boxes_per_class(chosen.pseudo, names),
-        "score_histogram": accounting.score_histogram(preds),  # every kept detection, 20 bins over [0, 1]
-        "class_thresholds": dict(zip(names, (round_(t) for t in chosen.thresholds))),
-    }
-
-
-_finalize = LazyRemote(_finalize_impl)

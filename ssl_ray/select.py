@@ -143,5 +143,9 @@ def cap_per_class(pseudo: list[dict], cap: int | None) -> list[dict]:
 def cap_negatives(negatives: list[dict], n_pseudo: int, fraction: float) -> list[dict]:
     """At most `fraction` of (pseudo + negatives used); a stable, content-based choice."""
     limit = len(negatives) if fraction >= 1.0 else int(fraction * n_pseudo / (1.0 - fraction))
-    ordered = sorted(negatives, key=lambda r: hashlib.blake2b(r["image_id"].encode(), digest_size=8).digest())
-    return ordered[:limit]
+    return sorted(negatives, key=lambda r: negative_order(r["image_id"]))[:limit]
+
+
+def negative_order(image_id: str) -> int:
+    """The order negatives are taken in: a hash of the content, so the choice is stable."""
+    return int.from_bytes(hashlib.blake2b(image_id.encode(), digest_size=8).digest(), "big")

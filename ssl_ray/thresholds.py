@@ -79,8 +79,13 @@ def quantile_thresholds(rows: list[dict], n_classes: int, keep_fraction: float, 
         for b in r["boxes"] or []:
             if b["score"] >= floor:
                 scores[b["cls"]].append(b["score"])
+    return thresholds_from_scores(scores, keep_fraction, fallback, floor)
+
+
+def thresholds_from_scores(scores: list, keep_fraction: float, fallback: float, floor: float) -> list[float]:
+    """`quantile_thresholds` from each class's detection scores (those >= floor)."""
     out = []
     for s in scores:
-        t = float(np.quantile(s, 1.0 - keep_fraction, method="higher")) if s else fallback
+        t = float(np.quantile(s, 1.0 - keep_fraction, method="higher")) if len(s) else fallback
         out.append(min(1.0, max(floor, t)))
     return out

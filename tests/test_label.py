@@ -101,9 +101,11 @@ def test_label_s3_pool(ray_local, pool_dir, teachers, bucket, storage_cfg, bikes
         if p.is_file():
             src.write_bytes(str(p.relative_to(pool_dir)), p.read_bytes())
     n_frames, fps = expected_frames(bikes_mp4)
-    extra = [f"storage.endpoint_url={storage_cfg.endpoint_url}", "storage.region=us-east-1"]
+    # finalize_rows=9: the raw rows are scattered into hash buckets on S3, each finalized apart
+    extra = [f"storage.endpoint_url={storage_cfg.endpoint_url}", "storage.region=us-east-1", "label.finalize_rows=9"]
     _, out, summary = run_stage(f"s3://{bucket}/pool", f"s3://{bucket}/run", teachers["yolo11n"], extra)
     check_accounting(out, summary, n_frames, fps)
+    assert summary["finalize_tasks"] > 3 and not list(out.list("rounds/r001/scatter"))  # scattered rows removed
     assert all(p["uri"].startswith(f"s3://{bucket}/pool/") for p in read_dir(out.child("rounds/r001"), "predictions"))
 
 
@@ -176,7 +178,8 @@ def test_killing_an_inference_actor_mid_pool_loses_and_duplicates_nothing(ray_lo
         src = sources[i % len(sources)]
         (pool / f"img_{i:04d}.jpg").write_bytes(src.read_bytes() + bytes([i // len(sources)]))
     cfg = load_config(DEMO, [f"pool.sources=[{pool}]", f"output.dir={tmp_path / 'run'}", "model.imgsz=128",
-                             "label.batch_size=4", "label.score_floor=0.0", "select.negative_max_score=0.001"])
+                             "label.batch_size=4", "label.score_floor=0.0", "select.negative_max_score=0.001",
+                             "label.finalize_rows=50"])  # retried copies meet their originals in 5 buckets
     killed = []
 
     def kill_actor_once_it_works():
@@ -198,6 +201,6 @@ def test_killing_an_inference_actor_mid_pool_loses_and_duplicates_nothing(ray_lo
     killer.join()
     assert killed and killed[0] < finished, "the actor was not killed while the stage ran"
     preds = read_dir(Store(cfg.output.dir).child("rounds/r001"), "predictions")
-    assert summary["items"] == 240 and summary["rejected"] == 0
+    assert summary["items"] == 240 and summary["rejected"] == 0 and summary["finalize_tasks"] >= 5
     assert len(preds) == 240 == len({p["image_id"] for p in preds})
     assert sorted(p["uri"] for p in preds) == sorted(str(p) for p in pool.iterdir())
