@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -203,6 +204,8 @@ def main() -> int:
                     help="also time (b) with these consistency views (e.g. flip): their cost, side by side")
     ap.add_argument("--also", nargs="*", default=[], metavar="KEY=VALUE",
                     help="also time (b) with these config overrides (e.g. label.actor_calls=1), side by side")
+    ap.add_argument("--repeat", type=int, default=1, help="measure (a), (c) and (b) this many times in turn; "
+                                                            "medians are reported, with the ratios' ranges")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ssl_ray-bench-"))
@@ -211,24 +214,34 @@ def main() -> int:
         pool_n = make_pool(work / "n", args.n, args.imgsz)
         pool_4n = make_pool(work / "4n", 4 * args.n, args.imgsz)
 
-        a, a_threads = bench_predict(weights, pool_n, args.imgsz, args.floor, work, args.device)
-        c, best_bs = bench_forward(weights, pool_n, args.imgsz, work, args.threads, args.device)
-        t_n, b, mem_n, _ = bench_stage(weights, pool_n, args, best_bs, work, "run_n")
-        t_4n, b4, mem_4n, _ = bench_stage(weights, pool_4n, args, best_bs, work, "run_4n")
-        steady = 3 * args.n / (t_4n - t_n)
-        figures = {
-            "n": args.n, "imgsz": args.imgsz, "cores": os.cpu_count(), "device": device_name(args.device),
-            "actors": args.actors if args.device != "cpu" else 1, "threads_a": a_threads,
-            "threads_b_c": args.threads, "batch_b_c": best_bs,
-            "a_predict_stream_save_txt_img_s": round(a, 1),
-            "b_stage_end_to_end_n_img_s": round(b, 1), "b_stage_end_to_end_4n_img_s": round(b4, 1),
-            "b_stage_seconds_n": round(t_n, 1), "b_stage_seconds_4n": round(t_4n, 1),
-            "b_stage_steady_img_s": round(steady, 1), "c_forward_bound_img_s": round(c, 1),
-            "b4n_over_a": round(b4 / a, 2), "b_steady_over_a": round(steady / a, 2),
-            "b4n_over_c": round(b4 / c, 2), "b_steady_over_c": round(steady / c, 2),
-            "ray_peak_pss_mib_n": round(mem_n / 2**20), "ray_peak_pss_mib_4n": round(mem_4n / 2**20),
-            "memory_growth": round(mem_4n / mem_n - 1, 3) if mem_n else None,
-        }
+        reps = []  # each repetition measures (a), (c) and (b) at N and 4N, one after another
+        for rep in range(args.repeat):  # each run its own output folder: a finished stage is only read back
+            a, a_threads = bench_predict(weights, pool_n, args.imgsz, args.floor, work, args.device)
+            c, best_bs = bench_forward(weights, pool_n, args.imgsz, work, args.threads, args.device)
+            t_n, b, mem_n, _ = bench_stage(weights, pool_n, args, best_bs, work, f"run_n{rep}")
+            t_4n, b4, mem_4n, _ = bench_stage(weights, pool_4n, args, best_bs, work, f"run_4n{rep}")
+            steady = 3 * args.n / (t_4n - t_n)
+            reps.append({
+                "batch_b_c": best_bs, "a_predict_stream_save_txt_img_s": round(a, 1),
+                "b_stage_end_to_end_n_img_s": round(b, 1), "b_stage_end_to_end_4n_img_s": round(b4, 1),
+                "b_stage_seconds_n": round(t_n, 1), "b_stage_seconds_4n": round(t_4n, 1),
+                "b_stage_steady_img_s": round(steady, 1), "c_forward_bound_img_s": round(c, 1),
+                "b4n_over_a": round(b4 / a, 2), "b_steady_over_a": round(steady / a, 2),
+                "b4n_over_c": round(b4 / c, 2), "b_steady_over_c": round(steady / c, 2),
+                "ray_peak_pss_mib_n": round(mem_n / 2**20), "ray_peak_pss_mib_4n": round(mem_4n / 2**20),
+                "memory_growth": round(mem_4n / mem_n - 1, 3) if mem_n else None,
+            })
+        # Each figure is the median over the repetitions (ratios are taken within a repetition,
+        # then their median); the spread of the ratios is reported beside them.
+        figures = {"n": args.n, "imgsz": args.imgsz, "cores": os.cpu_count(), "device": device_name(args.device),
+                   "actors": args.actors if args.device != "cpu" else 1, "threads_a": a_threads,
+                   "threads_b_c": args.threads, "repeat": args.repeat}
+        figures.update({k: statistics.median(r[k] for r in reps) for k in reps[0] if reps[0][k] is not None})
+        if args.repeat > 1:
+            figures["range"] = {k: [min(r[k] for r in reps), max(r[k] for r in reps)]
+                                for k in ("b4n_over_a", "b_steady_over_c", "memory_growth") if reps[0][k] is not None}
+            figures["repeats"] = reps
+        best_bs, steady, b4 = reps[-1]["batch_b_c"], figures["b_stage_steady_img_s"], figures["b_stage_end_to_end_4n_img_s"]
         # The same stage again, right after, with other settings: their effect, side by side.
         variants = {"views": [f"label.consistency_views=[{', '.join(args.views)}]"]} if args.views else {}
         variants.update({"also": args.also} if args.also else {})
