@@ -104,3 +104,35 @@ def test_every_copy_of_an_item_goes_to_one_bucket():
     reject = {"image_id": "", "uri": "s3://a/broken.jpg"}  # rejects have no content id: keyed by uri
     assert bucket_of(reject, 16) == bucket_of(dict(reject), 16)
     assert len({bucket_of({"image_id": f"{i:032x}", "uri": ""}, 8) for i in range(200)}) == 8
+
+
+@pytest.mark.ray
+def test_finalize_on_ray_writes_what_the_whole_pool_selects(ray_local, tmp_path):
+    """The Ray side: raw Parquet in several files -> scatter -> three passes -> outputs, with
+    pool-quantile thresholds gathered from every bucket, against the whole-pool reference."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ssl_ray.config import Config, LabelConfig
+    from ssl_ray.finalize import finalize
+    from ssl_ray.label import RAW_SCHEMA, round_
+    from ssl_ray.storage import Store
+
+    raw = raw_pool(300, seed=11)
+    (tmp_path / "raw").mkdir()
+    for i in range(0, len(raw), 70):
+        pq.write_table(pa.Table.from_pylist(raw[i:i + 70], schema=RAW_SCHEMA), tmp_path / "raw" / f"p{i:04d}.parquet")
+    select_cfg = SelectConfig(conf=0.5, negative_max_score=0.1, adaptive="pool_quantile", keep_fraction=0.3,
+                              max_images_per_class=15, review_max=10)
+    cfg = Config(label=LabelConfig(finalize_rows=40), select=select_cfg)
+    stage = Store(str(tmp_path))
+    summary = finalize(cfg, stage, NAMES, 1, "t.pt", None, 300, None)
+    expected = whole(raw, select_cfg, select_cfg.conf, quantile=True)
+    read = lambda rel: pq.read_table(tmp_path / rel).to_pylist()  # noqa: E731
+    assert summary["finalize_tasks"] == 9 and not (tmp_path / "scatter").exists()
+    assert summary["class_thresholds"] == {n: round_(t) for n, t in zip(NAMES, expected["thresholds"])}
+    assert sorted(p["image_id"] for p in read("predictions")) == expected["preds"]
+    assert sorted(r["image_id"] for r in read("pseudo")) == expected["training"]
+    assert [r["image_id"] for r in read("review/part-000000.parquet")] == expected["review"]
+    assert (summary["pseudo_used"], summary["negative_used"]) == (expected["pseudo_used"], expected["negative_used"])
+    assert summary["items"] == len(expected["preds"]) + len(expected["rejects"])
