@@ -37,7 +37,7 @@ from ssl_ray.config import Config, SelectConfig
 from ssl_ray.runtime import LazyRemote, ray_get
 from ssl_ray.select import classify, negative_order, uncertainty
 from ssl_ray.storage import Store
-from ssl_ray.thresholds import thresholds_from_scores
+from ssl_ray.thresholds import class_scores, thresholds_from_scores
 
 TASK_BYTES_PER_ITEM = 8192  # memory a finalize task reserves per item (measured ~6 KB with 8 boxes)
 
@@ -58,12 +58,7 @@ def dedupe_bucket(raw: list[dict], round: int, teacher: str, n_classes: int, flo
              "retried_copies_dropped": retries, "videos_frames": sum(1 for p in preds if p["video_uri"]),
              "score_histogram": accounting.score_histogram(preds), "scores": None}
     if floor is not None:
-        scores: list[list[float]] = [[] for _ in range(n_classes)]
-        for p in preds:
-            for b in p["boxes"] or []:
-                if b["score"] >= floor:
-                    scores[b["cls"]].append(b["score"])
-        stats["scores"] = [np.asarray(s, np.float32) for s in scores]
+        stats["scores"] = [np.asarray(s, np.float32) for s in class_scores(preds, n_classes, floor)]
     return preds, rejects, stats
 
 

@@ -74,12 +74,17 @@ def quantile_thresholds(rows: list[dict], n_classes: int, keep_fraction: float, 
                         floor: float) -> list[float]:
     """Per class: the score above which the top `keep_fraction` of its pool detections lie
     (only detections scoring at least `floor` count); `fallback` for a class never detected."""
+    return thresholds_from_scores(class_scores(rows, n_classes, floor), keep_fraction, fallback, floor)
+
+
+def class_scores(rows: list[dict], n_classes: int, floor: float) -> list[list[float]]:
+    """Each class's detection scores at or above `floor`."""
     scores: list[list[float]] = [[] for _ in range(n_classes)]
     for r in rows:
         for b in r["boxes"] or []:
             if b["score"] >= floor:
                 scores[b["cls"]].append(b["score"])
-    return thresholds_from_scores(scores, keep_fraction, fallback, floor)
+    return scores
 
 
 def thresholds_from_scores(scores: list, keep_fraction: float, fallback: float, floor: float) -> list[float]:
