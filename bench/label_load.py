@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-from label_throughput import RayMemory, fresh_cluster, make_pool, untrained_teacher  # noqa: E402
+from label_throughput import RayMemory, fresh_cluster, make_pool, teacher_classes, untrained_teacher  # noqa: E402
 
 
 def main() -> int:
@@ -47,10 +47,11 @@ def main() -> int:
         demo = Path(__file__).parents[1] / "ssl_ray" / "configs" / "demo.yaml"
         cfg = load_config(demo, [f"pool.sources=[{pool}]", f"output.dir={work / 'run'}",
                                  f"output.cache_dir={work / 'cache'}", f"model.imgsz={args.imgsz}"])
+        names = teacher_classes(weights)
         fresh_cluster()
         with RayMemory(period=1.0) as mem:
             start = time.perf_counter()
-            summary = label_pool(cfg, Store(cfg.output.dir), round=1, weights=weights)
+            summary = label_pool(cfg, Store(cfg.output.dir), round=1, weights=weights, names=names)
             seconds = time.perf_counter() - start
 
         stage = work / "run" / "rounds" / "r001"

@@ -16,6 +16,7 @@ On a GPU machine (one inference actor per GPU share, fp16; (a) on the same GPU):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -161,9 +162,10 @@ def bench_stage(weights: str, pool: Path, args, batch: int, work: Path, tag: str
                              * (args.device != "cpu"),
                              *overrides])
     num_cpus = 8 if args.device == "cpu" else None  # a GPU machine: all its cores
+    names = teacher_classes(weights)
     fresh_cluster(num_cpus)
     start = time.perf_counter()
-    summary = label_pool(cfg, Store(cfg.output.dir), round=1, weights=weights)
+    summary = label_pool(cfg, Store(cfg.output.dir), round=1, weights=weights, names=names)
     seconds = time.perf_counter() - start
     if args.no_memory:
         return seconds, summary["items"] / seconds, 0, summary
@@ -171,7 +173,7 @@ def bench_stage(weights: str, pool: Path, args, batch: int, work: Path, tag: str
     # a timed run here).
     fresh_cluster(num_cpus)
     with RayMemory() as mem:
-        label_pool(cfg, Store(str(work / f"{tag}-mem")), round=1, weights=weights)
+        label_pool(cfg, Store(str(work / f"{tag}-mem")), round=1, weights=weights, names=names)
     return seconds, summary["items"] / seconds, mem.peak, summary
 
 
@@ -182,6 +184,16 @@ def untrained_teacher(work: Path) -> str:
     weights = str(work / "yolo26n.pt")
     prepare_ultralytics(work / "ul").YOLO("yolo26n.yaml").save(weights)
     return weights
+
+
+@functools.lru_cache
+def teacher_classes(weights: str) -> list[str]:
+    """The teacher's classes, passed to the stage as the rounds driver passes the labeled set's
+    (the stage then checks them in its inference actors)."""
+    from ssl_ray.runtime import prepare_ultralytics
+
+    names = prepare_ultralytics(Path(weights).parent / "ul").YOLO(weights).names
+    return [names[i] for i in sorted(names)]
 
 
 def device_name(device: str) -> str:

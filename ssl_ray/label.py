@@ -63,14 +63,7 @@ def label_pool(cfg: Config, out: Store, *, round: int, weights: str, names: list
         ray.data.DataContext.get_current().execution_options.resource_limits = limits.copy(
             object_store_memory=cfg.ray.data_object_store_gb * 2**30)
     start = time.perf_counter()
-    # The class check and the listing run side by side; nothing is written before the check.
-    names_ref = _teacher_names.remote(weights, cfg)
     listing = _list_pool.remote(cfg.pool.sources, cfg.storage)
-    teacher_names = ray_get(names_ref)
-    if names is not None and list(names) != list(teacher_names):
-        raise LabelError(f"model.weights: the teacher {weights} predicts classes {teacher_names[:10]}, "
-                         f"but the labeled set has {names}: train the teacher on the labeled set first")
-    names = teacher_names
     parts = list(listing)  # references only: the listing itself stays in the object store
     if not parts:
         raise LabelError(f"pool.sources: no files under {', '.join(cfg.pool.sources)}")
@@ -88,7 +81,7 @@ def label_pool(cfg: Config, out: Store, *, round: int, weights: str, names: list
                         compute=ray.data.TaskPoolStrategy(size=cfg.label.decode_tasks))
     ds = ds.map_batches(
         _Predict,
-        fn_constructor_kwargs={"weights": weights, "cfg": cfg},
+        fn_constructor_kwargs={"weights": weights, "cfg": cfg, "names": names},
         compute=ray.data.ActorPoolStrategy(min_size=cfg.label.min_actors, max_size=cfg.label.max_actors,
                                            max_concurrent_calls_per_actor=cfg.label.actor_calls),
         num_gpus=cfg.label.num_gpus_per_actor,
@@ -96,7 +89,22 @@ def label_pool(cfg: Config, out: Store, *, round: int, weights: str, names: list
         batch_size=cfg.label.batch_size,
         batch_format="numpy",
     )
-    ds.write_parquet(stage.path("raw"), filesystem=stage.fs, min_rows_per_file=RAW_ROWS_PER_FILE)
+    # The class check costs the stage no time: given the labeled set's `names`, each inference
+    # actor checks the teacher it loads before its first batch; without them, the teacher's
+    # names are read beside the inference. (As a task run before the stage, its import of torch
+    # held up the first image by seconds on a 2-core node.)
+    names_ref = _teacher_names.remote(weights, cfg) if names is None else None
+    try:
+        ds.write_parquet(stage.path("raw"), filesystem=stage.fs, min_rows_per_file=RAW_ROWS_PER_FILE)
+    except Exception:  # an unloadable or wrong teacher: say that, not Ray's trace
+        try:
+            _check_classes(weights, names, ray_get(_teacher_names.remote(weights, cfg) if names_ref is None
+                                                   else names_ref))
+        except SslRayError:
+            stage.delete_prefix("raw")  # empty: the actors refuse before their first batch
+            raise
+        raise
+    names = names if names_ref is None else ray_get(names_ref)
     summary = finalize(cfg, stage, names, round, weights, conf, listed, class_conf)
     summary["seconds"] = round_(time.perf_counter() - start)
     summary["items_per_s"] = round_(summary["items"] / max(summary["seconds"], 1e-9))
@@ -107,6 +115,14 @@ def label_pool(cfg: Config, out: Store, *, round: int, weights: str, names: list
         raise LabelError(problem)
     stage.write_text(LABELED_MARKER, json.dumps({"items": summary["items"]}) + "\n")  # last write
     return summary
+
+
+def _check_classes(weights: str, names: list[str] | None, teacher_names: list[str]) -> list[str]:
+    """The teacher's classes, which must be the labeled set's `names` (None: any)."""
+    if names is not None and list(names) != list(teacher_names):
+        raise LabelError(f"model.weights: the teacher {weights} predicts classes {teacher_names[:10]}, "
+                         f"but the labeled set has {names}: train the teacher on the labeled set first")
+    return list(teacher_names)
 
 
 def round_(x: float) -> float:
@@ -190,13 +206,14 @@ class _Predict:
     """Inference actor: one teacher per actor, batched forward (every consistency view of the
     batch in the same forward), detections mapped back."""
 
-    def __init__(self, weights: str, cfg: Config):
+    def __init__(self, weights: str, cfg: Config, names: list[str] | None):
         from ssl_ray.consistency import parse_views
         from ssl_ray.teacher import Teacher, resolve_weights
 
         threads = max(1, int(cfg.label.num_cpus_per_actor)) if cfg.label.num_gpus_per_actor == 0 else None
         local = resolve_weights(weights, cfg.output.cache_dir, cfg.storage)
         self.teacher = Teacher(local, cfg.output.cache_dir, threads=threads)
+        _check_classes(weights, names, self.teacher.names)
         self.floor = cfg.label.score_floor
         self.views = parse_views(cfg.label.consistency_views, cfg.model.imgsz)
         self.iou = cfg.label.consistency_iou
