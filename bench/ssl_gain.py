@@ -197,18 +197,24 @@ def one_seed(args, seed: int, work: Path, threads: ThreadPoolExecutor) -> dict:
                             *adamw * (steps(oracle_images, args.batch, oracle_epochs) > 10_000))
     scratch = baseline.result()
     teacher = work / f"{seed}-baseline-e{args.max_epochs}" / "rounds" / "r000" / "weights" / "best.pt"
-    for done in [threads.submit(ssl, v) for v in args.variants]:
-        done.result()
-    ssl_budget = max(row["steps"][v] for v in args.variants)
     # (a) continued: the same teacher trained on the labeled set alone for all the steps the
     # largest SSL run spent after round 0, its best epoch kept. No early stopping: restarting
     # the LR schedule first drops it for more than --patience epochs, and patience would end it
     # there. The baseline is the better of the two, so it has had at least the SSL run's
-    # steps: a gain is not extra training.
+    # steps: a gain is not extra training. With --control-epochs it runs beside the SSL runs
+    # (a budget fixed up front, checked below against what they spent).
+    control = lambda epochs: labeled_only("baseline_continued", "data.yaml", args.labeled,  # noqa: E731
+                                          epochs, f"model.weights={teacher}", patience=epochs)
+    early = threads.submit(control, args.control_epochs) if args.control_epochs else None
+    for done in [threads.submit(ssl, v) for v in args.variants]:
+        done.result()
+    ssl_budget = max(row["steps"][v] for v in args.variants)
     batches = math.ceil(args.labeled / args.batch)
     extra_epochs = math.ceil((ssl_budget - row["steps"]["baseline"]) / batches)
-    continued = labeled_only("baseline_continued", "data.yaml", args.labeled, extra_epochs, f"model.weights={teacher}",
-                             patience=extra_epochs)
+    if early and args.control_epochs < extra_epochs:
+        raise SystemExit(f"--control-epochs {args.control_epochs} is short of the SSL runs' {extra_epochs} epochs "
+                         f"of labeled-set steps: the comparison would not be fair")
+    continued = early.result() if early else control(extra_epochs)
     row["baseline_scratch"], row["baseline_continued"] = scratch, continued
     row["baseline"] = max(scratch, continued)
     row["oracle"] = oracle.result()
@@ -236,6 +242,9 @@ def main() -> int:
                                                           "makes (c) a lower bound, and says so")
     ap.add_argument("--patience", type=int, default=50, help="early stopping of (a) and (c), epochs")
     ap.add_argument("--epochs", type=int, default=20, help="epochs per pseudo-label round")
+    ap.add_argument("--control-epochs", type=int,
+                    help="run the control (baseline continued) for this many epochs beside the SSL runs, instead "
+                         "of after them for exactly their budget; refused if short of that budget")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",

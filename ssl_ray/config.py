@@ -148,6 +148,9 @@ class RoundsConfig:
     conf_schedule: list[float] = setting([], "confidence threshold per round 1..N (empty = select.conf)")
     patience: int = setting(1, "stop after this many rounds without held-out mAP50-95 improvement", ge=1)
     round0: Literal["train", "evaluate"] = setting("train", "round 0 trains on the labeled set, or only evaluates model.weights")
+    student_init: str | None = setting(
+        None, "weights each round r >= 1 trains from (.yaml: from scratch; .pt, e.g. yolo26n.pt: pretrained), a new "
+              "student on labeled + pseudo-labels; null = warm start from round r-1's best.pt (train.finetune_extra)")
 
     def __post_init__(self):
         for i, value in enumerate(self.conf_schedule):

@@ -3,7 +3,8 @@
     round 0   train on the labeled set (rounds/r000)
     round r   label the pool with round r-1's best.pt at round r's threshold
               -> merge labeled + selected rows (rounds/rNNN/merged.parquet)
-              -> train, warm-started from round r-1's weights -> held-out metrics
+              -> train, warm-started from round r-1's weights (or a new student from
+                 rounds.student_init) -> held-out metrics
     final     the best round's weights and dataset (final/), report (report/)
 
 Each round ends with `rounds/rNNN/metrics.json` and `_COMMITTED`, written last; a committed
@@ -155,8 +156,9 @@ def _pseudo_label(cfg: Config, out: Store, r: int, state: RunState, spec: TrainS
         record["stage_seconds"]["review"] = round(time.perf_counter() - t0, 1)
     record["labeled_copies"] = plan.labeled_copies(cfg.train.labeled_fraction, n_labeled,
                                                    record["train_images"] - n_labeled)
-    return dataclasses.replace(spec, train=[f"{stage}/merged.parquet"], weights=teacher,
-                               labeled_copies=record["labeled_copies"], extra=cfg.train.finetune_extra)
+    weights, extra = plan.student_start(teacher, cfg.rounds, cfg.train.finetune_extra)
+    return dataclasses.replace(spec, train=[f"{stage}/merged.parquet"], weights=weights,
+                               labeled_copies=record["labeled_copies"], extra=extra)
 
 
 def _ingest_impl(cfg: Config) -> tuple[list[str], int]:

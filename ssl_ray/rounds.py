@@ -29,6 +29,14 @@ def best_round(scores: list[float]) -> int:
     return max(range(len(scores)), key=lambda r: (scores[r], -r))
 
 
+def student_start(teacher: str, rounds: RoundsConfig, finetune_extra: dict) -> tuple[str, dict]:
+    """(weights, extra trainer arguments) a round's training starts from: warm from the round's
+    teacher with `train.finetune_extra`, or a new student from `rounds.student_init`."""
+    if rounds.student_init is None:
+        return teacher, dict(finetune_extra)
+    return rounds.student_init, {}
+
+
 def merge(labeled: list[dict], selected: list[dict]) -> list[dict]:
     """Labeled rows plus selected pseudo/negative rows, one row per image_id: a labeled image
     keeps its human labels even if the pool holds the same bytes."""

@@ -158,7 +158,7 @@ def test_round0_evaluate_scores_the_given_weights_without_training(ray_local, sh
     from ssl_ray.driver import run_rounds
 
     cfg = tiny(shapes, tmp_path, "rounds.round0=evaluate", f"model.weights={teachers['yolo26n']}",
-               "rounds.max_rounds=1")
+               "rounds.max_rounds=1", "rounds.student_init=yolo26n.yaml", "train.finetune_extra={warmup_epochs: 0.5}")
     state = run_rounds(cfg)
     r0 = tmp_path / "run" / "rounds" / "r000"
     held = state.rounds[0]["held_out"]
@@ -166,3 +166,7 @@ def test_round0_evaluate_scores_the_given_weights_without_training(ray_local, sh
     assert (r0 / "weights" / "best.pt").read_bytes() == Path(teachers["yolo26n"]).read_bytes()
     assert not (r0 / "ray").exists() and "train" not in state.rounds[0]["stage_seconds"]  # no Ray Train run
     assert state.rounds[1]["label"]["teacher"].endswith("rounds/r000/weights/best.pt")
+    # round 1 trains a new student from rounds.student_init, with no fine-tuning arguments
+    (args,) = (tmp_path / "cache" / "train").glob("r001-*/run/args.yaml")
+    args = yaml.safe_load(args.read_text())
+    assert args["model"] == "yolo26n.yaml" and args["warmup_epochs"] == 3.0

@@ -1,9 +1,9 @@
-"""Round planning, table-driven: thresholds, early stopping, best round, merge."""
+"""Round planning, table-driven: thresholds, early stopping, best round, merge, student start."""
 
 import pytest
 
 from ssl_ray.config import RoundsConfig, SelectConfig
-from ssl_ray.rounds import best_round, merge, should_stop, threshold_for
+from ssl_ray.rounds import best_round, merge, should_stop, student_start, threshold_for
 
 
 @pytest.mark.parametrize("schedule, round, expected", [
@@ -57,3 +57,13 @@ def test_labeled_copies(fraction, n_labeled, n_other, copies):
     from ssl_ray.rounds import labeled_copies
 
     assert labeled_copies(fraction, n_labeled, n_other) == copies
+
+
+@pytest.mark.parametrize("student_init, expected", [
+    (None, ("runs/ssl/rounds/r001/weights/best.pt", {"lr0": 0.0005})),  # warm start, fine-tuning arguments
+    ("yolo26n.yaml", ("yolo26n.yaml", {})),  # a new student from scratch: a schedule of its own
+    ("s3://models/yolo26n.pt", ("s3://models/yolo26n.pt", {})),  # a new pretrained student
+])
+def test_student_start(student_init, expected):
+    rounds = RoundsConfig(student_init=student_init)
+    assert student_start("runs/ssl/rounds/r001/weights/best.pt", rounds, {"lr0": 0.0005}) == expected
