@@ -224,9 +224,9 @@ def print_train_metrics(m: dict) -> None:
 
 
 def print_label_summary(s: dict) -> None:
-    _table(["items", "pseudo", "negative (used)", "uncertain", "rejected", "items/s"],
+    _table(["items", "pseudo", "negative (used)", "uncertain", "rejected", "items/s", "inference items/s"],
            [[s["items"], s["pseudo"], f"{s['negative']} ({s['negative_used']})", s["uncertain"], s["rejected"],
-             s["items_per_s"]]])
+             s["items_per_s"], s.get("inference_items_per_s") or "-"]])
     per_class = [f"{k} {v}" for k, v in s["pseudo_boxes_per_class"].items() if v]
     print("pseudo boxes per class: " + (", ".join(per_class) or "none"))
     if s["rejected_by_reason"]:

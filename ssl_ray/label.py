@@ -108,6 +108,9 @@ def label_pool(cfg: Config, out: Store, *, round: int, weights: str, names: list
     summary = finalize(cfg, stage, names, round, weights, conf, listed, class_conf)
     summary["seconds"] = round_(time.perf_counter() - start)
     summary["items_per_s"] = round_(summary["items"] / max(summary["seconds"], 1e-9))
+    span = _inference_span(ds)  # the stage's rate once running: start-up (listing, actors' load) excluded
+    summary["inference_seconds"] = span and round_(span)
+    summary["inference_items_per_s"] = span and round_(summary["items"] / span)
     stage.delete_prefix("raw")
     stage.write_text("label_summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     problem = accounting.reject_fraction_error(summary["rejected"], summary["items"], cfg.pool.max_reject_fraction)
@@ -123,6 +126,24 @@ def _check_classes(weights: str, names: list[str] | None, teacher_names: list[st
         raise LabelError(f"model.weights: the teacher {weights} predicts classes {teacher_names[:10]}, "
                          f"but the labeled set has {names}: train the teacher on the labeled set first")
     return list(teacher_names)
+
+
+def _inference_span(ds) -> float | None:
+    """Seconds from the first inference batch's start to the last one's end, from Ray Data's
+    execution stats; None when they are missing. Ray Data stamps each batch with its node's
+    monotonic clock: across nodes the span is only as good as their clocks' agreement."""
+    try:
+        stack = [ds.get_stats_summary()]
+    except Exception as e:  # a DeveloperAPI: a figure for the summary, never a failed stage
+        log.warning("no inference timing from Ray Data's stats: %s", e)
+        return None
+    while stack:
+        stats = stack.pop()
+        for op in stats.operators_stats:
+            if "_Predict" in op.operator_name and op.earliest_start_time is not None:
+                return max(op.latest_end_time - op.earliest_start_time, 1e-9)
+        stack.extend(stats.parents)
+    return None
 
 
 def round_(x: float) -> float:
