@@ -215,6 +215,8 @@ def main() -> int:
     ap.add_argument("--no-memory", action="store_true", help="skip the untimed memory runs")
     ap.add_argument("--views", nargs="*", default=[],
                     help="also time (b) with these consistency views (e.g. flip): their cost, side by side")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="config overrides for every (b) run (e.g. ray.data_object_store_gb=0.25)")
     ap.add_argument("--also", nargs="*", default=[], metavar="KEY=VALUE",
                     help="also time (b) with these config overrides (e.g. label.actor_calls=1), side by side")
     ap.add_argument("--repeat", type=int, default=1, help="measure (a), (c) and (b) this many times in turn; "
@@ -231,8 +233,9 @@ def main() -> int:
         for rep in range(args.repeat):  # each run its own output folder: a finished stage is only read back
             a, a_threads = bench_predict(weights, pool_n, args.imgsz, args.floor, work, args.device)
             c, best_bs = bench_forward(weights, pool_n, args.imgsz, work, args.threads, args.device)
-            t_n, b, mem_n, _ = bench_stage(weights, pool_n, args, best_bs, work, f"run_n{rep}")
-            t_4n, b4, mem_4n, summary_4n = bench_stage(weights, pool_4n, args, best_bs, work, f"run_4n{rep}")
+            t_n, b, mem_n, _ = bench_stage(weights, pool_n, args, best_bs, work, f"run_n{rep}", args.set)
+            t_4n, b4, mem_4n, summary_4n = bench_stage(weights, pool_4n, args, best_bs, work, f"run_4n{rep}",
+                                                       args.set)
             # The steady state: the 4N run's rate from its first inference batch to its last (Ray
             # Data's stats), every part of the pipeline running; start-up and finalize excluded.
             # The marginal rate of the extra 3N images between two runs is printed beside it: it
@@ -253,6 +256,7 @@ def main() -> int:
         # Each figure is the median over the repetitions (ratios are taken within a repetition,
         # then their median); the spread of the ratios is reported beside them.
         figures = {"n": args.n, "imgsz": args.imgsz, "cores": os.cpu_count(), "device": device_name(args.device),
+                   "set": args.set,
                    "actors": args.actors if args.device != "cpu" else 1, "threads_a": a_threads,
                    "threads_b_c": args.threads, "repeat": args.repeat}
         figures.update({k: statistics.median(r[k] for r in reps) for k in reps[0] if reps[0][k] is not None})
@@ -265,7 +269,8 @@ def main() -> int:
         variants = {"views": [f"label.consistency_views=[{', '.join(args.views)}]"]} if args.views else {}
         variants.update({"also": args.also} if args.also else {})
         for name, overrides in variants.items():
-            _, bv4, _, summary_v = bench_stage(weights, pool_4n, args, best_bs, work, f"{name}_4n", overrides)
+            _, bv4, _, summary_v = bench_stage(weights, pool_4n, args, best_bs, work, f"{name}_4n",
+                                               [*args.set, *overrides])
             steady_v = summary_v["inference_items_per_s"]
             figures.update({name: overrides, f"b_{name}_end_to_end_4n_img_s": round(bv4, 1),
                             f"b_{name}_steady_img_s": round(steady_v, 1),
