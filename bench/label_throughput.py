@@ -238,8 +238,9 @@ def main() -> int:
                                                        args.set)
             # The steady state: the 4N run's rate from its first inference batch to its last (Ray
             # Data's stats), every part of the pipeline running; start-up and finalize excluded.
-            # The marginal rate of the extra 3N images between two runs is printed beside it: it
-            # agrees on a quiet machine and carries both runs' start-up noise on a busy one.
+            # The marginal rate of the extra 3N images between two runs is printed beside it as a
+            # cross-check; it carries both runs' start-up noise (0.84-1.24 of the steady state on
+            # 2026-11-26, docs/benchmarks.md).
             steady = summary_4n["inference_items_per_s"]
             marginal = 3 * args.n / (t_4n - t_n)
             reps.append({
