@@ -1,0 +1,65 @@
+"""Where do the pseudo-labels' missing objects go? For a finished `bench/ssl_gain.py` run.
+
+For each round, the true objects of the pool images trained on that no kept box covers
+(same class, IoU >= 0.5), and how many of them the teacher did see: a detection of any
+class above the score floor overlapping them (IoU >= --overlap) but not kept. Only those
+could be masked out of training instead of being taught as background.
+
+    .venv/bin/python bench/pseudo_misses.py /tmp/gain/0-adaptive+consistency-r5e20 /tmp/gain/data0/data.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ssl_gain import pool_truth  # noqa: E402  (the same truth the benchmark scores against)
+
+
+def misses(round_dir: Path, truth: dict[str, list[dict]], overlap: float) -> dict:
+    import pyarrow.parquet as pq
+
+    from ssl_ray.consistency import iou
+    from ssl_ray.thresholds import xyxy
+
+    seen = {r["image_id"]: r["boxes"] for r in pq.read_table(round_dir / "predictions").to_pylist()}
+    kept = {r["image_id"]: r["boxes"] for r in pq.read_table(round_dir / "merged.parquet").to_pylist()
+            if r["source"] in ("pseudo", "negative")}
+    total = missed = seen_unsure = 0
+    unsure_scores = []
+    for image_id, boxes in kept.items():
+        kept_xyxy = np.array([xyxy(b) for b in boxes]).reshape(-1, 4)
+        seen_xyxy = np.array([xyxy(b) for b in seen[image_id]]).reshape(-1, 4)
+        for t in truth[image_id]:
+            total += 1
+            hits = iou(xyxy(t), kept_xyxy) if len(boxes) else np.zeros(0)
+            if any(b["cls"] == t["cls"] and o >= 0.5 for b, o in zip(boxes, hits)):
+                continue
+            missed += 1
+            near = iou(xyxy(t), seen_xyxy) >= overlap if len(seen[image_id]) else np.zeros(0, bool)
+            if near.any():
+                seen_unsure += 1
+                unsure_scores.append(max(b["score"] for b, n in zip(seen[image_id], near) if n))
+    return {"true_objects": total, "missed": missed, "missed_but_detected_unsure": seen_unsure,
+            "unsure_score_median": round(float(np.median(unsure_scores)), 3) if unsure_scores else None}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run", type=Path, help="an SSL run folder of bench/ssl_gain.py")
+    ap.add_argument("data", type=Path, help="that seed's data.yaml (its pool labels are the truth)")
+    ap.add_argument("--overlap", type=float, default=0.3, help="IoU for an unkept detection to cover an object")
+    args = ap.parse_args()
+    truth = pool_truth(args.data)
+    rounds = sorted(p for p in (args.run / "rounds").glob("r*") if p.name != "r000" and (p / "merged.parquet").exists())
+    print(json.dumps({p.name: misses(p, truth, args.overlap) for p in rounds}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
