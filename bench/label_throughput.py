@@ -248,6 +248,8 @@ def main() -> int:
                 "b_stage_end_to_end_n_img_s": round(b, 1), "b_stage_end_to_end_4n_img_s": round(b4, 1),
                 "b_stage_seconds_n": round(t_n, 1), "b_stage_seconds_4n": round(t_4n, 1),
                 "b_stage_steady_img_s": round(steady, 1), "b_stage_marginal_img_s": round(marginal, 1),
+                # start-up (listing, Ray Data, the actor's import of torch and model load) + finalize
+                "b_stage_outside_inference_s_4n": round(t_4n - summary_4n["inference_seconds"], 1),
                 "c_forward_bound_img_s": round(c, 1),
                 "b4n_over_a": round(b4 / a, 2), "b_steady_over_a": round(steady / a, 2),
                 "b4n_over_c": round(b4 / c, 2), "b_steady_over_c": round(steady / c, 2),

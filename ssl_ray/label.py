@@ -25,6 +25,7 @@ from ssl_ray import accounting, schema
 from ssl_ray.config import Config, with_absolute_paths
 from ssl_ray.errors import SslRayError
 from ssl_ray.finalize import finalize
+from ssl_ray.resources import label_data_budget
 from ssl_ray.runtime import LazyRemote, ensure_resources, ray_get
 from ssl_ray.storage import Store
 
@@ -58,10 +59,6 @@ def label_pool(cfg: Config, out: Store, *, round: int, weights: str, names: list
         log.info("round %d already labeled", round)
         return json.loads(stage.read_bytes("label_summary.json"))
     ensure_resources(cfg, "label")
-    if cfg.ray.data_object_store_gb:
-        limits = ray.data.DataContext.get_current().execution_options.resource_limits
-        ray.data.DataContext.get_current().execution_options.resource_limits = limits.copy(
-            object_store_memory=cfg.ray.data_object_store_gb * 2**30)
     start = time.perf_counter()
     listing = _list_pool.remote(cfg.pool.sources, cfg.storage)
     parts = list(listing)  # references only: the listing itself stays in the object store
@@ -72,6 +69,8 @@ def label_pool(cfg: Config, out: Store, *, round: int, weights: str, names: list
         stage.delete_prefix(sub)
 
     ds = ray.data.from_arrow_refs(parts)  # one block per listing part: decode and inference overlap
+    options = ds.context.execution_options  # this dataset's own copy: the budget binds this stage only
+    options.resource_limits = options.resource_limits.copy(object_store_memory=label_data_budget(cfg))
     listed = ds.count()  # from block metadata, no execution
     # Decoding runs in its own CPU tasks, in parallel with inference, at most
     # label.decode_tasks at a time (each is a worker process: this bounds memory). Its memory

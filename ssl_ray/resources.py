@@ -12,6 +12,13 @@ from ssl_ray.config import Config
 
 Bundle = dict[str, float]
 
+# How many sets of the actors' in-flight batches Ray Data may hold in its object store while
+# labeling, by default. Ray Data splits that budget among the stage's operators (decode,
+# inference, write) and between their running tasks and output queues, so decoding's queue
+# ahead of the actors gets a fraction of it. Measured on 2 CPU cores (docs/benchmarks.md):
+# smaller starves the actor, larger lets the queue, and memory, grow with the pool.
+LOOKAHEAD_SETS = 16
+
 
 def stage_bundles(cfg: Config, stage: str) -> list[Bundle]:
     if stage == "label":
@@ -21,6 +28,18 @@ def stage_bundles(cfg: Config, stage: str) -> list[Bundle]:
         one = {"CPU": cfg.train.cpus_per_worker, "GPU": 1.0 if cfg.train.use_gpu else 0.0}
         return [_nonzero(one)] * cfg.train.num_workers
     raise ValueError(f"unknown stage {stage!r}")
+
+
+def label_data_budget(cfg: Config) -> int:
+    """Object store bytes Ray Data may use while labeling: `ray.data_object_store_gb`, or by
+    default LOOKAHEAD_SETS times the letterboxed images all actors hold in flight. Decoding
+    outruns inference on CPUs; Ray Data's own default (half the object store) lets it queue
+    the whole decoded pool, so memory would grow with the pool. Ray Data still caps the
+    budget at its default share of the cluster's object store."""
+    if cfg.ray.data_object_store_gb:
+        return int(cfg.ray.data_object_store_gb * 2**30)
+    in_flight = cfg.label.max_actors * cfg.label.actor_calls * cfg.label.batch_size
+    return LOOKAHEAD_SETS * in_flight * cfg.model.imgsz ** 2 * 3  # uint8 HWC, letterboxed to imgsz
 
 
 def unplaceable(bundles: list[Bundle], nodes: list[Bundle]) -> str | None:

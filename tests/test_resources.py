@@ -3,7 +3,7 @@
 import pytest
 
 from ssl_ray.config import load_config
-from ssl_ray.resources import stage_bundles, unplaceable
+from ssl_ray.resources import LOOKAHEAD_SETS, label_data_budget, stage_bundles, unplaceable
 
 CPU_NODE = {"CPU": 8.0, "memory": 3e10}
 GPU_NODE = {"CPU": 16.0, "GPU": 1.0}
@@ -40,6 +40,21 @@ def test_message_says_what_and_how_much():
 ])
 def test_stage_bundles(overrides, stage, expected):
     assert stage_bundles(load_config(None, overrides), stage) == expected
+
+
+@pytest.mark.parametrize("overrides, images_in_flight, imgsz", [
+    (["label.max_actors=1", "label.actor_calls=2", "label.batch_size=32", "model.imgsz=160"], 64, 160),
+    (["label.max_actors=8", "label.actor_calls=2", "label.batch_size=64", "model.imgsz=640"], 1024, 640),
+    (["label.max_actors=4", "label.actor_calls=1", "label.batch_size=16", "model.imgsz=320"], 64, 320),
+])
+def test_label_data_budget_follows_the_actors_batches(overrides, images_in_flight, imgsz):
+    budget = label_data_budget(load_config(None, overrides))
+    assert budget == LOOKAHEAD_SETS * images_in_flight * imgsz * imgsz * 3
+
+
+def test_label_data_budget_setting_wins():
+    cfg = load_config(None, ["ray.data_object_store_gb=0.5", "label.max_actors=64", "model.imgsz=1280"])
+    assert label_data_budget(cfg) == 2**29
 
 
 @pytest.mark.ray
