@@ -218,7 +218,8 @@ def main() -> int:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="config overrides for every (b) run (e.g. ray.data_object_store_gb=0.25)")
     ap.add_argument("--also", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="also time (b) with these config overrides (e.g. label.actor_calls=1), side by side")
+                    help="also run (b) at N and 4N with these config overrides (e.g. label.actor_calls=1), "
+                         "side by side: steady state, end to end, memory growth")
     ap.add_argument("--repeat", type=int, default=1, help="measure (a), (c) and (b) this many times in turn; "
                                                             "medians are reported, with the ratios' ranges")
     ap.add_argument("--json", help="also write the figures here")
@@ -272,13 +273,15 @@ def main() -> int:
         variants = {"views": [f"label.consistency_views=[{', '.join(args.views)}]"]} if args.views else {}
         variants.update({"also": args.also} if args.also else {})
         for name, overrides in variants.items():
-            _, bv4, _, summary_v = bench_stage(weights, pool_4n, args, best_bs, work, f"{name}_4n",
-                                               [*args.set, *overrides])
+            _, _, mem_vn, _ = bench_stage(weights, pool_n, args, best_bs, work, f"{name}_n", [*args.set, *overrides])
+            _, bv4, mem_v4n, summary_v = bench_stage(weights, pool_4n, args, best_bs, work, f"{name}_4n",
+                                                     [*args.set, *overrides])
             steady_v = summary_v["inference_items_per_s"]
             figures.update({name: overrides, f"b_{name}_end_to_end_4n_img_s": round(bv4, 1),
                             f"b_{name}_steady_img_s": round(steady_v, 1),
                             f"{name}_steady_over_plain": round(steady_v / steady, 2),
-                            f"{name}_end_to_end_4n_over_plain": round(bv4 / b4, 2)})
+                            f"{name}_end_to_end_4n_over_plain": round(bv4 / b4, 2),
+                            f"{name}_memory_growth": round(mem_v4n / mem_vn - 1, 3) if mem_vn else None})
         print(json.dumps(figures, indent=2))
         if args.json:
             Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")

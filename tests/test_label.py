@@ -83,9 +83,14 @@ def check_accounting(out: Store, summary: dict, n_frames: int, fps: float):
 
 @pytest.mark.ray
 def test_label_local_pool(ray_local, pool_dir, teachers, tmp_path, bikes_mp4):
+    import ray
+
     n_frames, fps = expected_frames(bikes_mp4)
+    limits = ray.data.DataContext.get_current().execution_options.resource_limits
     cfg, out, summary = run_stage(str(pool_dir), str(tmp_path / "run"), teachers["yolo26n"])
     check_accounting(out, summary, n_frames, fps)
+    # the stage's object store budget was its own dataset's: the process-wide context is untouched
+    assert ray.data.DataContext.get_current().execution_options.resource_limits == limits
     # the inference's own span, from Ray Data's stats: inside the stage's, so its rate is higher
     assert 0 < summary["inference_seconds"] < summary["seconds"]
     assert summary["inference_items_per_s"] > summary["items_per_s"]
