@@ -171,8 +171,8 @@ class RayConfig:
     object_store_memory_gb: float | None = setting(None, "object store of a local cluster, GiB (null = Ray's default)",
                                                    gt=0)
     data_object_store_gb: float | None = setting(
-        None, "object store memory Ray Data may use while labeling, GiB (null = room for a few rounds of "
-              "the inference actors' batches, see docs/labeling.md)", gt=0)
+        None, "object store memory Ray Data may use while labeling, GiB (null = 16 x the images the "
+              "inference actors hold in flight, see docs/labeling.md)", gt=0)
     resource_wait_s: float = setting(1800.0, "how long a stage waits for autoscaled nodes (CPUs, GPUs) it needs", ge=0)
 
 
