@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Callable, Iterable
@@ -78,18 +79,37 @@ class ImageCache:
 
 
 class UriReader:
-    """Reads the bytes behind a row's `uri`, one Store per folder (S3 clients are reused)."""
+    """Reads the bytes behind a row's `uri`, one Store per folder (S3 clients are reused).
+
+    A video frame's row yields that frame as JPEG. The last S3 video read stays in a local
+    temp file (removed with the reader), so a video's frames read one after another download
+    it once: `write_yolo_tree` reads frames in that order.
+    """
 
     def __init__(self, storage: StorageConfig):
         self.storage = storage
         self._stores: dict[str, Store] = {}
+        self._video: tuple[str, str] | None = None  # (S3 uri, local copy)
+        self._tmp: tempfile.TemporaryDirectory | None = None
 
     def __call__(self, row: dict) -> bytes:
         if row.get("video_uri"):
             from ssl_ray.video import read_frame_jpeg
 
-            return read_frame_jpeg(row["video_uri"], row["frame_index"], self)
+            return read_frame_jpeg(self._local_video(row["video_uri"]), row["frame_index"], row["video_uri"])
         return self.read(row["uri"])
+
+    def _local_video(self, uri: str) -> str:
+        if not uri.startswith("s3://"):
+            return uri
+        if self._video is None or self._video[0] != uri:
+            self._tmp = self._tmp or tempfile.TemporaryDirectory(prefix="ssl_ray-video-")
+            path = os.path.join(self._tmp.name, f"video{os.path.splitext(uri)[1][:8]}")
+            self._video = None  # a failed download leaves no stale copy behind
+            with open(path, "wb") as f:
+                f.write(self.read(uri))
+            self._video = (uri, path)
+        return self._video[1]
 
     def read(self, uri: str) -> bytes:
         folder, _, name = uri.rpartition("/")
@@ -121,6 +141,10 @@ def write_yolo_tree(
         img_dir.mkdir(parents=True, exist_ok=True)
         lbl_dir.mkdir(parents=True, exist_ok=True)
         written: set[str] = set()
+        # A video's frames are fetched together, in frame order: the reader opens (from S3,
+        # downloads) each video once instead of once per frame.
+        for row in sorted((r for r in rows if r.get("video_uri")), key=lambda r: (r["video_uri"], r["frame_index"])):
+            cache.ensure(row["image_id"], lambda row=row: fetch(row))
         for row in rows:
             cached = cache.ensure(row["image_id"], lambda row=row: fetch(row))
             labels = label_lines(row["boxes"] or [])
@@ -144,8 +168,6 @@ def write_yolo_tree(
 def export_yolo_tree(cfg, out: Store, rel: str, splits: dict[str, list[dict]], names: list[str]) -> dict[str, str]:
     """A YOLO tree at `<out>/<rel>` (built in a temp folder and uploaded when `out` is on S3),
     images from the node's cache; returns image_id -> the image's path inside the tree."""
-    import tempfile
-
     cache = ImageCache(Path(cfg.output.cache_dir).expanduser() / "images")
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) if out.is_s3 else Path(out.path(rel))

@@ -67,18 +67,18 @@ def iter_frames(path: str, every_n: int, target_fps: float | None) -> Iterator[t
         cap.release()
 
 
-def read_frame_jpeg(video_uri: str, frame_index: int, reader) -> bytes:
-    """One frame of a video, JPEG-encoded (for YOLO trees and review exports)."""
+def read_frame_jpeg(path: str, frame_index: int, uri: str | None = None) -> bytes:
+    """One frame of a local video, JPEG-encoded (for YOLO trees and review exports); `uri`
+    names the video in errors."""
     import cv2
 
-    with local_copy(video_uri, reader.read) as path:
-        cap = cv2.VideoCapture(path)
-        try:
-            cap.set(cv2.CAP_PROP_POS_FRAMES, frame_index)
-            ok, frame = cap.read()
-        finally:
-            cap.release()
+    cap = cv2.VideoCapture(path)
+    try:
+        cap.set(cv2.CAP_PROP_POS_FRAMES, frame_index)
+        ok, frame = cap.read()
+    finally:
+        cap.release()
     if not ok:
-        raise ValueError(f"{video_uri}: frame {frame_index} cannot be decoded")
+        raise ValueError(f"{uri or path}: frame {frame_index} cannot be decoded")
     ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
     return buf.tobytes()

@@ -63,6 +63,31 @@ def test_yolo_tree_over_another_tree_holds_exactly_the_new_rows(tmp_path, shapes
     assert (tmp_path / "yolo" / "labels" / "train" / f"{rows[0]['image_id']}.txt").read_text() == ""
 
 
+def test_video_frames_download_each_s3_video_once(tmp_path, bikes_mp4, monkeypatch):
+    """Frames of S3 videos, in any row order, are written from one download per video, and
+    each image is the frame its row names."""
+    import hashlib
+
+    import cv2
+    import numpy as np
+
+    from ssl_ray.video import iter_frames
+
+    reads: list[str] = []
+    monkeypatch.setattr(UriReader, "read", lambda self, uri: reads.append(uri) or bikes_mp4.read_bytes())
+    frames = {(video, index) for video in ("s3://b/v.mp4", "s3://b/w.mp4") for index in (0, 10, 20)}
+    rows = sorted(({"image_id": hashlib.md5(f"{v}{i}".encode()).hexdigest(), "uri": f"{v}#frame={i}", "boxes": [],
+                    "video_uri": v, "frame_index": i} for v, i in frames), key=lambda r: r["image_id"])
+    assert [r["video_uri"] for r in rows] != sorted(r["video_uri"] for r in rows)  # the videos interleave
+    write_yolo_tree(tmp_path / "yolo", {"train": rows}, ["a"], ImageCache(tmp_path / "cache"), UriReader(Store(".").cfg))
+    assert sorted(reads) == ["s3://b/v.mp4", "s3://b/w.mp4"]
+    truth = {i: cv2.cvtColor(f, cv2.COLOR_RGB2BGR) for i, _, f in iter_frames(str(bikes_mp4), 10, None) if i <= 20}
+    for r in rows:
+        image = cv2.imread(str(tmp_path / "yolo" / "images" / "train" / f"{r['image_id']}.jpg"))
+        errors = {i: np.abs(image.astype(int) - f.astype(int)).mean() for i, f in truth.items()}
+        assert min(errors, key=errors.get) == r["frame_index"] and errors[r["frame_index"]] < 3
+
+
 def test_parquet_round_trip_local(tmp_path, shapes):
     rows = read_split(load_data_yaml(str(shapes), Store), "train").rows
     store = Store(str(tmp_path))
