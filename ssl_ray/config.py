@@ -242,11 +242,22 @@ def _yaml_where(e: yaml.YAMLError) -> str:
 def with_absolute_paths(cfg: Config) -> Config:
     """Relative local paths mean the caller's working directory, not a Ray worker's: resolve
     them before a config travels to tasks. `s3://` and `~` paths are left as they are (`~` is
-    each node's own home)."""
+    each node's own home); so are weights that name no file here (`yolo26n.yaml`, which
+    Ultralytics resolves itself)."""
     def absolute(path: str) -> str:
         return path if path.startswith(("s3://", "~")) else os.path.abspath(path)
 
     labeled = dataclasses.replace(cfg.labeled, data=cfg.labeled.data and absolute(cfg.labeled.data))
     pool = dataclasses.replace(cfg.pool, sources=[absolute(s) for s in cfg.pool.sources])
     output = dataclasses.replace(cfg.output, dir=absolute(cfg.output.dir), cache_dir=absolute(cfg.output.cache_dir))
-    return dataclasses.replace(cfg, labeled=labeled, pool=pool, output=output)
+    model = dataclasses.replace(cfg.model, weights=absolute_weights(cfg.model.weights))
+    rounds = dataclasses.replace(cfg.rounds, student_init=cfg.rounds.student_init and
+                                 absolute_weights(cfg.rounds.student_init))
+    return dataclasses.replace(cfg, labeled=labeled, pool=pool, output=output, model=model, rounds=rounds)
+
+
+def absolute_weights(weights: str) -> str:
+    """A relative path to a local weights file, made absolute; anything else as it is."""
+    if weights.startswith(("s3://", "~")) or os.path.isabs(weights) or not os.path.isfile(weights):
+        return weights
+    return os.path.abspath(weights)

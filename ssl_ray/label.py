@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from ssl_ray import accounting, schema
-from ssl_ray.config import Config, with_absolute_paths
+from ssl_ray.config import Config, absolute_weights, with_absolute_paths
 from ssl_ray.errors import SslRayError
 from ssl_ray.finalize import finalize
 from ssl_ray.resources import label_data_budget
@@ -53,7 +53,7 @@ def label_pool(cfg: Config, out: Store, *, round: int, weights: str, names: list
     """
     import ray
 
-    cfg = with_absolute_paths(cfg)
+    cfg, weights = with_absolute_paths(cfg), absolute_weights(weights)
     stage = out.child(f"rounds/r{round:03d}")
     if stage.exists(LABELED_MARKER):
         log.info("round %d already labeled", round)

@@ -146,8 +146,13 @@ def test_relative_local_paths_are_made_absolute_on_the_driver(tmp_path, monkeypa
     from ssl_ray.config import with_absolute_paths
 
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "best.pt").write_bytes(b"")
     cfg = with_absolute_paths(load_config(None, ["pool.sources=[pool, s3://b/p]", "output.cache_dir=cache",
-                                                 "labeled.data=d/data.yaml", "output.dir=run"]))
+                                                 "labeled.data=d/data.yaml", "output.dir=run",
+                                                 "model.weights=w/best.pt", "rounds.student_init=yolo26n.yaml"]))
+    # weights: a file here is made absolute; an Ultralytics name stays one
+    assert (cfg.model.weights, cfg.rounds.student_init) == (str(tmp_path / "w" / "best.pt"), "yolo26n.yaml")
     assert cfg.pool.sources == [str(tmp_path / "pool"), "s3://b/p"]
     assert cfg.output.cache_dir == str(tmp_path / "cache")
     assert (cfg.labeled.data, cfg.output.dir) == (str(tmp_path / "d" / "data.yaml"), str(tmp_path / "run"))
