@@ -15,9 +15,9 @@ Bundle = dict[str, float]
 # How many sets of the actors' in-flight batches Ray Data may hold in its object store while
 # labeling, by default. Ray Data splits that budget among the stage's operators (decode,
 # inference, write) and between their running tasks and output queues, so decoding's queue
-# ahead of the actors gets a fraction of it. On 2 CPU cores (docs/benchmarks.md), 5-10 sets
+# ahead of the actors gets a fraction of it. On 2 CPU cores (docs/benchmarks.md), 5-11 sets
 # (0.05 GiB) starved the actor; Ray Data's default (the whole pool, there) let memory grow
-# with the pool; 20-40 sets (0.2 GiB) and this one held it flat at the same steady state.
+# with the pool; 22-44 sets (0.2 GiB) and this one held it flat at the same steady state.
 LOOKAHEAD_SETS = 16
 
 
