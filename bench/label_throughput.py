@@ -116,9 +116,7 @@ class RayMemory:
         while not self._stop.is_set():
             total = 0
             for p in psutil.process_iter(["cmdline"]):
-                cmd = " ".join(p.info["cmdline"] or [])
-                if "ray" in cmd and ("ray::" in cmd or "raylet" in cmd or "gcs_server" in cmd or "ray/_private" in cmd
-                                     or "default_worker" in cmd or "dashboard" in cmd):
+                if self.is_ray(" ".join(p.info["cmdline"] or [])):
                     try:
                         total += p.memory_full_info().pss
                     except (psutil.Error, OSError):
@@ -126,6 +124,11 @@ class RayMemory:
             self.peak = max(self.peak, total)
             self.timeline.append((time.perf_counter(), total))
             self._stop.wait(self.period)
+
+    @staticmethod
+    def is_ray(cmd: str) -> bool:
+        return "ray" in cmd and ("ray::" in cmd or "raylet" in cmd or "gcs_server" in cmd or "ray/_private" in cmd
+                                 or "default_worker" in cmd or "dashboard" in cmd)
 
     def __enter__(self):
         self._thread.start()
