@@ -2,8 +2,9 @@
 
 The same stage and pools as `bench/label_throughput.py` (untimed), with each Ray process's
 peak PSS recorded and summed by what it runs (the inference actor, decode tasks, idle
-workers, Ray Data's metadata tasks, raylet, ...). A sum of per-process peaks overstates
-the simultaneous total; it shows where growth with the pool comes from.
+workers, Ray Data's metadata tasks, raylet, ...). A worker's title changes with what it
+runs, so one process is counted under each kind it ran as, and a sum of per-process peaks
+overstates the simultaneous total: compare a kind between N and 4N, not the sums.
 
     .venv/bin/python bench/label_memory_by_process.py --n 1000
 """
