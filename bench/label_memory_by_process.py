@@ -17,7 +17,6 @@ import json
 import shutil
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -30,13 +29,12 @@ def kind_of(cmd: str) -> str:
     return next((k for k in KINDS if k in cmd), cmd.split()[0][:48])
 
 
-class PeakByKind:
-    """Peak PSS of every Ray process while running, summed by kind."""
+class PeakByKind(lt.RayMemory):
+    """Peak PSS of every Ray process while running, by kind (RayMemory's sampling thread)."""
 
     def __init__(self, period: float = 0.25):
-        self.peak: collections.Counter = collections.Counter()
-        self.period, self._stop = period, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.by_process: collections.Counter = collections.Counter()  # (kind, pid) -> peak PSS
+        super().__init__(period)
 
     def _run(self):
         import psutil
@@ -44,26 +42,18 @@ class PeakByKind:
         while not self._stop.is_set():
             for p in psutil.process_iter(["cmdline", "pid"]):
                 cmd = " ".join(p.info["cmdline"] or [])
-                if lt.RayMemory.is_ray(cmd):
+                if self.is_ray(cmd):
                     try:
                         pss = p.memory_full_info().pss
                     except (psutil.Error, OSError):
                         continue
                     key = (kind_of(cmd), p.info["pid"])
-                    self.peak[key] = max(self.peak[key], pss)
+                    self.by_process[key] = max(self.by_process[key], pss)
             self._stop.wait(self.period)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
     def by_kind(self) -> dict[str, dict]:
         out: dict[str, dict] = {}
-        for (kind, _), pss in self.peak.items():
+        for (kind, _), pss in self.by_process.items():
             entry = out.setdefault(kind, {"processes": 0, "mib": 0})
             entry["processes"] += 1
             entry["mib"] += round(pss / 2**20)

@@ -2,8 +2,9 @@
 
 For each round, the true objects of the pool images trained on that no kept box covers
 (same class, IoU >= 0.5), and how many of them the teacher did see: a detection of any
-class above the score floor overlapping them (IoU >= --overlap) but not kept. Only those
-could be masked out of training instead of being taught as background.
+class above the score floor overlapping them (IoU >= --overlap), none kept as a box of
+their class. Only those could be masked out of training instead of being taught as
+background.
 
     .venv/bin/python bench/pseudo_misses.py /tmp/gain/0-adaptive+consistency-r5e20 /tmp/gain/data0/data.yaml
 """
