@@ -1,10 +1,9 @@
 """Which Ray processes the label stage's memory is in, for a pool of N and 4N images.
 
-The same stage and pools as `bench/label_throughput.py` (untimed), with each Ray process's
-peak PSS recorded and summed by what it runs (the inference actor, decode tasks, idle
-workers, Ray Data's metadata tasks, raylet, ...). A worker's title changes with what it
-runs, so one process is counted under each kind it ran as, and a sum of per-process peaks
-overstates the simultaneous total: compare a kind between N and 4N, not the sums.
+The same stage and pools as `bench/label_throughput.py` (untimed). Every Ray process's PSS
+is sampled as `RayMemory` samples it, and at the sample where their sum peaks (the figure
+the throughput bench reports) the sum is split by what each process runs then: the
+inference actor, decode tasks, idle workers, Ray Data's metadata tasks, raylet, ...
 
     .venv/bin/python bench/label_memory_by_process.py --n 1000
 """
@@ -12,11 +11,11 @@ overstates the simultaneous total: compare a kind between N and 4N, not the sums
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -30,34 +29,37 @@ def kind_of(cmd: str) -> str:
 
 
 class PeakByKind(lt.RayMemory):
-    """Peak PSS of every Ray process while running, by kind (RayMemory's sampling thread)."""
+    """RayMemory's sampling, keeping the split by kind of the sample with the highest sum."""
 
     def __init__(self, period: float = 0.25):
-        self.by_process: collections.Counter = collections.Counter()  # (kind, pid) -> peak PSS
+        self.at_peak: dict[str, dict] = {}
         super().__init__(period)
 
     def _run(self):
         import psutil
 
         while not self._stop.is_set():
-            for p in psutil.process_iter(["cmdline", "pid"]):
+            split: dict[str, dict] = {}
+            for p in psutil.process_iter(["cmdline"]):
                 cmd = " ".join(p.info["cmdline"] or [])
                 if self.is_ray(cmd):
                     try:
                         pss = p.memory_full_info().pss
                     except (psutil.Error, OSError):
                         continue
-                    key = (kind_of(cmd), p.info["pid"])
-                    self.by_process[key] = max(self.by_process[key], pss)
+                    entry = split.setdefault(kind_of(cmd), {"processes": 0, "bytes": 0})
+                    entry["processes"] += 1
+                    entry["bytes"] += pss
+            total = sum(e["bytes"] for e in split.values())
+            if total > self.peak:
+                self.peak, self.at_peak = total, split
+            self.timeline.append((time.perf_counter(), total))
             self._stop.wait(self.period)
 
-    def by_kind(self) -> dict[str, dict]:
-        out: dict[str, dict] = {}
-        for (kind, _), pss in self.by_process.items():
-            entry = out.setdefault(kind, {"processes": 0, "mib": 0})
-            entry["processes"] += 1
-            entry["mib"] += round(pss / 2**20)
-        return dict(sorted(out.items(), key=lambda kv: -kv[1]["mib"]))
+    def summary(self) -> dict:
+        kinds = sorted(self.at_peak.items(), key=lambda kv: -kv[1]["bytes"])
+        return {"peak_mib": round(self.peak / 2**20),
+                "at_peak": {k: {"processes": e["processes"], "mib": round(e["bytes"] / 2**20)} for k, e in kinds}}
 
 
 def main() -> int:
@@ -81,10 +83,10 @@ def main() -> int:
             cfg = load_config(demo, [f"pool.sources=[{pool}]", f"output.dir={work / f'run_{tag}'}",
                                      f"output.cache_dir={work / 'cache'}", f"model.imgsz={args.imgsz}",
                                      f"label.batch_size={args.batch}", *args.set])
-            lt.fresh_cluster(8)
+            lt.fresh_cluster(8, cfg.ray.num_workers_soft_limit)
             with PeakByKind() as peak:
                 label_pool(cfg, Store(cfg.output.dir), round=1, weights=weights, names=lt.teacher_classes(weights))
-            result[f"{tag}={n}"] = peak.by_kind()
+            result[f"{tag}={n}"] = peak.summary()
         print(json.dumps(result, indent=2))
         return 0
     finally:

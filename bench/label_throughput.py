@@ -139,14 +139,15 @@ class RayMemory:
         self._thread.join()
 
 
-def fresh_cluster(num_cpus: int | None = 8) -> None:
+def fresh_cluster(num_cpus: int | None = 8, workers_soft_limit: int | None = None) -> None:
     """Every measured run starts from the same state: a new local cluster, Ray Data warmed
     (its one-off first-use cost lands on no run). The peak memory depends on which worker
-    processes are alive, and timings on which are already started."""
+    processes are alive, and timings on which are already started. `workers_soft_limit`:
+    the run's `ray.num_workers_soft_limit` (so `--also` can compare it)."""
     from ssl_ray.runtime import start_ray, stop_ray
 
     stop_ray()
-    start_ray(num_cpus=num_cpus, log_to_driver=False).data.range(1).materialize()
+    start_ray(num_cpus=num_cpus, workers_soft_limit=workers_soft_limit, log_to_driver=False).data.range(1).materialize()
 
 
 def bench_stage(weights: str, pool: Path, args, batch: int, work: Path, tag: str,
@@ -167,7 +168,7 @@ def bench_stage(weights: str, pool: Path, args, batch: int, work: Path, tag: str
                              *overrides])
     num_cpus = 8 if args.device == "cpu" else None  # a GPU machine: all its cores
     names = teacher_classes(weights)
-    fresh_cluster(num_cpus)
+    fresh_cluster(num_cpus, cfg.ray.num_workers_soft_limit)
     start = time.perf_counter()
     summary = label_pool(cfg, Store(cfg.output.dir), round=1, weights=weights, names=names)
     seconds = time.perf_counter() - start
@@ -175,7 +176,7 @@ def bench_stage(weights: str, pool: Path, args, batch: int, work: Path, tag: str
         return seconds, summary["items"] / seconds, 0, summary
     # Memory in a second, untimed run: sampling PSS reads every process's smaps (it would slow
     # a timed run here).
-    fresh_cluster(num_cpus)
+    fresh_cluster(num_cpus, cfg.ray.num_workers_soft_limit)
     with RayMemory() as mem:
         label_pool(cfg, Store(str(work / f"{tag}-mem")), round=1, weights=weights, names=names)
     return seconds, summary["items"] / seconds, mem.peak, summary

@@ -128,7 +128,7 @@ def cmd_ingest(args) -> None:
 def cmd_label(args) -> None:
     from ssl_ray.dataset import load_data_yaml
     from ssl_ray.label import label_pool
-    from ssl_ray.runtime import start_ray
+    from ssl_ray.runtime import start_ray_for
     from ssl_ray.storage import Store, preflight
 
     cfg = _load(args)
@@ -140,7 +140,7 @@ def cmd_label(args) -> None:
     names = None
     if cfg.labeled.data:
         names = load_data_yaml(cfg.labeled.data, lambda uri: Store(uri, cfg.storage)).names
-    start_ray(cfg.ray.address, cfg.ray.num_cpus, object_store_gb=cfg.ray.object_store_memory_gb)
+    start_ray_for(cfg)
     out = Store(cfg.output.dir, cfg.storage)
     summary = label_pool(cfg, out, round=args.round, weights=args.weights or cfg.model.weights, names=names)
     print_label_summary(summary)
@@ -156,12 +156,12 @@ def run_job(cfg: Config, *, new_run: bool = False) -> None:
     from ssl_ray.driver import run_rounds
     from ssl_ray.report import COLUMNS, table_rows
     from ssl_ray.rounds import best_round
-    from ssl_ray.runtime import start_ray
+    from ssl_ray.runtime import start_ray_for
 
     if not cfg.labeled.data or not cfg.pool.sources:
         raise SslRayError("labeled.data and pool.sources are both required for a run")
     preflight_locations(cfg)
-    start_ray(cfg.ray.address, cfg.ray.num_cpus, object_store_gb=cfg.ray.object_store_memory_gb)
+    start_ray_for(cfg)
     start = time.perf_counter()
     total = cfg.rounds.max_rounds + 1
 
@@ -198,7 +198,7 @@ def preflight_locations(cfg: Config) -> None:
 
 def cmd_train(args) -> None:
     from ssl_ray.ingest import ingest_labeled
-    from ssl_ray.runtime import start_ray
+    from ssl_ray.runtime import start_ray_for
     from ssl_ray.storage import Store, preflight
     from ssl_ray.train import TrainSpec, train_detector
 
@@ -208,7 +208,7 @@ def cmd_train(args) -> None:
     preflight(cfg.output.dir, cfg.storage, write=True)
     out = Store(cfg.output.dir, cfg.storage)
     labeled = ingest_labeled(cfg, out)
-    start_ray(cfg.ray.address, cfg.ray.num_cpus, object_store_gb=cfg.ray.object_store_memory_gb)
+    start_ray_for(cfg)
     spec = TrainSpec(name=args.name, train=["labeled/train.parquet"], val=["labeled/val.parquet"],
                      names=labeled.names, weights=cfg.model.weights)
     metrics = train_detector(cfg, out, spec)

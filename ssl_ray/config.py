@@ -167,7 +167,10 @@ class OutputConfig:
 @_section
 class RayConfig:
     address: str | None = setting(None, "cluster to join ('auto', ray://...); null = RAY_ADDRESS or a local cluster")
-    num_cpus: int | None = setting(None, "logical CPUs of a local cluster (null = all cores)", ge=1)
+    num_cpus: int | None = setting(None, "logical CPUs of a local cluster (null = twice the cores, at least 4)", ge=1)
+    num_workers_soft_limit: int | None = setting(
+        None, "worker processes a local cluster keeps: idle ones beyond are stopped (null = the cores; "
+              "Ray's own default is its logical CPUs)", ge=1)
     object_store_memory_gb: float | None = setting(None, "object store of a local cluster, GiB (null = Ray's default)",
                                                    gt=0)
     data_object_store_gb: float | None = setting(

@@ -1,8 +1,8 @@
 """The single place that prepares a process for Ultralytics and for Ray.
 
 Nothing here runs at import. `prepare_ultralytics(work_dir)` must be called before the first
-`import ultralytics` in a process (the adapters do it); `start_ray(cfg)` connects to a cluster
-or starts a local one bound to 127.0.0.1 with token auth left on.
+`import ultralytics` in a process (the adapters do it); `start_ray_for(cfg)` (or `start_ray`)
+connects to a cluster or starts a local one bound to 127.0.0.1 with token auth left on.
 """
 
 from __future__ import annotations
@@ -59,12 +59,22 @@ def _install_font(config_dir: Path) -> None:
         log.warning("no local font for Ultralytics plots: %s", e)
 
 
+def start_ray_for(cfg):
+    """`start_ray` with the `ray` section of a config."""
+    return start_ray(cfg.ray.address, cfg.ray.num_cpus, object_store_gb=cfg.ray.object_store_memory_gb,
+                     workers_soft_limit=cfg.ray.num_workers_soft_limit)
+
+
 def start_ray(address: str | None = None, num_cpus: int | None = None, *, object_store_gb: float | None = None,
-              log_to_driver: bool = True):
+              workers_soft_limit: int | None = None, log_to_driver: bool = True):
     """Join `address` (or RAY_ADDRESS), else start a local cluster on 127.0.0.1.
 
-    A local cluster keeps Ray's defaults, token auth included; give more logical CPUs than
-    cores on small machines so an inference actor pool never starves the read tasks.
+    A local cluster keeps Ray's defaults, token auth included, with two exceptions for small
+    machines: more logical CPUs than cores, so an inference actor pool never starves the read
+    tasks; and at most `workers_soft_limit` worker processes (default: the cores) kept once
+    idle. Ray keeps up to its logical CPUs, and every short task (Ray Data's metadata tasks,
+    writes, finalize) can leave one more ~150 MiB process behind: the label stage's peak
+    memory then grew with the pool (docs/benchmarks.md).
     """
     os.environ.update(_LOCAL_RAY_ENV)  # read by Ray at import: set it first
     import ray
@@ -78,10 +88,12 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, *, object
         return ray
     global _local_cluster
     _local_cluster = True
+    cores = os.cpu_count() or 1
     ray.init(
-        num_cpus=num_cpus or max(4, 2 * (os.cpu_count() or 1)),
+        num_cpus=num_cpus or max(4, 2 * cores),
         object_store_memory=int(object_store_gb * 2**30) if object_store_gb else None,
         _node_ip_address="127.0.0.1",
+        _system_config={"num_workers_soft_limit": workers_soft_limit or cores},
         include_dashboard=False,
         log_to_driver=log_to_driver,
         configure_logging=True,

@@ -1,4 +1,5 @@
-"""Runtime hygiene: importing ssl_ray has no side effects; local Ray binds to loopback only."""
+"""Runtime hygiene: importing ssl_ray has no side effects; local Ray binds to loopback only and
+keeps no more idle workers than cores."""
 
 import os
 import subprocess
@@ -54,3 +55,24 @@ def test_local_ray_is_bound_to_loopback(ray_local):
         return ray.util.get_node_ip_address()
 
     assert ray_local.get(where.remote()) == "127.0.0.1"
+
+
+@pytest.mark.ray
+def test_local_ray_stops_idle_workers_beyond_the_cores(ray_local):
+    """Six tasks at once need six worker processes; once idle, at most the cores' count stay
+    (Ray's default keeps up to its 8 logical CPUs: all six). Meaningful below 6 cores."""
+    import time
+
+    import psutil
+
+    @ray_local.remote(num_cpus=1)
+    def pid_after(seconds):
+        time.sleep(seconds)
+        return os.getpid()
+
+    pids = set(ray_local.get([pid_after.remote(2.0) for _ in range(6)]))
+    assert len(pids) == 6
+    deadline = time.monotonic() + 30
+    while (alive := [p for p in pids if psutil.pid_exists(p)]) and len(alive) > (os.cpu_count() or 1):
+        assert time.monotonic() < deadline, f"{len(alive)} idle workers still alive after 30 s"
+        time.sleep(0.5)
