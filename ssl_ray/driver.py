@@ -35,6 +35,7 @@ from ssl_ray.calibrate import val_class_thresholds
 from ssl_ray.label import LABELED_MARKER, label_pool
 from ssl_ray.runtime import LazyRemote, ray_get
 from ssl_ray.storage import Store
+from ssl_ray.typed import from_dict, to_dict
 from ssl_ray.train import TrainSpec, evaluate_detector, train_detector
 
 log = logging.getLogger(__name__)
@@ -85,21 +86,29 @@ def _on_ray(out: Store, task: LazyRemote, *args):
 
 def claim_run_dir(out: Store, cfg: Config, new_run: bool) -> bool:
     """Record the effective config; refuse a different config on an existing run. True when
-    the run directory is new (nothing was there, or --new-run replaced it)."""
+    the run directory is new (nothing was there, or --new-run replaced it). A config recorded
+    by an earlier ssl_ray lacks the settings added since: read with their defaults, it is the
+    same run, and is recorded again as this version writes it."""
     text = dump_config(cfg)
     if out.exists("config.yaml"):
         old = out.read_bytes("config.yaml").decode()
         if old == text:
             return False
+        difference = _first_difference(old, cfg)
+        if difference is None:
+            out.write_text("config.yaml", text)
+            return False
         if not new_run:
-            raise ConfigError(f"{out.uri} holds a run with another config ({_first_difference(old, text)}): "
+            raise ConfigError(f"{out.uri} holds a run with another config ({difference}): "
                               f"use another output.dir, or --new-run to replace that run")
         out.delete_prefix()
     out.write_text("config.yaml", text)
     return True
 
 
-def _first_difference(old_yaml: str, new_yaml: str) -> str:
+def _first_difference(old_yaml: str, cfg: Config) -> str | None:
+    """The first setting where the recorded config and `cfg` differ, both as this version
+    reads them; None when they are the same."""
     import yaml
 
     def flat(node, prefix=""):
@@ -107,9 +116,13 @@ def _first_difference(old_yaml: str, new_yaml: str) -> str:
             return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
         return {prefix.rstrip("."): node}
 
-    old, new = flat(yaml.safe_load(old_yaml)), flat(yaml.safe_load(new_yaml))
-    key = next(k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k))
-    return f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+    try:
+        old = flat(to_dict(from_dict(Config, yaml.safe_load(old_yaml) or {})))
+    except (ConfigError, yaml.YAMLError) as e:  # e.g. a setting removed since
+        return f"the recorded config.yaml does not load: {e}"
+    new = flat(to_dict(cfg))
+    key = next((k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)), None)
+    return None if key is None else f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
 
 
 def _run_round(cfg: Config, out: Store, r: int, state: RunState, n_labeled: int) -> dict:

@@ -115,6 +115,29 @@ def test_run_directory_guard(tmp_path):
     assert "max_rounds: 5" in out.read_bytes("config.yaml").decode()
 
 
+def test_run_recorded_by_an_earlier_version_resumes(tmp_path):
+    """A config.yaml written before a setting existed is the same run (the setting takes its
+    default) and is recorded again in full; one with a setting removed since is refused by name."""
+    import yaml
+
+    from ssl_ray.config import dump_config
+    from ssl_ray.driver import claim_run_dir
+    from ssl_ray.storage import Store
+
+    cfg = load_config(DEMO)
+    older = yaml.safe_load(dump_config(cfg))
+    del older["ray"]["num_workers_soft_limit"], older["train"]["labeled_fraction"]
+    out = Store(str(tmp_path / "run"))
+    out.write_text("config.yaml", yaml.safe_dump(older, sort_keys=False))
+    assert claim_run_dir(out, cfg, new_run=False) is False
+    assert out.read_bytes("config.yaml").decode() == dump_config(cfg)
+
+    older["label"]["gone"] = 1
+    out.write_text("config.yaml", yaml.safe_dump(older, sort_keys=False))
+    with pytest.raises(ConfigError, match=r"does not load: label.gone: unknown setting.*--new-run"):
+        claim_run_dir(out, cfg, new_run=False)
+
+
 @pytest.mark.ray
 @pytest.mark.train
 @pytest.mark.s3
