@@ -1,9 +1,13 @@
-"""Which Ray processes the label stage's memory is in, for a pool of N and 4N images.
+"""Which Ray processes the label stage's memory and CPU are in, for a pool of N and 4N images.
 
 The same stage and pools as `bench/label_throughput.py` (untimed). Every Ray process's PSS
 is sampled as `RayMemory` samples it, and at the sample where their sum peaks (the figure
 the throughput bench reports) the sum is split by what each process runs then: the
-inference actor, decode tasks, idle workers, Ray Data's metadata tasks, raylet, ...
+inference actor, decode tasks, idle workers, Ray Data's metadata tasks, raylet, ... Beside
+it, the CPU seconds each kind used during the run (the driver, which runs Ray Data's
+executor, included; so is this sampler, which runs in it), against the stage's inference
+span: is the actor ever short of CPU? A worker is counted under the kind it ran as when
+last sampled.
 
     .venv/bin/python bench/label_memory_by_process.py --n 1000
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -33,6 +38,8 @@ class PeakByKind(lt.RayMemory):
 
     def __init__(self, period: float = 0.25):
         self.at_peak: dict[str, dict] = {}
+        self.cpu: dict[int, list] = {}  # pid -> [kind, CPU seconds at the start or 0, when last seen]
+        self._since = time.time()
         super().__init__(period)
 
     def _run(self):
@@ -40,12 +47,19 @@ class PeakByKind(lt.RayMemory):
 
         while not self._stop.is_set():
             split: dict[str, dict] = {}
-            for p in psutil.process_iter(["cmdline"]):
+            for p in psutil.process_iter(["cmdline", "pid"]):
                 cmd = " ".join(p.info["cmdline"] or [])
-                if self.is_ray(cmd):
+                driver = p.info["pid"] == os.getpid()
+                if driver or self.is_ray(cmd):
                     try:
+                        times = p.cpu_times()
                         pss = p.memory_full_info().pss
                     except (psutil.Error, OSError):
+                        continue
+                    before = times.user + times.system if p.create_time() < self._since else 0.0
+                    seen = self.cpu.setdefault(p.info["pid"], [None, before, 0.0])
+                    seen[0], seen[2] = "driver" if driver else kind_of(cmd), times.user + times.system
+                    if driver:
                         continue
                     entry = split.setdefault(kind_of(cmd), {"processes": 0, "bytes": 0})
                     entry["processes"] += 1
@@ -58,8 +72,12 @@ class PeakByKind(lt.RayMemory):
 
     def summary(self) -> dict:
         kinds = sorted(self.at_peak.items(), key=lambda kv: -kv[1]["bytes"])
+        cpu: dict[str, float] = {}
+        for kind, first, last in self.cpu.values():
+            cpu[kind] = cpu.get(kind, 0.0) + last - first
         return {"peak_mib": round(self.peak / 2**20),
-                "at_peak": {k: {"processes": e["processes"], "mib": round(e["bytes"] / 2**20)} for k, e in kinds}}
+                "at_peak": {k: {"processes": e["processes"], "mib": round(e["bytes"] / 2**20)} for k, e in kinds},
+                "cpu_s": {k: round(v, 1) for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]) if v >= 0.1}}
 
 
 def main() -> int:
@@ -85,8 +103,13 @@ def main() -> int:
                                      f"label.batch_size={args.batch}", *args.set])
             lt.fresh_cluster(8, cfg.ray.num_workers_soft_limit)
             with PeakByKind() as peak:
-                label_pool(cfg, Store(cfg.output.dir), round=1, weights=weights, names=lt.teacher_classes(weights))
-            result[f"{tag}={n}"] = peak.summary()
+                time.sleep(2 * peak.period)  # every process's CPU so far is sampled before the stage
+                start = time.perf_counter()
+                summary = label_pool(cfg, Store(cfg.output.dir), round=1, weights=weights,
+                                     names=lt.teacher_classes(weights))
+                seconds = time.perf_counter() - start
+            result[f"{tag}={n}"] = {"seconds": round(seconds, 1), "inference_seconds": summary["inference_seconds"],
+                                    **peak.summary()}
         print(json.dumps(result, indent=2))
         return 0
     finally:
