@@ -4,10 +4,11 @@
   (b) ssl_ray's label stage end to end (listing -> decode tasks -> actor pool -> Parquet, selection),
       and its steady state: the 4N run's rate from its first inference batch to its last
   (c) the model-forward bound: pre-decoded, pre-letterboxed uint8 batches, bare forward, best batch
+      (picked by a short sweep, then timed again)
 
 Also the peak memory (PSS, summed over every Ray process) of (b) for a pool of N and 4N images.
 
-    .venv/bin/python bench/label_throughput.py --n 400 --imgsz 160
+    .venv/bin/python bench/label_throughput.py --n 1000 --repeat 2   # docs/benchmarks.md's latest runs
 
 On a GPU machine (one inference actor per GPU share, fp16; (a) on the same GPU):
 
@@ -156,7 +157,8 @@ def fresh_cluster(num_cpus: int | None = 8, workers_soft_limit: int | None = Non
     from ssl_ray.runtime import start_ray, stop_ray
 
     stop_ray()
-    start_ray(num_cpus=num_cpus, workers_soft_limit=workers_soft_limit, log_to_driver=False).data.range(1).materialize()
+    ray = start_ray(num_cpus=num_cpus, workers_soft_limit=workers_soft_limit, log_to_driver=False)
+    ray.data.range(1).materialize()
 
 
 def bench_stage(weights: str, pool: Path, args, batch: int, work: Path, tag: str,

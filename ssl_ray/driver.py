@@ -35,8 +35,8 @@ from ssl_ray.calibrate import val_class_thresholds
 from ssl_ray.label import LABELED_MARKER, label_pool
 from ssl_ray.runtime import LazyRemote, ray_get
 from ssl_ray.storage import Store
-from ssl_ray.typed import from_dict, to_dict
 from ssl_ray.train import TrainSpec, evaluate_detector, train_detector
+from ssl_ray.typed import from_dict, to_dict
 
 log = logging.getLogger(__name__)
 
