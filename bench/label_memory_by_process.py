@@ -50,18 +50,18 @@ class PeakByKind(lt.RayMemory):
             for p in psutil.process_iter(["cmdline", "pid"]):
                 cmd = " ".join(p.info["cmdline"] or [])
                 driver = p.info["pid"] == os.getpid()
-                if driver or self.is_ray(cmd):
-                    try:
-                        times = p.cpu_times()
-                        pss = p.memory_full_info().pss
-                    except (psutil.Error, OSError):
-                        continue
-                    before = times.user + times.system if p.create_time() < self._since else 0.0
-                    seen = self.cpu.setdefault(p.info["pid"], [None, before, 0.0])
-                    seen[0], seen[2] = "driver" if driver else kind_of(cmd), times.user + times.system
-                    if driver:
-                        continue
-                    entry = split.setdefault(kind_of(cmd), {"processes": 0, "bytes": 0})
+                if not (driver or self.is_ray(cmd)):
+                    continue
+                try:
+                    times = p.cpu_times()
+                    pss = p.memory_full_info().pss
+                except (psutil.Error, OSError):
+                    continue
+                kind, used = "driver" if driver else kind_of(cmd), times.user + times.system
+                seen = self.cpu.setdefault(p.info["pid"], [kind, used if p.create_time() < self._since else 0.0, 0.0])
+                seen[0], seen[2] = kind, used
+                if not driver:  # the peak is of Ray's processes, as RayMemory's
+                    entry = split.setdefault(kind, {"processes": 0, "bytes": 0})
                     entry["processes"] += 1
                     entry["bytes"] += pss
             total = sum(e["bytes"] for e in split.values())
