@@ -59,19 +59,19 @@ def test_local_ray_is_bound_to_loopback(ray_local):
 
 @pytest.mark.ray
 def test_local_ray_stops_idle_workers_beyond_the_cores(ray_local):
-    """Six tasks at once need six worker processes; once idle, at most the cores' count stay
-    (Ray's default keeps up to its 8 logical CPUs: all six). Meaningful below 6 cores."""
+    """Six tasks at once need up to six worker processes; once idle, at most the cores' count
+    stay (Ray's default keeps up to its 8 logical CPUs: all of them). Meaningful below 5 cores."""
     import time
 
     import psutil
 
-    @ray_local.remote(num_cpus=1)
+    @ray_local.remote(num_cpus=0.5)  # half a CPU: six at once even where earlier tests hold some
     def pid_after(seconds):
         time.sleep(seconds)
         return os.getpid()
 
     pids = set(ray_local.get([pid_after.remote(2.0) for _ in range(6)]))
-    assert len(pids) == 6
+    assert len(pids) > (os.cpu_count() or 1), "the tasks did not need more workers than cores"
     deadline = time.monotonic() + 30
     while (alive := [p for p in pids if psutil.pid_exists(p)]) and len(alive) > (os.cpu_count() or 1):
         assert time.monotonic() < deadline, f"{len(alive)} idle workers still alive after 30 s"
