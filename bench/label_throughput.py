@@ -4,11 +4,11 @@
   (b) ssl_ray's label stage end to end (listing -> decode tasks -> actor pool -> Parquet, selection),
       and its steady state: the 4N run's rate from its first inference batch to its last
   (c) the model-forward bound: pre-decoded, pre-letterboxed uint8 batches, bare forward, best batch
-      (picked by a short sweep, then timed again)
+      (picked by a short sweep), timed right before (b) and again right after it: the mean of the two
 
 Also the peak memory (PSS, summed over every Ray process) of (b) for a pool of N and 4N images.
 
-    .venv/bin/python bench/label_throughput.py --n 1000 --repeat 2   # docs/benchmarks.md's latest runs
+    .venv/bin/python bench/label_throughput.py --n 1000 --repeat 3   # docs/benchmarks.md's latest run
 
 On a GPU machine (one inference actor per GPU share, fp16; (a) on the same GPU):
 
@@ -74,13 +74,13 @@ def bench_predict(weights: str, pool: Path, imgsz: int, floor: float, work: Path
 
 
 def bench_forward(weights: str, pool: Path, imgsz: int, work: Path, threads: int,
-                  device: str) -> tuple[float, int, float]:
+                  device: str, batch: int | None = None) -> tuple[float, int, float | None]:
     """(images/s, best batch, the sweep's own figure for it) of the bare model forward.
 
     The batch sizes are swept with ~128 images each (1024 on a GPU), and the best one is then
-    timed again on 4 times as many: the fastest of a sweep of short, noisy timings overstates
+    timed again on 8 times as many: the fastest of a sweep of short, noisy timings overstates
     that batch's rate (its winning sample was partly luck), so the sweep picks the batch and
-    the fresh timing measures it."""
+    the fresh timing measures it. Given `batch`, only that batch is timed (no sweep)."""
     import numpy as np
     import torch
 
@@ -107,9 +107,11 @@ def bench_forward(weights: str, pool: Path, imgsz: int, work: Path, threads: int
         return reps * bs / (time.perf_counter() - start)
 
     sweep_n = 1024 if gpu else 128
+    if batch:
+        return rate(batch, 8 * sweep_n), batch, None
     sweep = {bs: rate(bs, sweep_n) for bs in (1, 8, 16, 32, 64) + ((128, 256) if gpu else ()) if bs <= len(images)}
     best = max(sweep, key=sweep.get)
-    return rate(best, 4 * sweep_n), best, sweep[best]
+    return rate(best, 8 * sweep_n), best, sweep[best]
 
 
 class RayMemory:
@@ -252,6 +254,11 @@ def main() -> int:
             t_n, b, mem_n, _ = bench_stage(weights, pool_n, args, best_bs, work, f"run_n{rep}", args.set)
             t_4n, b4, mem_4n, summary_4n = bench_stage(weights, pool_4n, args, best_bs, work, f"run_4n{rep}",
                                                        args.set)
+            # (c) again right after (b), same batch: this machine's speed drifts by ~10 % over
+            # minutes (bench/forward_neighbours.py), so (b) is compared with the mean of (c)
+            # before and after it.
+            c_after, _, _ = bench_forward(weights, pool_n, args.imgsz, work, args.threads, args.device, best_bs)
+            c_before, c = c, (c + c_after) / 2
             # The steady state: the 4N run's rate from its first inference batch to its last (Ray
             # Data's stats), every part of the pipeline running; start-up and finalize excluded.
             # The marginal rate of the extra 3N images between two runs is printed beside it as a
@@ -266,10 +273,12 @@ def main() -> int:
                 "b_stage_steady_img_s": round(steady, 1), "b_stage_marginal_img_s": round(marginal, 1),
                 # start-up (listing, Ray Data, the actor's import of torch and model load) + finalize
                 "b_stage_outside_inference_s_4n": round(t_4n - summary_4n["inference_seconds"], 1),
-                "c_forward_bound_img_s": round(c, 1), "c_sweep_best_img_s": round(c_sweep, 1),
+                "c_forward_bound_img_s": round(c, 1), "c_before_img_s": round(c_before, 1),
+                "c_after_img_s": round(c_after, 1), "c_sweep_best_img_s": round(c_sweep, 1),
                 "b4n_over_a": round(b4 / a, 2), "b_steady_over_a": round(steady / a, 2),
                 "b4n_over_c": round(b4 / c, 2), "b_steady_over_c": round(steady / c, 2),
                 "b_steady_over_c_sweep": round(steady / c_sweep, 2),  # against the sweep's figure, as until 2026-11-26 17:00
+                "b_steady_over_c_before": round(steady / c_before, 2),  # (c) before (b) alone, as until 2026-11-26 20:50
                 "ray_peak_pss_mib_n": round(mem_n / 2**20), "ray_peak_pss_mib_4n": round(mem_4n / 2**20),
                 "memory_growth": round(mem_4n / mem_n - 1, 3) if mem_n else None,
             })
@@ -282,7 +291,8 @@ def main() -> int:
         figures.update({k: statistics.median(r[k] for r in reps) for k in reps[0] if reps[0][k] is not None})
         if args.repeat > 1:
             figures["range"] = {k: [min(r[k] for r in reps), max(r[k] for r in reps)]
-                                for k in ("b4n_over_a", "b_steady_over_c", "b_steady_over_c_sweep", "memory_growth")
+                                for k in ("b4n_over_a", "b_steady_over_c", "b_steady_over_c_before",
+                                          "b_steady_over_c_sweep", "memory_growth")
                                 if reps[0][k] is not None}
             figures["repeats"] = reps
         best_bs, steady, b4 = reps[-1]["batch_b_c"], figures["b_stage_steady_img_s"], figures["b_stage_end_to_end_4n_img_s"]
