@@ -3,7 +3,7 @@
 The label bench's b/c compares two timings taken minutes apart. This script measures what
 such a comparison can resolve, with label_throughput.py's model, images and threads:
 
-  drift       (c)'s figure (one batch size, 512 images a timing) several times in a row,
+  drift       (c)'s figure (one batch size, 1,024 images a timing) several times in a row,
               in one process: how far two timings of the same work differ
   neighbours  the forward of one batch, timed again and again while a second process on
               the other core is switched on and off every other timing: spin (a pure

@@ -257,8 +257,9 @@ def main() -> int:
             # (c) again right after (b), same batch: this machine's speed drifts by ~10 % over
             # minutes (bench/forward_neighbours.py), so (b) is compared with the mean of (c)
             # before and after it.
+            c_before = c
             c_after, _, _ = bench_forward(weights, pool_n, args.imgsz, work, args.threads, args.device, best_bs)
-            c_before, c = c, (c + c_after) / 2
+            c = (c_before + c_after) / 2
             # The steady state: the 4N run's rate from its first inference batch to its last (Ray
             # Data's stats), every part of the pipeline running; start-up and finalize excluded.
             # The marginal rate of the extra 3N images between two runs is printed beside it as a
