@@ -31,8 +31,11 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
     return canvas, Letterbox(ratio, float(left), float(top))
 
 
-def to_normalized_xywh(xyxy: np.ndarray, lb: Letterbox, width: int, height: int) -> np.ndarray:
-    """Letterboxed-pixel xyxy (N, 4) -> normalized center xywh on the original image, clipped."""
+def to_normalized_xywh(xyxy: np.ndarray, lb: Letterbox, width: int | np.ndarray, height: int | np.ndarray) -> np.ndarray:
+    """Letterboxed-pixel xyxy (N, 4) -> normalized center xywh on the original image, clipped.
+
+    Broadcasts: `lb`'s fields, `width` and `height` may also be arrays of N, one per box
+    (boxes of several images at once)."""
     xyxy = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
     x0 = np.clip((xyxy[:, 0] - lb.pad_x) / lb.ratio, 0, width)
     y0 = np.clip((xyxy[:, 1] - lb.pad_y) / lb.ratio, 0, height)

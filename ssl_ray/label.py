@@ -21,7 +21,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from ssl_ray import accounting, schema
+from ssl_ray import accounting, boxes, schema
 from ssl_ray.config import Config, absolute_weights, with_absolute_paths
 from ssl_ray.errors import SslRayError
 from ssl_ray.finalize import finalize
@@ -200,7 +200,7 @@ def _load_batch(batch: dict, cfg: Config):
 
 def _columns(rows: list[dict]) -> dict:
     """Item dicts -> typed numpy columns. Missing provenance travels as ''/-1/NaN, not None
-    (object columns of None come back from Arrow as NaN); `_provenance` turns them back."""
+    (object columns of None come back from Arrow as NaN); `raw_table` turns them back."""
     col = lambda k: [r[k] for r in rows]  # noqa: E731
     return {
         "image_id": np.array(col("image_id")), "uri": np.array(col("uri")),
@@ -215,11 +215,48 @@ def _columns(rows: list[dict]) -> dict:
     }
 
 
-def _provenance(batch: dict, i: int) -> dict:
-    frame = int(batch["frame_index"][i])
-    ts = float(batch["timestamp_s"][i])
-    return {"video_uri": str(batch["video_uri"][i]) or None, "frame_index": frame if frame >= 0 else None,
-            "timestamp_s": None if np.isnan(ts) else ts}
+def raw_table(batch: dict, dets: list[tuple[np.ndarray, np.ndarray | None]]) -> pa.Table:
+    """One RAW_SCHEMA row per item of a decoded batch (`_columns`), built column by column.
+
+    `dets` holds, for each item not rejected and in order, its detections (k, 6: canvas-pixel
+    xyxy, score, class) and their agreement (k,) or None (no consistency views ran). Boxes
+    are mapped back to normalized xywh on the original image; a box clipped to nothing is
+    dropped. Missing provenance ('' / -1 / NaN in the batch) becomes null.
+    """
+    n = len(batch["image_id"])
+    ok = np.array([not r for r in batch["reject_reason"]], dtype=bool)
+    owners = np.flatnonzero(ok)
+    if len(owners) != len(dets):
+        raise ValueError(f"{len(dets)} detection sets for {len(owners)} images that were not rejected")
+    d = np.concatenate([np.asarray(x, np.float64).reshape(-1, 6) for x, _ in dets] or [np.zeros((0, 6))])
+    agree = np.concatenate([np.full(len(x), np.nan) if a is None else np.asarray(a, np.float64)
+                            for x, a in dets] or [np.zeros(0)])
+    owner = np.repeat(owners, [len(x) for x, _ in dets]).astype(np.int64)
+    lb = boxes.Letterbox(np.asarray(batch["ratio"], np.float64)[owner], np.asarray(batch["pad_x"], np.float64)[owner],
+                         np.asarray(batch["pad_y"], np.float64)[owner])
+    width, height = np.asarray(batch["width"])[owner], np.asarray(batch["height"])[owner]
+    xywh = boxes.to_normalized_xywh(d[:, :4], lb, width, height)
+    keep = (xywh[:, 2] > 0) & (xywh[:, 3] > 0)
+    xywh, d, agree = xywh[keep], d[keep], agree[keep]
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(owner[keep], minlength=n))]).astype(np.int32)
+    f32 = lambda v: pa.array(v.astype(np.float32), pa.float32())  # noqa: E731
+    box_arrays = [pa.array(d[:, 5].astype(np.int32), pa.int32()), *(f32(xywh[:, j]) for j in range(4)), f32(d[:, 4]),
+                  pa.array(agree.astype(np.float32), pa.float32(), mask=np.isnan(agree))]
+    structs = pa.StructArray.from_arrays(box_arrays, fields=list(schema.BOX_TYPE))
+    frame = np.asarray(batch["frame_index"], np.int64)
+    ts = np.asarray(batch["timestamp_s"], np.float64)
+    text = lambda k: pa.array([str(v) for v in batch[k]], pa.string())  # noqa: E731
+    video = [str(v) or None for v in batch["video_uri"]]
+    columns = {
+        "image_id": text("image_id"), "uri": text("uri"),
+        "width": pa.array(np.asarray(batch["width"], np.int32)), "height": pa.array(np.asarray(batch["height"], np.int32)),
+        "source": pa.nulls(n, pa.string()), "round": pa.array(np.zeros(n, np.int32)),
+        "boxes": pa.ListArray.from_arrays(pa.array(offsets), structs, type=pa.list_(schema.BOX_TYPE)),
+        "video_uri": pa.array(video, pa.string()), "frame_index": pa.array(frame, pa.int64(), mask=frame < 0),
+        "timestamp_s": pa.array(ts, pa.float64(), mask=np.isnan(ts)), "teacher": pa.nulls(n, pa.string()),
+        "reject_reason": text("reject_reason"), "reject_detail": text("reject_detail"),
+    }
+    return pa.Table.from_arrays([columns[f.name] for f in RAW_SCHEMA], schema=RAW_SCHEMA)
 
 
 class _Predict:
@@ -250,24 +287,5 @@ class _Predict:
                 for i in range(n)]
 
     def __call__(self, batch: dict) -> pa.Table:
-        from ssl_ray.boxes import Letterbox, to_normalized_xywh
-
         ok = np.array([not r for r in batch["reject_reason"]], dtype=bool)
-        dets = iter(self.detect(batch["image"][ok]) if ok.any() else [])
-        rows = []
-        for i in range(len(ok)):
-            boxes = []
-            if ok[i]:
-                d, agree = next(dets)
-                lb = Letterbox(float(batch["ratio"][i]), float(batch["pad_x"][i]), float(batch["pad_y"][i]))
-                xywh = to_normalized_xywh(d[:, :4], lb, int(batch["width"][i]), int(batch["height"][i]))
-                agree = [None] * len(d) if agree is None else agree
-                boxes = [schema.box(int(c), *xy, score=float(s), agree=a)
-                         for xy, s, c, a in zip(xywh, d[:, 4], d[:, 5], agree) if xy[2] > 0 and xy[3] > 0]
-            rows.append({
-                "image_id": str(batch["image_id"][i]), "uri": str(batch["uri"][i]),
-                "width": int(batch["width"][i]), "height": int(batch["height"][i]), **_provenance(batch, i),
-                "reject_reason": str(batch["reject_reason"][i]), "reject_detail": str(batch["reject_detail"][i]),
-                "source": None, "round": 0, "boxes": boxes, "teacher": None,
-            })
-        return pa.Table.from_pylist(rows, schema=RAW_SCHEMA)
+        return raw_table(batch, self.detect(batch["image"][ok]) if ok.any() else [])
