@@ -95,6 +95,8 @@ class LabelConfig:
                                           "in parallel over hash buckets of about this many items", ge=1)
     consistency_views: list[str] = setting([], "test-time views checked for agreement: 'flip', 'scale:S' (empty = off)")
     consistency_iou: float = setting(0.5, "IoU a view's box needs (mapped back) to agree with a box", gt=0, le=1)
+    keep_freed_heap: bool = setting(True, "inference actors keep freed memory for the next batch instead of returning "
+                                          "it to the OS (glibc): a CPU forward then stops re-faulting its pages")
 
     def __post_init__(self):
         if self.min_actors > self.max_actors:

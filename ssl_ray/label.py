@@ -265,8 +265,11 @@ class _Predict:
 
     def __init__(self, weights: str, cfg: Config, names: list[str] | None):
         from ssl_ray.consistency import parse_views
+        from ssl_ray.runtime import keep_freed_heap
         from ssl_ray.teacher import Teacher, resolve_weights
 
+        if cfg.label.keep_freed_heap:
+            keep_freed_heap()
         threads = max(1, int(cfg.label.num_cpus_per_actor)) if cfg.label.num_gpus_per_actor == 0 else None
         local = resolve_weights(weights, cfg.output.cache_dir, cfg.storage)
         self.teacher = Teacher(local, cfg.output.cache_dir, threads=threads)
