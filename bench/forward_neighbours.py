@@ -76,8 +76,10 @@ def main() -> int:
     try:
         weights = label_throughput.untrained_teacher(work)
         pool = label_throughput.make_pool(work / "n", 256, args.imgsz)
+        # glibc's default heap, as in this process below and as recorded (docs/results/forward-neighbours.json)
         drift = [round(label_throughput.bench_forward(weights, pool, args.imgsz, work, args.threads, "cpu",
-                                                      args.batch)[0], 1) for _ in range(args.drift)]
+                                                      keep_heap=False, batch=args.batch)[0], 1)
+                 for _ in range(args.drift)]
         files = [str(p) for p in sorted(pool.iterdir())]
         teacher = Teacher(weights, str(work), device="cpu", threads=args.threads)
         images = np.stack([letterbox(decode_rgb(Path(f).read_bytes()), args.imgsz)[0] for f in files[:args.batch]])

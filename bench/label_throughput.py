@@ -2,9 +2,11 @@
 
   (a) the workflow users start from: YOLO(w).predict(source=dir, stream=True, save_txt=True, conf=...)
   (b) ssl_ray's label stage end to end (listing -> decode tasks -> actor pool -> Parquet, selection),
-      and its steady state: the 4N run's rate from its first inference batch to its last
+      and its steady state: the 4N run's rate from its first inference batch to its last; at
+      label.batch_size's default of 64 (--stage-batch; "best": (c)'s best batch, as until 2026-11-26)
   (c) the model-forward bound: pre-decoded, pre-letterboxed uint8 batches, bare forward, best batch
-      (picked by a short sweep), timed right before (b) and again right after it: the mean of the two
+      (picked by a short sweep), timed right before (b) and again right after it: the mean of the two;
+      in a fresh process with glibc's heap set up as (b)'s inference actor has it (label.keep_freed_heap)
 
 Also the peak memory (PSS, summed over every Ray process) of (b) for a pool of N and 4N images.
 
@@ -31,6 +33,8 @@ from pathlib import Path
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ.setdefault("YOLO_OFFLINE", "1")
+
+DEMO = Path(__file__).parents[1] / "ssl_ray" / "configs" / "demo.yaml"
 
 
 def make_pool(root: Path, n: int, imgsz: int) -> Path:
@@ -74,8 +78,20 @@ def bench_predict(weights: str, pool: Path, imgsz: int, floor: float, work: Path
 
 
 def bench_forward(weights: str, pool: Path, imgsz: int, work: Path, threads: int,
-                  device: str, batch: int | None = None) -> tuple[float, int, float | None]:
-    """(images/s, best batch, the sweep's own figure for it) of the bare model forward.
+                  device: str, keep_heap: bool, batch: int | None = None) -> tuple[float, int, float | None]:
+    """(images/s, best batch, the sweep's own figure for it) of the bare model forward, in a
+    fresh process set up as the stage's inference actor is (`keep_heap`: glibc keeps freed
+    memory, `label.keep_freed_heap`); (a) in this process keeps glibc's defaults."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool_:
+        return pool_.submit(_forward, weights, pool, imgsz, work, threads, device, keep_heap, batch).result()
+
+
+def _forward(weights: str, pool: Path, imgsz: int, work: Path, threads: int,
+             device: str, keep_heap: bool, batch: int | None) -> tuple[float, int, float | None]:
+    """`bench_forward` inside its process.
 
     The batch sizes are swept with ~128 images each (1024 on a GPU), and the best one is then
     timed again on 8 times as many: the fastest of a sweep of short, noisy timings overstates
@@ -86,7 +102,11 @@ def bench_forward(weights: str, pool: Path, imgsz: int, work: Path, threads: int
 
     from ssl_ray.boxes import letterbox
     from ssl_ray.images import decode_rgb
+    from ssl_ray.runtime import keep_freed_heap
     from ssl_ray.teacher import Teacher
+
+    if keep_heap:
+        keep_freed_heap()
 
     teacher = Teacher(weights, str(work), device=device, threads=threads)
     images = np.stack([letterbox(decode_rgb(p.read_bytes()), imgsz)[0] for p in sorted(pool.iterdir())[:256]])
@@ -171,8 +191,7 @@ def bench_stage(weights: str, pool: Path, args, batch: int, work: Path, tag: str
     from ssl_ray.label import label_pool
     from ssl_ray.storage import Store
 
-    demo = Path(__file__).parents[1] / "ssl_ray" / "configs" / "demo.yaml"
-    cfg = load_config(demo, [f"pool.sources=[{pool}]", f"output.dir={work / tag}", f"output.cache_dir={work / 'cache'}",
+    cfg = load_config(DEMO, [f"pool.sources=[{pool}]", f"output.dir={work / tag}", f"output.cache_dir={work / 'cache'}",
                              f"model.imgsz={args.imgsz}", f"label.score_floor={args.floor}",
                              f"label.batch_size={batch}", f"label.num_cpus_per_actor={args.threads}",
                              *(f"label.num_gpus_per_actor={args.gpus_per_actor}", f"label.min_actors={args.actors}",
@@ -229,6 +248,7 @@ def main() -> int:
     ap.add_argument("--device", default="cpu", help="cpu, or cuda: (a), (b)'s actors and (c) on the GPU")
     ap.add_argument("--gpus-per-actor", type=float, default=1.0, help="with --device cuda")
     ap.add_argument("--actors", type=int, default=1, help="inference actors, with --device cuda")
+    ap.add_argument("--stage-batch", default="64", help="(b)'s label.batch_size, or 'best': (c)'s best batch")
     ap.add_argument("--no-memory", action="store_true", help="skip the untimed memory runs")
     ap.add_argument("--views", nargs="*", default=[],
                     help="also time (b) with these consistency views (e.g. flip): their cost, side by side")
@@ -241,24 +261,33 @@ def main() -> int:
                                                             "medians are reported, with the ratios' ranges")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
+    from ssl_ray.config import load_config
+
     work = Path(tempfile.mkdtemp(prefix="ssl_ray-bench-"))
     try:
         weights = untrained_teacher(work)
+        # (c) runs as the stage's actor does: with its heap kept or not (docs/benchmarks.md)
+        keep_heap = load_config(DEMO, args.set).label.keep_freed_heap
         pool_n = make_pool(work / "n", args.n, args.imgsz)
         pool_4n = make_pool(work / "4n", 4 * args.n, args.imgsz)
 
         reps = []  # each repetition measures (a), (c) and (b) at N and 4N, one after another
         for rep in range(args.repeat):  # each run its own output folder: a finished stage is only read back
             a, a_threads = bench_predict(weights, pool_n, args.imgsz, args.floor, work, args.device)
-            c, best_bs, c_sweep = bench_forward(weights, pool_n, args.imgsz, work, args.threads, args.device)
-            t_n, b, mem_n, _ = bench_stage(weights, pool_n, args, best_bs, work, f"run_n{rep}", args.set)
-            t_4n, b4, mem_4n, summary_4n = bench_stage(weights, pool_4n, args, best_bs, work, f"run_4n{rep}",
+            c, best_bs, c_sweep = bench_forward(weights, pool_n, args.imgsz, work, args.threads, args.device, keep_heap)
+            # The stage runs at its configured batch: it pays a fixed cost per batch outside the
+            # forward (batch 16 ran at 0.75 of 64, bench/stage_batch.py), while (c)'s sweep is
+            # flat within noise from 16 to 64 and picks among them by chance.
+            stage_bs = best_bs if args.stage_batch == "best" else int(args.stage_batch)
+            t_n, b, mem_n, _ = bench_stage(weights, pool_n, args, stage_bs, work, f"run_n{rep}", args.set)
+            t_4n, b4, mem_4n, summary_4n = bench_stage(weights, pool_4n, args, stage_bs, work, f"run_4n{rep}",
                                                        args.set)
             # (c) again right after (b), same batch: this machine's speed drifts by ~10 % over
             # minutes (bench/forward_neighbours.py), so (b) is compared with the mean of (c)
             # before and after it.
             c_before = c
-            c_after, _, _ = bench_forward(weights, pool_n, args.imgsz, work, args.threads, args.device, best_bs)
+            c_after, _, _ = bench_forward(weights, pool_n, args.imgsz, work, args.threads, args.device, keep_heap,
+                                          best_bs)
             c = (c_before + c_after) / 2
             # The steady state: the 4N run's rate from its first inference batch to its last (Ray
             # Data's stats), every part of the pipeline running; start-up and finalize excluded.
@@ -268,7 +297,7 @@ def main() -> int:
             steady = summary_4n["inference_items_per_s"]
             marginal = 3 * args.n / (t_4n - t_n)
             reps.append({
-                "batch_b_c": best_bs, "a_predict_stream_save_txt_img_s": round(a, 1),
+                "batch_b": stage_bs, "batch_c": best_bs, "a_predict_stream_save_txt_img_s": round(a, 1),
                 "b_stage_end_to_end_n_img_s": round(b, 1), "b_stage_end_to_end_4n_img_s": round(b4, 1),
                 "b_stage_seconds_n": round(t_n, 1), "b_stage_seconds_4n": round(t_4n, 1),
                 "b_stage_steady_img_s": round(steady, 1), "b_stage_marginal_img_s": round(marginal, 1),
@@ -288,7 +317,7 @@ def main() -> int:
         figures = {"n": args.n, "imgsz": args.imgsz, "cores": os.cpu_count(), "device": device_name(args.device),
                    "set": args.set,
                    "actors": args.actors if args.device != "cpu" else 1, "threads_a": a_threads,
-                   "threads_b_c": args.threads, "repeat": args.repeat}
+                   "threads_b_c": args.threads, "keep_freed_heap_b_c": keep_heap, "repeat": args.repeat}
         figures.update({k: statistics.median(r[k] for r in reps) for k in reps[0] if reps[0][k] is not None})
         if args.repeat > 1:
             figures["range"] = {k: [min(r[k] for r in reps), max(r[k] for r in reps)]
@@ -296,13 +325,13 @@ def main() -> int:
                                           "b_steady_over_c_sweep", "memory_growth")
                                 if reps[0][k] is not None}
             figures["repeats"] = reps
-        best_bs, steady, b4 = reps[-1]["batch_b_c"], figures["b_stage_steady_img_s"], figures["b_stage_end_to_end_4n_img_s"]
+        stage_bs, steady, b4 = reps[-1]["batch_b"], figures["b_stage_steady_img_s"], figures["b_stage_end_to_end_4n_img_s"]
         # The same stage again, right after, with other settings: their effect, side by side.
         variants = {"views": [f"label.consistency_views=[{', '.join(args.views)}]"]} if args.views else {}
         variants.update({"also": args.also} if args.also else {})
         for name, overrides in variants.items():
-            _, _, mem_vn, _ = bench_stage(weights, pool_n, args, best_bs, work, f"{name}_n", [*args.set, *overrides])
-            _, bv4, mem_v4n, summary_v = bench_stage(weights, pool_4n, args, best_bs, work, f"{name}_4n",
+            _, _, mem_vn, _ = bench_stage(weights, pool_n, args, stage_bs, work, f"{name}_n", [*args.set, *overrides])
+            _, bv4, mem_v4n, summary_v = bench_stage(weights, pool_4n, args, stage_bs, work, f"{name}_4n",
                                                      [*args.set, *overrides])
             steady_v = summary_v["inference_items_per_s"]
             figures.update({name: overrides, f"b_{name}_end_to_end_4n_img_s": round(bv4, 1),
