@@ -55,8 +55,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--json")
     args = ap.parse_args()
-    stage_args = argparse.Namespace(imgsz=args.imgsz, floor=0.05, threads=1, device="cpu", gpus_per_actor=1.0,
-                                    actors=1, no_memory=True)
+    stage_args = lt.cpu_stage_args(args.imgsz)
     work = Path(tempfile.mkdtemp(prefix="ssl_ray-actor-heap-"))
     try:
         weights = lt.untrained_teacher(work)
@@ -82,9 +81,7 @@ def main() -> int:
                                                     for k, d in pairs],
                    "median_steady_keep_over_default": statistics.median(k["steady_img_s"] / d["steady_img_s"]
                                                                         for k, d in pairs)}
-        print(json.dumps({k: v for k, v in figures.items() if k != "runs"}, indent=2))
-        if args.json:
-            Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        lt.emit(figures, args.json, hide=("runs",))
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -23,7 +23,8 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-os.environ.setdefault("YOLO_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+import label_throughput as lt  # noqa: E402
 
 
 def timed(weights: str, work: str, keep: bool, batch: int, imgsz: int, threads: int, calls: int) -> dict:
@@ -85,9 +86,7 @@ def main() -> int:
                    "speedup_median": statistics.median(r["default_over_keep"] for r in reps),
                    "speedup_range": [min(r["default_over_keep"] for r in reps), max(r["default_over_keep"] for r in reps)],
                    "repeats": reps}
-        print(json.dumps({k: v for k, v in figures.items() if k != "repeats"}, indent=2))
-        if args.json:
-            Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        lt.emit(figures, args.json, hide=("repeats",))
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -214,6 +214,19 @@ def bench_stage(weights: str, pool: Path, args, batch: int, work: Path, tag: str
     return seconds, summary["items"] / seconds, mem.peak, summary
 
 
+def cpu_stage_args(imgsz: int) -> argparse.Namespace:
+    """What `bench_stage` reads from the command line: one CPU actor on 1 thread, no memory runs."""
+    return argparse.Namespace(imgsz=imgsz, floor=0.05, threads=1, device="cpu", gpus_per_actor=1.0, actors=1,
+                              no_memory=True)
+
+
+def emit(figures: dict, path: str | None, hide: tuple[str, ...] = ()) -> None:
+    """Print the figures (less the keys in `hide`) and write all of them to `path` as JSON."""
+    print(json.dumps({k: v for k, v in figures.items() if k not in hide}, indent=2))
+    if path:
+        Path(path).write_text(json.dumps(figures, indent=2) + "\n")
+
+
 def untrained_teacher(work: Path) -> str:
     """YOLO26n from Ultralytics' bundled yaml, saved as a .pt (the path real checkpoints take)."""
     from ssl_ray.runtime import prepare_ultralytics

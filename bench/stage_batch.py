@@ -29,8 +29,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--json")
     args = ap.parse_args()
-    stage_args = argparse.Namespace(imgsz=args.imgsz, floor=0.05, threads=1, device="cpu", gpus_per_actor=1.0,
-                                    actors=1, no_memory=True)
+    stage_args = lt.cpu_stage_args(args.imgsz)
     work = Path(tempfile.mkdtemp(prefix="ssl_ray-stage-batch-"))
     try:
         weights = lt.untrained_teacher(work)
@@ -47,9 +46,7 @@ def main() -> int:
                                            for bs in args.batches},
                    "median_end_to_end_img_s": {bs: statistics.median(r["end_to_end_img_s"] for r in runs
                                                                      if r["batch"] == bs) for bs in args.batches}}
-        print(json.dumps({k: v for k, v in figures.items() if k != "runs"}, indent=2))
-        if args.json:
-            Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        lt.emit(figures, args.json, hide=("runs",))
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
