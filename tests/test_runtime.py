@@ -2,6 +2,7 @@
 keeps no more idle workers than cores; an inference process can keep its freed heap."""
 
 import os
+import platform
 import subprocess
 import sys
 
@@ -60,13 +61,15 @@ HEAP_CYCLES = (
 )
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
 def test_keep_freed_heap_stops_refaulting_freed_memory():
     faults = {mode: int(subprocess.run([sys.executable, "-c", HEAP_CYCLES, mode], check=True, capture_output=True,
                                        text=True, timeout=60).stdout) for mode in ("default", "keep")}
-    # glibc's default trims the ~90 MiB it got back and faults it in again every cycle
-    assert faults["default"] > 1000, faults
-    assert faults["keep"] < faults["default"] / 20, faults
+    # glibc's default trims the ~90 MiB it got back and faults it in again every cycle: ~10,000
+    # faults here (numpy asks for huge pages, so the count depends on the host's THP setting;
+    # 450 if every page were huge), and none once the heap is kept
+    assert faults["default"] >= 300, faults
+    assert faults["keep"] * 20 <= faults["default"], faults
 
 
 @pytest.mark.ray
