@@ -17,7 +17,6 @@ such a comparison can resolve, with label_throughput.py's model, images and thre
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import shutil
@@ -106,9 +105,7 @@ def main() -> int:
         figures = {"imgsz": args.imgsz, "batch": args.batch, "threads": args.threads, "cores": os.cpu_count(),
                    "drift_img_s": drift, "drift_max_over_min": round(max(drift) / min(drift), 3),
                    "neighbour_slowdown": ratios, "neighbour_ms": times}
-        print(json.dumps(figures, indent=2))
-        if args.json:
-            Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        label_throughput.emit(figures, args.json)
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -352,9 +352,7 @@ def main() -> int:
                             f"{name}_steady_over_plain": round(steady_v / steady, 2),
                             f"{name}_end_to_end_4n_over_plain": round(bv4 / b4, 2),
                             f"{name}_memory_growth": round(mem_v4n / mem_vn - 1, 3) if mem_vn else None})
-        print(json.dumps(figures, indent=2))
-        if args.json:
-            Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        emit(figures, args.json)
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
