@@ -93,8 +93,11 @@ class LabelConfig:
                                ge=1)
     finalize_rows: int = setting(100_000, "pool items per finalize task: the last step (dedupe, select, write) runs "
                                           "in parallel over hash buckets of about this many items", ge=1)
-    consistency_views: list[str] = setting([], "test-time views checked for agreement: 'flip', 'scale:S' (empty = off)")
+    consistency_views: list[str] = setting([], "test-time views checked for agreement: 'flip', 'scale:S', 'zoom:Z' "
+                                               "(empty = off)")
     consistency_iou: float = setting(0.5, "IoU a view's box needs (mapped back) to agree with a box", gt=0, le=1)
+    refine_views: list[str] = setting([], "test-time views fused into the boxes they match without counting for "
+                                          "agreement, to box objects more tightly: e.g. 'zoom:2' (empty = off)")
     keep_freed_heap: bool = setting(True, "inference actors keep freed memory for the next batch instead of returning "
                                           "it to the OS (glibc): a CPU forward then stops re-faulting its pages")
 
@@ -103,10 +106,11 @@ class LabelConfig:
             raise ValueError(f"label.min_actors ({self.min_actors}) must be <= label.max_actors ({self.max_actors})")
         from ssl_ray.consistency import parse_views
 
-        try:
-            parse_views(self.consistency_views, 640)
-        except ValueError as e:
-            raise ValueError(f"label.consistency_views: {e}") from None
+        for key in ("consistency_views", "refine_views"):
+            try:
+                parse_views(getattr(self, key), 640)
+            except ValueError as e:
+                raise ValueError(f"label.{key}: {e}") from None
 
 
 @_section

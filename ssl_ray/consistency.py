@@ -4,14 +4,17 @@ objects on an image and on a transformed copy of it.
 Views are transforms of the square letterboxed canvas, so every view fits the same batch:
 
 - `flip`: horizontal mirror;
-- `scale:S` (0 < S < 1): the canvas shrunk by S about its centre, padded with grey.
+- `scale:S` (0 < S < 1): the canvas shrunk by S about its centre, padded with grey;
+- `zoom:Z` (Z > 1): the whole canvas enlarged Z times (a larger canvas, so it runs in a
+  forward of its own): small objects get more pixels, and their boxes can fit more tightly.
 
 Each is an axis-aligned affine map x' = a·x + b (and y' = c·y + d), so boxes predicted on a
 view map back exactly. A base box *agrees* with a view when that view has a box of the same
 class with IoU ≥ `iou` after the map back. Boxes are matched greedily, highest score first,
 each view box used once. An agreeing box is fused: coordinates are the score-weighted mean of
-the matched boxes, its score the mean of their scores; its `agree` is the fraction of views
-that agree (1.0 = all).
+the matched boxes, its score the mean of their scores; its `agree` is the fraction of the
+*counted* views that agree (1.0 = all). A view that is not counted (label.refine_views) only
+refines the coordinates and score of the boxes it matches.
 """
 
 from __future__ import annotations
@@ -33,30 +36,47 @@ class View:
 
 
 def parse_views(specs: list[str], size: int) -> list[View]:
-    """`["flip", "scale:0.8"]` -> views for a `size` x `size` canvas."""
+    """`["flip", "scale:0.8", "zoom:2"]` -> views for a `size` x `size` canvas."""
     views = []
     for spec in specs:
         name, _, arg = spec.partition(":")
         if name == "flip" and not arg:
             views.append(View(spec, a=-1.0, b=float(size)))
         elif name == "scale" and arg:
-            s = float(arg)
+            s = _factor(spec, arg)
             if not 0 < s < 1:
                 raise ValueError(f"{spec!r}: the scale must be between 0 and 1")
             off = (1 - s) * size / 2
             views.append(View(spec, a=s, b=off, c=s, d=off))
+        elif name == "zoom" and arg:
+            z = _factor(spec, arg)
+            if not 1 < z <= 4:
+                raise ValueError(f"{spec!r}: the zoom must be above 1 and at most 4")
+            z = round(size * z) / size  # the canvas is a whole number of pixels: map back exactly
+            views.append(View(spec, a=z, c=z))
         else:
-            raise ValueError(f"{spec!r}: unknown view (expected 'flip' or 'scale:S')")
+            raise ValueError(f"{spec!r}: unknown view (expected 'flip', 'scale:S' or 'zoom:Z')")
     return views
 
 
+def _factor(spec: str, arg: str) -> float:
+    try:
+        return float(arg)
+    except ValueError:
+        raise ValueError(f"{spec!r}: {arg!r} is not a number") from None
+
+
 def apply_view(images: np.ndarray, view: View) -> np.ndarray:
-    """The view of a batch of square canvases (N, S, S, 3) uint8."""
+    """The view of a batch of square canvases (N, S, S, 3) uint8: (N, S, S, 3), or for a zoom
+    (N, round(S·Z), round(S·Z), 3)."""
     if view.a == -1.0:
         return np.ascontiguousarray(images[:, :, ::-1])
     import cv2
 
     n, size = images.shape[0], images.shape[1]
+    if view.a > 1:
+        big = round(size * view.a)
+        return np.stack([cv2.resize(im, (big, big), interpolation=cv2.INTER_LINEAR) for im in images])
     inner = max(1, round(size * view.a))
     off = int(round(view.b))
     out = np.full_like(images, PAD_VALUE)
@@ -87,18 +107,23 @@ def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def fuse(base: np.ndarray, others: list[np.ndarray], iou_thr: float) -> tuple[np.ndarray, np.ndarray]:
+def fuse(base: np.ndarray, others: list[np.ndarray], iou_thr: float,
+         counted: list[bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(fused detections (k, 6), agreement (k,)) for the base view's k detections, given each
     other view's detections already mapped back (`undo_view`). Every base box is kept; only
-    agreeing ones are fused. With no other view, agreement is 1."""
+    matched ones are fused. Agreement is over the views `counted` marks (default: all); with
+    none, it is 1."""
     base = np.asarray(base, dtype=np.float64).reshape(-1, 6)
+    counted = np.ones(len(others), bool) if counted is None else np.asarray(counted, bool)
+    if len(counted) != len(others):
+        raise ValueError(f"{len(counted)} counted flags for {len(others)} views")
     fused = base.copy()
-    agree = np.ones(len(base)) if not others else np.zeros(len(base))
+    agree = np.ones(len(base)) if not counted.any() else np.zeros(len(base))
     if not others or not len(base):
         return fused, agree
     used = [np.zeros(len(o), dtype=bool) for o in others]
     for i in np.argsort(-base[:, 4], kind="stable"):
-        matches = [base[i]]
+        matches, agreeing = [base[i]], 0
         for v, other in enumerate(others):
             if not len(other):
                 continue
@@ -108,7 +133,9 @@ def fuse(base: np.ndarray, others: list[np.ndarray], iou_thr: float) -> tuple[np
             if overlap[j] >= iou_thr:
                 used[v][j] = True
                 matches.append(other[j])
-        agree[i] = (len(matches) - 1) / len(others)
+                agreeing += bool(counted[v])
+        if counted.any():
+            agree[i] = agreeing / counted.sum()
         if len(matches) > 1:
             m = np.stack(matches)
             weights = m[:, 4] / max(m[:, 4].sum(), 1e-12)

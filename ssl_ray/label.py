@@ -260,8 +260,8 @@ def raw_table(batch: dict, dets: list[tuple[np.ndarray, np.ndarray | None]]) -> 
 
 
 class _Predict:
-    """Inference actor: one teacher per actor, batched forward (every consistency view of the
-    batch in the same forward), detections mapped back."""
+    """Inference actor: one teacher per actor, batched forward (every view of the batch with the
+    canvas's size in the same forward; a zoom in a forward of its own), detections mapped back."""
 
     def __init__(self, weights: str, cfg: Config, names: list[str] | None):
         from ssl_ray.consistency import parse_views
@@ -275,7 +275,8 @@ class _Predict:
         self.teacher = Teacher(local, cfg.output.cache_dir, threads=threads)
         _check_classes(weights, names, self.teacher.names)
         self.floor = cfg.label.score_floor
-        self.views = parse_views(cfg.label.consistency_views, cfg.model.imgsz)
+        self.views = parse_views(cfg.label.consistency_views + cfg.label.refine_views, cfg.model.imgsz)
+        self.counted = [True] * len(cfg.label.consistency_views) + [False] * len(cfg.label.refine_views)
         self.iou = cfg.label.consistency_iou
 
     def detect(self, images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]:
@@ -285,9 +286,16 @@ class _Predict:
         if not self.views:
             return [(d, None) for d in self.teacher.predict(images, self.floor)]
         n = len(images)
-        out = self.teacher.predict(np.concatenate([images] + [apply_view(images, v) for v in self.views]), self.floor)
-        return [fuse(out[i], [undo_view(out[(k + 1) * n + i], v) for k, v in enumerate(self.views)], self.iou)
-                for i in range(n)]
+        canvases = [images] + [apply_view(images, v) for v in self.views]
+        out: list[list[np.ndarray]] = [[] for _ in canvases]
+        for shape in dict.fromkeys(c.shape for c in canvases):  # one forward per canvas size
+            same = [k for k, c in enumerate(canvases) if c.shape == shape]
+            dets = self.teacher.predict(np.concatenate([canvases[k] for k in same]), self.floor)
+            for j, k in enumerate(same):
+                out[k] = dets[j * n:(j + 1) * n]
+        results = [fuse(out[0][i], [undo_view(out[k + 1][i], v) for k, v in enumerate(self.views)], self.iou,
+                        self.counted) for i in range(n)]
+        return results if any(self.counted) else [(d, None) for d, _ in results]
 
     def __call__(self, batch: dict) -> pa.Table:
         ok = np.array([not r for r in batch["reject_reason"]], dtype=bool)

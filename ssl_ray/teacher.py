@@ -74,9 +74,24 @@ class Teacher:
         import torch
         from ultralytics.utils import nms
 
+        images = pad_to_stride(images, int(max(self.backend.stride, 1)))
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2)
             x = x.half() if self.backend.fp16 else x.float()
             out = self.backend(x / 255.0)
             dets = nms.non_max_suppression(out, score_floor, 0.7, max_det=max_det, nc=0, end2end=self.backend.end2end)
         return [d.float().cpu().numpy() for d in dets]
+
+
+def pad_to_stride(images: np.ndarray, stride: int) -> np.ndarray:
+    """A batch (N, H, W, 3) padded at the bottom and right (grey, as a letterbox) to a multiple
+    of the model's stride; pixel coordinates are unchanged. The same array when it fits."""
+    from ssl_ray.boxes import PAD_VALUE
+
+    h, w = images.shape[1:3]
+    ph, pw = -h % stride, -w % stride
+    if not ph and not pw:
+        return images
+    out = np.full((images.shape[0], h + ph, w + pw, images.shape[3]), PAD_VALUE, images.dtype)
+    out[:, :h, :w] = images
+    return out

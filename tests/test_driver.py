@@ -24,11 +24,12 @@ def tiny(shapes, tmp_path, *extra):
 
 # Every selection mechanism on: adaptive thresholds from val precision (an untrained teacher
 # never reaches the target, so they fall back to the schedule), a flipped view for
-# consistency (any agreement accepted, so something is selected), class balance, oversampling,
-# and trainer arguments for the warm-started rounds only.
+# consistency (any agreement accepted, so something is selected), a zoomed view refining the
+# boxes (64 px * 1.25 = 80, off the model's stride), class balance, oversampling, and trainer
+# arguments for the warm-started rounds only.
 MECHANISMS = ["select.adaptive=val_precision", "select.target_precision=0.5", "label.consistency_views=[flip]",
-              "select.min_agreement=0.0", "select.max_images_per_class=6", "train.labeled_fraction=0.5",
-              "train.finetune_extra={warmup_epochs: 0.5}"]
+              "label.refine_views=[zoom:1.25]", "select.min_agreement=0.0", "select.max_images_per_class=6",
+              "train.labeled_fraction=0.5", "train.finetune_extra={warmup_epochs: 0.5}"]
 
 
 def digests(root: Path) -> dict:

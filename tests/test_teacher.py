@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ssl_ray.errors import ConfigError
-from ssl_ray.teacher import Teacher, load_yolo
+from ssl_ray.teacher import Teacher, load_yolo, pad_to_stride
 
 
 @pytest.mark.parametrize("name", ["yolo26n", "yolo11n"])
@@ -15,6 +15,29 @@ def test_teacher_predicts_on_letterboxed_batches(teachers, tmp_path, name):
     dets = teacher.predict(batch, score_floor=0.0)
     assert len(dets) == 3 and all(d.ndim == 2 and d.shape[1] == 6 for d in dets)
     assert all((d[:, 4] >= 0).all() for d in dets)
+
+
+def test_teacher_takes_a_canvas_off_its_stride(teachers, tmp_path):
+    """A zoomed view (96 px * 1.5 = 144) is not a multiple of the model's stride of 32."""
+    teacher = Teacher(teachers["yolo26n"], str(tmp_path), threads=1)
+    batch = np.random.default_rng(0).integers(0, 255, (2, 144, 144, 3), dtype=np.uint8)
+    assert len(teacher.predict(batch, score_floor=0.0)) == 2
+
+
+@pytest.mark.parametrize("shape, stride, padded", [
+    ((1, 64, 64, 3), 32, (1, 64, 64, 3)),   # fits: the same array
+    ((2, 144, 144, 3), 32, (2, 160, 160, 3)),
+    ((1, 65, 100, 3), 8, (1, 72, 104, 3)),
+])
+def test_pad_to_stride_pads_bottom_and_right_in_grey(shape, stride, padded):
+    images = np.full(shape, 7, np.uint8)
+    out = pad_to_stride(images, stride)
+    assert out.shape == padded
+    if padded == shape:
+        assert out is images
+    else:
+        assert (out[:, :shape[1], :shape[2]] == 7).all()  # the image stays where it was
+        assert (out[:, shape[1]:] == 114).all() and (out[:, :, shape[2]:] == 114).all()
 
 
 @pytest.mark.s3
