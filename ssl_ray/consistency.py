@@ -142,3 +142,24 @@ def fuse(base: np.ndarray, others: list[np.ndarray], iou_thr: float,
             fused[i, :4] = (m[:, :4] * weights[:, None]).sum(axis=0)
             fused[i, 4] = m[:, 4].mean()
     return fused, agree
+
+
+def detect_with_views(predict, images: np.ndarray, views: list[View], counted: list[bool],
+                      iou_thr: float) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """(fused detections (k, 6), agreement (k,) or None when no view is counted) per canvas.
+
+    `predict(batch) -> [(k, 6) per canvas]` runs the teacher; the canvases and every view of
+    them of the same size go through it in one call (a zoom is larger: its own call)."""
+    if not views:
+        return [(d, None) for d in predict(images)]
+    n = len(images)
+    canvases = [images] + [apply_view(images, v) for v in views]
+    out: list[list[np.ndarray]] = [[] for _ in canvases]
+    for shape in dict.fromkeys(c.shape for c in canvases):
+        same = [k for k, c in enumerate(canvases) if c.shape == shape]
+        dets = predict(np.concatenate([canvases[k] for k in same]))
+        for j, k in enumerate(same):
+            out[k] = dets[j * n:(j + 1) * n]
+    results = [fuse(out[0][i], [undo_view(out[k + 1][i], v) for k, v in enumerate(views)], iou_thr, counted)
+               for i in range(n)]
+    return results if any(counted) else [(d, None) for d, _ in results]

@@ -281,21 +281,10 @@ class _Predict:
 
     def detect(self, images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """(detections (k, 6) in canvas pixels, agreement (k,) or None) per image."""
-        from ssl_ray.consistency import apply_view, fuse, undo_view
+        from ssl_ray.consistency import detect_with_views
 
-        if not self.views:
-            return [(d, None) for d in self.teacher.predict(images, self.floor)]
-        n = len(images)
-        canvases = [images] + [apply_view(images, v) for v in self.views]
-        out: list[list[np.ndarray]] = [[] for _ in canvases]
-        for shape in dict.fromkeys(c.shape for c in canvases):  # one forward per canvas size
-            same = [k for k, c in enumerate(canvases) if c.shape == shape]
-            dets = self.teacher.predict(np.concatenate([canvases[k] for k in same]), self.floor)
-            for j, k in enumerate(same):
-                out[k] = dets[j * n:(j + 1) * n]
-        results = [fuse(out[0][i], [undo_view(out[k + 1][i], v) for k, v in enumerate(self.views)], self.iou,
-                        self.counted) for i in range(n)]
-        return results if any(self.counted) else [(d, None) for d, _ in results]
+        predict = lambda batch: self.teacher.predict(batch, self.floor)  # noqa: E731
+        return detect_with_views(predict, images, self.views, self.counted, self.iou)
 
     def __call__(self, batch: dict) -> pa.Table:
         ok = np.array([not r for r in batch["reject_reason"]], dtype=bool)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ssl_ray.consistency import View, apply_view, fuse, iou, parse_views, undo_view
+from ssl_ray.consistency import View, apply_view, detect_with_views, fuse, iou, parse_views, undo_view
 
 
 @pytest.mark.parametrize("spec, size, expected", [
@@ -147,17 +147,14 @@ class BrightTeacher:
     (["flip"], ["zoom:2"], [(64, 64), (128, 128)], 1.0, 107 / 3, 60.5),  # the zoom in a forward of its own
     ([], ["zoom:2"], [(64, 64), (128, 128)], None, 36, 60.75),         # refining only: no agreement recorded
 ])
-def test_the_actor_groups_views_by_canvas_size_and_maps_them_back(consistency, refine, forwards, agreement, x1, x2):
-    from ssl_ray.label import _Predict
-
-    actor = _Predict.__new__(_Predict)  # its __init__ loads a real model: the teacher is stubbed here
-    actor.teacher, actor.floor, actor.iou = BrightTeacher(), 0.0, 0.5
-    actor.views = parse_views(consistency + refine, 64)
-    actor.counted = [True] * len(consistency) + [False] * len(refine)
+def test_views_run_grouped_by_canvas_size_and_map_back(consistency, refine, forwards, agreement, x1, x2):
+    teacher = BrightTeacher()
     canvas = np.full((3, 64, 64, 3), 114, np.uint8)
     canvas[:, 8:24, 36:60] = 255
-    results = actor.detect(canvas)
-    assert actor.teacher.forwards == forwards and len(results) == 3
+    views = parse_views(consistency + refine, 64)
+    counted = [True] * len(consistency) + [False] * len(refine)
+    results = detect_with_views(lambda batch: teacher.predict(batch, 0.0), canvas, views, counted, 0.5)
+    assert teacher.forwards == forwards and len(results) == 3
     for dets, agree in results:
         assert dets.shape == (1, 6) and (agree is None if agreement is None else agree[0] == agreement)
         np.testing.assert_allclose(dets[0, :4], [x1, 8, x2, 24])
