@@ -97,7 +97,7 @@ class LabelConfig:
                                                "(empty = off)")
     consistency_iou: float = setting(0.5, "IoU a view's box needs (mapped back) to agree with a box", gt=0, le=1)
     refine_views: list[str] = setting([], "test-time views fused into the boxes they match without counting for "
-                                          "agreement, to box objects more tightly: e.g. 'zoom:2' (empty = off)")
+                                          "agreement, to box objects more tightly: e.g. 'zoom:1.5' (empty = off)")
     keep_freed_heap: bool = setting(True, "inference actors keep freed memory for the next batch instead of returning "
                                           "it to the OS (glibc): a CPU forward then stops re-faulting its pages")
 

@@ -1,12 +1,14 @@
 """Consistency under test-time augmentation (pure numpy): a teacher should find the same
 objects on an image and on a transformed copy of it.
 
-Views are transforms of the square letterboxed canvas, so every view fits the same batch:
+Views are transforms of the square letterboxed canvas; those of the canvas's size share
+its forward batch:
 
 - `flip`: horizontal mirror;
 - `scale:S` (0 < S < 1): the canvas shrunk by S about its centre, padded with grey;
-- `zoom:Z` (Z > 1): the whole canvas enlarged Z times (a larger canvas, so it runs in a
-  forward of its own): small objects get more pixels, and their boxes can fit more tightly.
+- `zoom:Z` (Z > 1): the whole canvas enlarged Z times, a larger canvas with a forward of its
+  own. Small objects get more pixels; whether a teacher then boxes them more tightly depends
+  on the sizes it was trained on (`bench/view_tightness.py`).
 
 Each is an axis-aligned affine map x' = a·x + b (and y' = c·y + d), so boxes predicted on a
 view map back exactly. A base box *agrees* with a view when that view has a box of the same
