@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).parent))
 from ssl_gain import DEMO, VARIANTS, pool_truth, pseudo_quality  # noqa: E402
 
@@ -112,7 +114,7 @@ def main() -> int:
     truth = pool_truth(data)
     truth_file = args.work / f"truth{args.seed}.json"
     truth_file.write_text(json.dumps(truth))
-    n_classes = len(__import__("yaml").safe_load(data.read_text())["names"])
+    n_classes = len(yaml.safe_load(data.read_text())["names"])
     common = [f"seed={args.seed}", f"model.imgsz={args.imgsz}", f"train.batch={args.batch}",
               f"pool.sources=[{data.parent / 'images' / 'pool'}]", "train.extra={amp: false, nbs: 16}",
               f"model.weights={teacher}"]

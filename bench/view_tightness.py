@@ -104,20 +104,19 @@ def main() -> int:
     import torch
 
     from ssl_ray.consistency import parse_views
+    from ssl_ray.schema import image_id_of_bytes
     from ssl_ray.teacher import Teacher
+    from ssl_ray.thresholds import xyxy
 
     torch.set_num_threads(1)
     truth_by_id = pool_truth(args.data)
-    from ssl_ray.schema import image_id_of_bytes
 
     files = sorted((args.data.parent / "images" / "pool").iterdir())
     images = np.stack([cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in files])
     size = images.shape[1]
     if images.shape[2] != size:
         raise SystemExit("expected square pool images (a bench/ssl_gain.py pool is generated at the canvas size)")
-    truth = [[(b["cls"], np.array([b["x"] - b["w"] / 2, b["y"] - b["h"] / 2, b["x"] + b["w"] / 2,
-                                   b["y"] + b["h"] / 2]) * size) for b in truth_by_id[image_id_of_bytes(f.read_bytes())]]
-             for f in files]
+    truth = [[(b["cls"], xyxy(b) * size) for b in truth_by_id[image_id_of_bytes(f.read_bytes())]] for f in files]
     teacher = Teacher(args.weights, str(Path(args.weights).parent / "view-tightness"), threads=1)
     names = sorted({v for combo in args.combos for part in combo.split(";") for v in part.split(",") if v}
                    | set(args.views))
