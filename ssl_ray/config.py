@@ -149,6 +149,24 @@ class SelectConfig:
 
 
 @_section
+class RefineConfig:
+    enabled: bool = setting(False, "train a box refiner on the labeled set before round 1 and move every teacher box "
+                                   "scoring at least min_score with it, before selection (docs/labeling.md)")
+    min_score: float = setting(0.1, "boxes scoring below this are left as the teacher gave them", ge=0, le=1)
+    blend: float = setting(0.5, "the box kept: blend x the refined box + (1 - blend) x the teacher's", ge=0, le=1)
+    passes: int = setting(1, "refiner passes per box, each from the last pass's box", ge=1)
+    steps: int = setting(3000, "training steps (batches of jittered labeled boxes)", ge=1)
+    batch: int = setting(64, "boxes per training step", ge=1)
+    jitter: float = setting(0.06, "training: each edge of a true box moved by up to this share of its side", gt=0, lt=1)
+    flips: Literal["h", "hv"] = setting("hv", "training augmentation: mirror the crops, or also flip and transpose them")
+    crop: int = setting(32, "crop side the refiner sees, pixels", ge=8)
+    context: float = setting(1.6, "crop side / box side", ge=1)
+    max_images: int = setting(2000, "labeled images it trains on at most (held in memory at model.imgsz)", ge=1)
+    num_cpus: float = setting(1.0, "CPUs of its training task (it trains on CPU; the inference actors apply it on "
+                                   "their own device)", gt=0)
+
+
+@_section
 class RoundsConfig:
     max_rounds: int = setting(3, "pseudo-label rounds after round 0", ge=0)
     conf_schedule: list[float] = setting([], "confidence threshold per round 1..N (empty = select.conf)")
@@ -195,6 +213,7 @@ class Config:
     train: TrainConfig = setting(TrainConfig(), "")
     label: LabelConfig = setting(LabelConfig(), "")
     select: SelectConfig = setting(SelectConfig(), "")
+    refine: RefineConfig = setting(RefineConfig(), "")
     rounds: RoundsConfig = setting(RoundsConfig(), "")
     output: OutputConfig = setting(OutputConfig(), "")
     ray: RayConfig = setting(RayConfig(), "")

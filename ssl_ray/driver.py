@@ -1,7 +1,8 @@
 """The rounds driver: resumable multi-round pseudo-labeling over the stages.
 
     round 0   train on the labeled set (rounds/r000)
-    round r   label the pool with round r-1's best.pt at round r's threshold
+    round r   label the pool with round r-1's best.pt at round r's threshold (boxes moved by
+              the box refiner, trained once on the labeled set, with refine.enabled)
               -> merge labeled + selected rows (rounds/rNNN/merged.parquet)
               -> train, warm-started from round r-1's weights (or a new student from
                  rounds.student_init) -> held-out metrics
@@ -33,6 +34,7 @@ from ssl_ray.export import export_yolo_tree, parquet_num_rows, read_parquet_rows
 from ssl_ray.ingest import ingest_labeled
 from ssl_ray.calibrate import val_class_thresholds
 from ssl_ray.label import LABELED_MARKER, label_pool
+from ssl_ray.refine_stage import REFINER, fit_refiner
 from ssl_ray.runtime import LazyRemote, ray_get
 from ssl_ray.storage import Store
 from ssl_ray.train import TrainSpec, evaluate_detector, train_detector
@@ -73,15 +75,15 @@ def run_rounds(cfg: Config, *, new_run: bool = False, on_round: Callable[[RunSta
     return state
 
 
-def _on_ray(out: Store, task: LazyRemote, *args):
-    """Run a driver-side step as a Ray task and wait for it; on the driver's node when the run
-    directory is local."""
+def _on_ray(out: Store, task: LazyRemote, *args, **options):
+    """Run a driver-side step as a Ray task (with Ray `options`, e.g. num_cpus) and wait for
+    it; on the driver's node when the run directory is local."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     opts = {} if out.is_s3 else {"scheduling_strategy": NodeAffinitySchedulingStrategy(
         ray.get_runtime_context().get_node_id(), soft=False)}
-    return ray_get(task.options(**opts).remote(*args))
+    return ray_get(task.options(**opts, **options).remote(*args))
 
 
 def claim_run_dir(out: Store, cfg: Config, new_run: bool) -> bool:
@@ -157,8 +159,13 @@ def _pseudo_label(cfg: Config, out: Store, r: int, state: RunState, spec: TrainS
     class_conf = None
     if cfg.select.adaptive == "val_precision" and not out.exists(f"{stage}/{LABELED_MARKER}"):
         class_conf = val_class_thresholds(cfg, out, teacher, state.names, conf)
+    if cfg.refine.enabled and not out.exists(REFINER):  # trained once, by the first round that labels
+        t0 = time.perf_counter()
+        _on_ray(out, _fit_refiner, cfg, out, num_cpus=cfg.refine.num_cpus)
+        record["stage_seconds"]["refiner"] = round(time.perf_counter() - t0, 1)
+    refiner = out.uri_of(REFINER) if cfg.refine.enabled else None
     record["label"] = label_pool(cfg, out, round=r, weights=teacher, names=state.names, conf=conf,
-                                 class_conf=class_conf)
+                                 class_conf=class_conf, refiner=refiner)
     record["stage_seconds"]["label"] = record["label"]["seconds"]
     t0 = time.perf_counter()
     record["train_images"] = _on_ray(out, _merge, out, stage)
@@ -211,6 +218,7 @@ def _review_impl(cfg: Config, out: Store, stage: str, names: list[str]) -> int:
 
 
 _ingest = LazyRemote(_ingest_impl, num_cpus=1)
+_fit_refiner = LazyRemote(fit_refiner, num_cpus=1)
 _review = LazyRemote(_review_impl, num_cpus=1)
 _merge = LazyRemote(_merge_impl, num_cpus=1)
 _finalize = LazyRemote(_finalize_impl, num_cpus=1)

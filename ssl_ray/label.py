@@ -44,12 +44,13 @@ class LabelError(SslRayError):
 
 
 def label_pool(cfg: Config, out: Store, *, round: int, weights: str, names: list[str] | None = None,
-               conf: float | None = None, class_conf: list[float] | None = None) -> dict:
+               conf: float | None = None, class_conf: list[float] | None = None, refiner: str | None = None) -> dict:
     """Run (or reuse) the label stage of `round`; return its summary.
 
     `names` are the classes of the labeled set; the teacher must predict exactly these
     (None: take the teacher's own). `conf` is the round's global threshold; `class_conf`
-    (e.g. from `val_class_thresholds`) one threshold per class instead.
+    (e.g. from `val_class_thresholds`) one threshold per class instead. `refiner` is a saved
+    box refiner (`refine_stage.fit_refiner`) that moves the teacher's boxes before selection.
     """
     import ray
 
@@ -80,7 +81,7 @@ def label_pool(cfg: Config, out: Store, *, round: int, weights: str, names: list
                         compute=ray.data.TaskPoolStrategy(size=cfg.label.decode_tasks))
     ds = ds.map_batches(
         _Predict,
-        fn_constructor_kwargs={"weights": weights, "cfg": cfg, "names": names},
+        fn_constructor_kwargs={"weights": weights, "cfg": cfg, "names": names, "refiner": refiner},
         compute=ray.data.ActorPoolStrategy(min_size=cfg.label.min_actors, max_size=cfg.label.max_actors,
                                            max_concurrent_calls_per_actor=cfg.label.actor_calls),
         num_gpus=cfg.label.num_gpus_per_actor,
@@ -261,10 +262,12 @@ def raw_table(batch: dict, dets: list[tuple[np.ndarray, np.ndarray | None]]) -> 
 
 class _Predict:
     """Inference actor: one teacher per actor, batched forward (every view of the batch with the
-    canvas's size in the same forward; a zoom in a forward of its own), detections mapped back."""
+    canvas's size in the same forward; a zoom in a forward of its own), detections mapped back,
+    then the optional box refiner."""
 
-    def __init__(self, weights: str, cfg: Config, names: list[str] | None):
+    def __init__(self, weights: str, cfg: Config, names: list[str] | None, refiner: str | None = None):
         from ssl_ray.consistency import parse_views
+        from ssl_ray.refine_stage import load_refiner
         from ssl_ray.runtime import keep_freed_heap
         from ssl_ray.teacher import Teacher, resolve_weights
 
@@ -278,13 +281,21 @@ class _Predict:
         self.views = parse_views(cfg.label.consistency_views + cfg.label.refine_views, cfg.model.imgsz)
         self.counted = [True] * len(cfg.label.consistency_views) + [False] * len(cfg.label.refine_views)
         self.iou = cfg.label.consistency_iou
+        self.refiner = load_refiner(refiner, cfg.storage, str(self.teacher.device)) if refiner else None
+        self.refine_min_score = cfg.refine.min_score
 
     def detect(self, images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]:
-        """(detections (k, 6) in canvas pixels, agreement (k,) or None) per image."""
+        """(detections (k, 6) in canvas pixels, agreement (k,) or None) per image; the boxes
+        moved by the box refiner when there is one."""
         from ssl_ray.consistency import detect_with_views
+        from ssl_ray.refine import refine_detections
 
         predict = lambda batch: self.teacher.predict(batch, self.floor)  # noqa: E731
-        return detect_with_views(predict, images, self.views, self.counted, self.iou)
+        found = detect_with_views(predict, images, self.views, self.counted, self.iou)
+        if self.refiner is None:
+            return found
+        dets = refine_detections(self.refiner, images, [d for d, _ in found], self.refine_min_score)
+        return list(zip(dets, [agree for _, agree in found]))
 
     def __call__(self, batch: dict) -> pa.Table:
         ok = np.array([not r for r in batch["reject_reason"]], dtype=bool)

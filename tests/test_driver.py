@@ -25,10 +25,11 @@ def tiny(shapes, tmp_path, *extra):
 # Every selection mechanism on: adaptive thresholds from val precision (an untrained teacher
 # never reaches the target, so they fall back to the schedule), a flipped view for
 # consistency (any agreement accepted, so something is selected), a zoomed view refining the
-# boxes (64 px * 1.25 = 80, off the model's stride), class balance, oversampling, and trainer
-# arguments for the warm-started rounds only.
+# boxes (64 px * 1.25 = 80, off the model's stride), the learned box refiner (a few steps),
+# class balance, oversampling, and trainer arguments for the warm-started rounds only.
 MECHANISMS = ["select.adaptive=val_precision", "select.target_precision=0.5", "label.consistency_views=[flip]",
-              "label.refine_views=[zoom:1.25]", "select.min_agreement=0.0", "select.max_images_per_class=6",
+              "label.refine_views=[zoom:1.25]", "refine.enabled=true", "refine.steps=20", "refine.batch=16",
+              "select.min_agreement=0.0", "select.max_images_per_class=6",
               "train.labeled_fraction=0.5", "train.finetune_extra={warmup_epochs: 0.5}"]
 
 
@@ -75,6 +76,12 @@ def test_rounds_end_to_end_resume_and_config_guard(ray_local, shapes, tmp_path):
             assert len(tasks) == review == len((export / "ranking.csv").read_text().splitlines()) - 1
             assert len(list((export / "images" / "review").iterdir())) == review
             assert all(Path(t["data"]["image"]).exists() for t in tasks)
+
+    # the box refiner: trained once, before round 1, on the labeled images; checked on val
+    refiner = json.loads((run / "refiner" / "refiner.json").read_text())
+    assert refiner["images"] == 24 and refiner["val_check"]["boxes"] > 0 and (run / "refiner" / "refiner.pt").exists()
+    assert "refiner" in json.loads((run / "rounds" / "r001" / "metrics.json").read_text())["stage_seconds"]
+    assert "refiner" not in json.loads((run / "rounds" / "r002" / "metrics.json").read_text())["stage_seconds"]
 
     # final outputs: the best round's, readable and trainable as they are
     dataset = pq.read_table(run / "final" / "dataset.parquet")

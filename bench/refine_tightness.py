@@ -1,0 +1,106 @@
+"""Does a learned box refiner (`ssl_ray.refine`) box pool objects more tightly than the teacher?
+
+Trains the refiner on the labeled images of a `bench/ssl_gain.py` seed (its true boxes,
+jittered), runs the teacher on the pool as the label stage does (`--combo`, see
+`bench/view_tightness.py`), and scores the boxes at or above --conf against the pool's truth
+(class-agnostic: the refiner moves boxes, it does not change classes) before and after
+refinement: recall, precision, median IoU of the covered objects and the shares at IoU >=
+0.9 and 0.95, for one or two passes, the refined box alone (blend 1.0) or averaged with the
+teacher's (0.5).
+
+    .venv/bin/python bench/refine_tightness.py /tmp/gain/0-baseline-e600/rounds/r000/weights/best.pt \\
+        /tmp/gain/data0/data.yaml --json docs/results/refine-tightness-seed0.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from view_tightness import combine, predict, tightness  # noqa: E402
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+
+def load_split(root: Path, split: str) -> tuple[list[Path], np.ndarray, list[np.ndarray]]:
+    """Images (N, S, S, 3) and true xyxy pixel boxes of one split of a generated dataset."""
+    import cv2
+
+    files = sorted((root / "images" / split).iterdir())
+    images = np.stack([cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in files])
+    size = images.shape[1]
+    boxes = []
+    for f in files:
+        v = np.array((root / "labels" / split / f"{f.stem}.txt").read_text().split(), float).reshape(-1, 5)
+        c, wh = v[:, 1:3], v[:, 3:5]
+        boxes.append(np.concatenate([c - wh / 2, c + wh / 2], 1) * size)
+    return files, images, boxes
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("weights", help="the teacher, e.g. a run's rounds/r000/weights/best.pt")
+    ap.add_argument("data", type=Path, help="that seed's data.yaml (train = the labeled set, pool labels = truth)")
+    ap.add_argument("--conf", type=float, default=0.5)
+    ap.add_argument("--combo", default="flip;", help="CONSISTENCY;REFINE views, as in view_tightness")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="RefineSpec fields for training, e.g. steps=2000 (passes and blend: all four combinations "
+                         "of 1 or 2 passes and blend 1.0 or 0.5 are scored)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+
+    import dataclasses
+
+    import torch
+
+    from ssl_ray.consistency import parse_views
+    from ssl_ray.refine import BoxRefiner, RefineSpec
+    from ssl_ray.teacher import Teacher
+
+    torch.set_num_threads(args.threads)
+    parse = {f.name: {"int": int, "float": float, "str": str}[f.type] for f in dataclasses.fields(RefineSpec)}
+    overrides = {k: parse[k](v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    spec = RefineSpec(**overrides)
+    root = args.data.parent
+    _, train_images, train_boxes = load_split(root, "train")
+    t0 = time.perf_counter()
+    refiner = BoxRefiner.fit(list(train_images), train_boxes, spec, log=print)
+    fit_s = time.perf_counter() - t0
+
+    _, images, pool_boxes = load_split(root, "pool")
+    truth = [[(0, b) for b in boxes] for boxes in pool_boxes]  # class-agnostic: tightness, not classes
+    teacher = Teacher(args.weights, str(Path(args.weights).parent / "refine-tightness"), threads=1)
+    names = sorted({v for part in args.combo.split(";") for v in part.split(",") if v})
+    t0 = time.perf_counter()
+    seen = {None: predict(teacher, images, None, 0.05, 64)}
+    forward_s = time.perf_counter() - t0  # the teacher's plain forward over the pool, for scale
+    for view in parse_views(names, images.shape[1]):
+        seen[view.name] = predict(teacher, images, view, 0.05, 64)
+    dets = [d[d[:, 4] >= args.conf] for d in combine(seen, args.combo, 0.5, 1.0)]
+    agnostic = [np.concatenate([d[:, :5], np.zeros((len(d), 1))], 1) for d in dets]
+    results = {"weights": args.weights, "combo": args.combo, "conf": args.conf, "spec": dataclasses.asdict(spec),
+               "fit_s": round(fit_s, 1), "teacher_forward_s": round(forward_s, 2), "boxes": sum(map(len, dets)),
+               "teacher": tightness(agnostic, truth, args.conf)}
+    for passes, blend in [(1, 1.0), (1, 0.5), (2, 1.0), (2, 0.5)]:
+        variant = BoxRefiner(dataclasses.replace(spec, passes=passes, blend=blend), refiner.net.state_dict())
+        t0 = time.perf_counter()
+        refined = variant(images, agnostic)
+        results[f"refined: passes {passes}, blend {blend}"] = {
+            **tightness(refined, truth, args.conf), "seconds": round(time.perf_counter() - t0, 2)}
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
