@@ -53,6 +53,8 @@ def main() -> int:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="RefineSpec fields for training, e.g. steps=2000 (passes and blend: all four combinations "
                          "of 1 or 2 passes and blend 1.0 or 0.5 are scored)")
+    ap.add_argument("--refiner", help="a trained refiner (a run's refiner/refiner.pt) instead of training one "
+                                      "(--set is then ignored)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -61,19 +63,23 @@ def main() -> int:
 
     import torch
 
+    from ssl_ray.config import StorageConfig
     from ssl_ray.consistency import parse_views
     from ssl_ray.refine import BoxRefiner, RefineSpec
+    from ssl_ray.refine_stage import load_refiner
     from ssl_ray.teacher import Teacher
 
     torch.set_num_threads(args.threads)
     parse = {f.name: {"int": int, "float": float, "str": str}[f.type] for f in dataclasses.fields(RefineSpec)}
     overrides = {k: parse[k](v) for k, v in (kv.split("=", 1) for kv in args.set)}
-    spec = RefineSpec(**overrides)
     root = args.data.parent
-    _, train_images, train_boxes = load_split(root, "train")
     t0 = time.perf_counter()
-    refiner = BoxRefiner.fit(list(train_images), train_boxes, spec, log=print)
-    fit_s = time.perf_counter() - t0
+    if args.refiner:
+        refiner = load_refiner(args.refiner, StorageConfig())
+    else:
+        _, train_images, train_boxes = load_split(root, "train")
+        refiner = BoxRefiner.fit(list(train_images), train_boxes, RefineSpec(**overrides), log=print)
+    spec, fit_s = refiner.spec, None if args.refiner else time.perf_counter() - t0
 
     _, images, pool_boxes = load_split(root, "pool")
     truth = [[(0, b) for b in boxes] for boxes in pool_boxes]  # class-agnostic: tightness, not classes
@@ -87,7 +93,7 @@ def main() -> int:
     dets = [d[d[:, 4] >= args.conf] for d in combine(seen, args.combo, 0.5, 1.0)]
     agnostic = [np.concatenate([d[:, :5], np.zeros((len(d), 1))], 1) for d in dets]
     results = {"weights": args.weights, "combo": args.combo, "conf": args.conf, "spec": dataclasses.asdict(spec),
-               "fit_s": round(fit_s, 1), "teacher_forward_s": round(forward_s, 2), "boxes": sum(map(len, dets)),
+               "refiner": args.refiner, "fit_s": fit_s and round(fit_s, 1), "teacher_forward_s": round(forward_s, 2), "boxes": sum(map(len, dets)),
                "teacher": tightness(agnostic, truth, args.conf)}
     for passes, blend in [(1, 1.0), (1, 0.5), (2, 1.0), (2, 0.5)]:
         variant = BoxRefiner(dataclasses.replace(spec, passes=passes, blend=blend), refiner.net.state_dict())
