@@ -282,20 +282,18 @@ class _Predict:
         self.counted = [True] * len(cfg.label.consistency_views) + [False] * len(cfg.label.refine_views)
         self.iou = cfg.label.consistency_iou
         self.refiner = load_refiner(refiner, cfg.storage, str(self.teacher.device)) if refiner else None
-        self.refine_min_score = cfg.refine.min_score
 
     def detect(self, images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]:
-        """(detections (k, 6) in canvas pixels, agreement (k,) or None) per image; the boxes
-        moved by the box refiner when there is one."""
+        """(detections (k, 6) in canvas pixels, after the refiner if any; agreement or None) per image."""
         from ssl_ray.consistency import detect_with_views
         from ssl_ray.refine import refine_detections
 
         predict = lambda batch: self.teacher.predict(batch, self.floor)  # noqa: E731
         found = detect_with_views(predict, images, self.views, self.counted, self.iou)
-        if self.refiner is None:
-            return found
-        dets = refine_detections(self.refiner, images, [d for d, _ in found], self.refine_min_score)
-        return list(zip(dets, [agree for _, agree in found]))
+        if self.refiner is not None:
+            moved = refine_detections(self.refiner, images, [d for d, _ in found])
+            found = [(d, agree) for d, (_, agree) in zip(moved, found)]
+        return found
 
     def __call__(self, batch: dict) -> pa.Table:
         ok = np.array([not r for r in batch["reject_reason"]], dtype=bool)

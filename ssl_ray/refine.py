@@ -31,6 +31,7 @@ class RefineSpec:
     lr: float = 2e-3
     passes: int = 1  # applications per box: each pass starts from the last one's box
     blend: float = 0.5  # the box kept: blend x refined + (1 - blend) x the detector's
+    min_score: float = 0.0  # `refine_detections` leaves boxes scoring below this as they are
     seed: int = 0
 
     def __post_init__(self):
@@ -38,8 +39,9 @@ class RefineSpec:
             raise ValueError(f"crop must be at least 8 pixels (got {self.crop})")
         if self.context < 1 or not 0 < self.jitter < 1 or self.flips not in ("h", "hv"):
             raise ValueError("expected context >= 1, 0 < jitter < 1 and flips 'h' or 'hv'")
-        if self.steps < 1 or self.batch < 1 or self.passes < 1 or not 0 <= self.blend <= 1:
-            raise ValueError("expected steps, batch and passes >= 1, and 0 <= blend <= 1")
+        if self.steps < 1 or self.batch < 1 or self.passes < 1 or not 0 <= self.blend <= 1 \
+                or not 0 <= self.min_score <= 1:
+            raise ValueError("expected steps, batch and passes >= 1, and blend and min_score in 0..1")
 
 
 def crop_windows(boxes: np.ndarray, context: float) -> np.ndarray:
@@ -255,11 +257,10 @@ def _photometric(x, rng: np.random.Generator):
     return ((x - mean) * gain + mean + bias + torch.randn_like(x) * 0.02).clamp_(0, 1)
 
 
-def refine_detections(refiner: BoxRefiner, images: np.ndarray, dets: list[np.ndarray],
-                      min_score: float) -> list[np.ndarray]:
-    """Detections (k, 6: xyxy, score, class) per canvas with the boxes scoring at least
-    `min_score` refined; the others, and every score and class, as they were."""
-    keep = [d[:, 4] >= min_score for d in dets]
+def refine_detections(refiner: BoxRefiner, images: np.ndarray, dets: list[np.ndarray]) -> list[np.ndarray]:
+    """Detections (k, 6: xyxy, score, class) per canvas with the boxes scoring at least the
+    spec's `min_score` refined; the others, and every score and class, as they were."""
+    keep = [d[:, 4] >= refiner.spec.min_score for d in dets]
     moved = refiner(images, [d[k] for d, k in zip(dets, keep)])
     out = []
     for d, k, m in zip(dets, keep, moved):

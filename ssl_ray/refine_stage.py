@@ -32,7 +32,8 @@ def refine_spec(refine: RefineConfig, seed: int):
     from ssl_ray.refine import RefineSpec
 
     return RefineSpec(crop=refine.crop, context=refine.context, jitter=refine.jitter, flips=refine.flips,
-                      steps=refine.steps, batch=refine.batch, passes=refine.passes, blend=refine.blend, seed=seed)
+                      steps=refine.steps, batch=refine.batch, passes=refine.passes, blend=refine.blend,
+                      min_score=refine.min_score, seed=seed)
 
 
 def fit_refiner(cfg: Config, out: Store) -> str:

@@ -95,15 +95,15 @@ def test_refiner_learns_to_tighten_boxes_it_has_not_seen():
 def test_refine_detections_moves_only_confident_boxes_and_keeps_scores_and_classes():
     images, _ = rectangles(2, 48, seed=4)
     dets = [np.array([[5, 5, 20, 20, 0.9, 2], [10, 10, 30, 30, 0.05, 1]], float), np.zeros((0, 6))]
-    refiner = BoxRefiner(RefineSpec(crop=16, blend=1.0))
-    out = refine_detections(refiner, np.stack(images), dets, min_score=0.1)
+    refiner = BoxRefiner(RefineSpec(crop=16, blend=1.0, min_score=0.1))
+    out = refine_detections(refiner, np.stack(images), dets)
     assert out[0].shape == (2, 6) and out[1].shape == (0, 6)
     np.testing.assert_array_equal(out[0][:, 4:], dets[0][:, 4:])
     np.testing.assert_array_equal(out[0][1], dets[0][1])  # below min_score: untouched
     assert not np.array_equal(out[0][0, :4], dets[0][0, :4])  # an untrained net still moves it
     assert ((out[0][:, :4] >= 0) & (out[0][:, :4] <= 48)).all()  # clipped to the canvas
-    keep = BoxRefiner(RefineSpec(crop=16, blend=0.0), refiner.net.state_dict())
-    np.testing.assert_array_equal(refine_detections(keep, np.stack(images), dets, 0.1)[0], dets[0])
+    keep = BoxRefiner(RefineSpec(crop=16, blend=0.0, min_score=0.1), refiner.net.state_dict())
+    np.testing.assert_array_equal(refine_detections(keep, np.stack(images), dets)[0], dets[0])
 
 
 def test_state_round_trip_gives_the_same_boxes():
@@ -128,6 +128,7 @@ def test_state_round_trip_gives_the_same_boxes():
     ({"flips": "v"}, "flips"),
     ({"passes": 0}, "passes"),
     ({"blend": 1.5}, "blend"),
+    ({"min_score": -0.1}, "min_score"),
 ])
 def test_spec_refuses_bad_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
