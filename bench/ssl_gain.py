@@ -54,6 +54,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -121,19 +122,33 @@ def pool_truth(data: Path) -> dict[str, list[dict]]:
 
 
 def pseudo_quality(merged: Path, truth: dict[str, list[dict]], n_classes: int) -> dict:
-    """Box precision and recall (IoU 0.5, same class) of the pool rows a round trained on."""
+    """Box precision and recall (IoU 0.5, same class) of the pool rows a round trained on, and
+    what happened to the true objects no kept box found: painted out by an ignore region
+    (IoU 0.5, `select.ambiguous_images: mask`) or taught as background."""
     import pyarrow.parquet as pq
 
     from ssl_ray.thresholds import match_detections
 
-    rows = [r for r in pq.read_table(merged, columns=["image_id", "source", "boxes"]).to_pylist()
-            if r["source"] in ("pseudo", "negative")]
+    table = pq.read_table(merged)
+    rows = [r for r in table.select([c for c in ("image_id", "source", "boxes", "ignore") if c in table.column_names])
+            .to_pylist() if r["source"] in ("pseudo", "negative")]
     scored, n_truth = match_detections({r["image_id"]: r["boxes"] for r in rows},
                                        {r["image_id"]: truth[r["image_id"]] for r in rows}, n_classes)
     tp = sum(ok for per_class in scored for _, ok in per_class)
     boxes = sum(len(per_class) for per_class in scored)
+    missed = [(t, r.get("ignore") or []) for r in rows for t in truth[r["image_id"]]
+              if not any(b["cls"] == t["cls"] and box_iou(b, t) >= 0.5 for b in r["boxes"])]
+    masked = sum(any(box_iou(g, t) >= 0.5 for g in ignore) for t, ignore in missed)
     return {"images": len(rows), "boxes": boxes, "precision": round(tp / boxes, 3) if boxes else None,
-            "recall": round(tp / sum(n_truth), 3) if sum(n_truth) else None}
+            "recall": round(tp / sum(n_truth), 3) if sum(n_truth) else None,
+            "missed_masked": masked, "missed_as_background": len(missed) - masked}
+
+
+def box_iou(a: dict, b: dict) -> float:
+    from ssl_ray.consistency import iou
+    from ssl_ray.select import xyxy
+
+    return float(iou(np.array(xyxy(a)), np.array([xyxy(b)]))[0])
 
 
 def converged(held_out: dict, max_epochs: int) -> dict:

@@ -124,9 +124,10 @@ class SelectConfig:
     review_max: int = setting(1000, "most uncertain images exported for human review", ge=0)
     min_agreement: float = setting(1.0, "with label.consistency_views: share of the views that must agree with a "
                                         "pseudo-box", ge=0, le=1)
-    ambiguous_images: Literal["train", "review"] = setting(
+    ambiguous_images: Literal["train", "review", "mask"] = setting(
         "train", "an image with confident boxes and others scoring at least negative_max_score that are not kept: "
-                 "train on its confident boxes (the others become background), or send it to review")
+                 "train on its confident boxes (the others become background), send it to review, or train on "
+                 "it with the others painted grey (neither object nor background)")
     max_images_per_class: int | None = setting(None, "class balance: pseudo-labeled images trained on per class "
                                                      "(of an image's best box), highest scores first (null = all)", ge=1)
     adaptive: Literal["global", "val_precision", "pool_quantile"] = setting(

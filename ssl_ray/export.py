@@ -3,7 +3,9 @@
 The YOLO tree is what Ultralytics trains from. Its images come from a node-local,
 content-addressed cache: files are named `<image_id>.<ext>` where the id is a hex digest and
 the extension comes from the bytes, so no key, file name or label can steer a path outside
-the cache or the tree. Negatives get an empty label file, never a missing one.
+the cache or the tree. Negatives get an empty label file, never a missing one. A pseudo-labeled
+image with ignore regions (`select.ambiguous_images: mask`) is the one image written anew:
+a copy with those regions painted grey.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from typing import Callable, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
+from PIL import Image
 
 from ssl_ray import schema
+from ssl_ray.boxes import paint_out
 from ssl_ray.config import StorageConfig
 from ssl_ray.errors import DatasetError
-from ssl_ray.images import sniff_ext
+from ssl_ray.images import decode_rgb, sniff_ext
 from ssl_ray.storage import Store
 
 _IMAGE_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -134,6 +138,7 @@ def write_yolo_tree(
     cache where the filesystem allows, copies otherwise. Safe to re-run over a partial or an
     older tree: afterwards each split holds exactly `rows`, and files of other rows are removed.
     `repeat(row)` > 1 adds that many copies in all (`<id>~1.<ext>`, ...): oversampling.
+    A row with `ignore` regions is written as `<id>~masked.<ext>`, those regions painted grey.
     """
     out = Path(out_dir).expanduser().resolve()
     for split, rows in splits.items():
@@ -148,10 +153,14 @@ def write_yolo_tree(
         for row in rows:
             cached = cache.ensure(row["image_id"], lambda row=row: fetch(row))
             labels = label_lines(row["boxes"] or [])
+            masked = masked_image(cached, row["ignore"], row["boxes"] or []) if row.get("ignore") else None
+            base = f"{row['image_id']}~masked" if masked else row["image_id"]
             for k in range(repeat(row) if repeat else 1):
-                stem = row["image_id"] if k == 0 else f"{row['image_id']}~{k}"
-                target = img_dir / f"{stem}{cached.suffix}"
-                if not target.exists():
+                stem = base if k == 0 else f"{base}~{k}"
+                target = img_dir / f"{stem}{masked[1] if masked else cached.suffix}"
+                if masked:
+                    _write_atomic(target, masked[0])
+                elif not target.exists():
                     _link_or_copy(cached, target)
                 (lbl_dir / f"{stem}.txt").write_text(labels)
                 written.update((target.name, f"{stem}.txt"))
@@ -176,7 +185,30 @@ def export_yolo_tree(cfg, out: Store, rel: str, splits: dict[str, list[dict]], n
         if out.is_s3:
             for path in files:
                 out.write_bytes(f"{rel}/{path.relative_to(local).as_posix()}", path.read_bytes())
-        return {p.stem: p.relative_to(local).as_posix() for p in files if p.parent.parent.name == "images"}
+        paths = {}
+        for path in (p for p in files if p.parent.parent.name == "images"):
+            image_id, _, variant = path.stem.partition("~")
+            if variant in ("", "masked"):  # not an oversampling copy
+                paths[image_id] = path.relative_to(local).as_posix()
+        return paths
+
+
+def masked_image(path: Path, ignore: list[dict], keep: list[dict]) -> tuple[bytes, str]:
+    """(encoded image, its extension): the image at `path` with the `ignore` regions painted
+    grey but never a `keep` box's pixels; a JPEG stays a JPEG (quality 95), anything else
+    becomes a PNG. The orientation is applied to the pixels, as labels expect."""
+    painted = Image.fromarray(paint_out(decode_rgb(path.read_bytes(), max_pixels=1 << 62), ignore, keep))
+    buf = io.BytesIO()
+    jpeg = path.suffix.lower() in (".jpg", ".jpeg")
+    painted.save(buf, format="JPEG" if jpeg else "PNG", **({"quality": 95} if jpeg else {}))
+    return buf.getvalue(), ".jpg" if jpeg else ".png"
+
+
+def _write_atomic(dst: Path, data: bytes) -> None:
+    """Replace `dst` (never writing through it: it may be a hard link into the cache)."""
+    tmp = dst.with_name(dst.name + f".{uuid.uuid4().hex}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, dst)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -35,7 +35,7 @@ import numpy as np
 from ssl_ray import accounting
 from ssl_ray.config import Config, SelectConfig
 from ssl_ray.runtime import LazyRemote, ray_get
-from ssl_ray.select import classify, negative_order, uncertainty
+from ssl_ray.select import classify, negative_order, selected_row, uncertainty
 from ssl_ray.storage import Store
 from ssl_ray.thresholds import class_scores, thresholds_from_scores
 
@@ -73,6 +73,7 @@ class Candidates:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("pseudo", "negative", "uncertain"), 0))
     pseudo_per_class: list[int] = field(default_factory=list)  # pseudo images by the class of their best box
     pseudo_boxes: list[int] = field(default_factory=list)  # pseudo boxes by class
+    masked: list[int] = field(default_factory=lambda: [0, 0])  # pseudo images with ignore regions, regions
     pseudo: list[list[tuple]] = field(default_factory=list)  # per class: the best `cap` pseudo_key()s
     negatives: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))  # negative_order()s
     review: list[tuple] = field(default_factory=list)  # the `review_max` smallest (-uncertainty, image_id)
@@ -87,7 +88,7 @@ def classify_bucket(preds: list[dict], cfg: SelectConfig, thresholds: list[float
     negatives, review = [], []
     for row in preds:
         outcome, boxes, score = classify(row, cfg, thresholds)
-        sel = {**row, "source": outcome, "round": round, "boxes": boxes}
+        sel = selected_row(row, outcome, boxes, cfg, round)
         out.append(sel)
         cand.counts[outcome] += 1
         if outcome == "pseudo":
@@ -95,6 +96,9 @@ def classify_bucket(preds: list[dict], cfg: SelectConfig, thresholds: list[float
             for b in boxes:
                 cand.pseudo_boxes[b["cls"]] += 1
             pseudo[boxes[0]["cls"]].append(pseudo_key(sel))
+            if sel["ignore"]:
+                cand.masked[0] += 1
+                cand.masked[1] += len(sel["ignore"])
         elif outcome == "negative":
             negatives.append(negative_order(row["image_id"]))
         else:
@@ -210,7 +214,9 @@ def finalize(cfg: Config, stage: Store, names: list[str], round: int, teacher: s
         "round": round, "teacher": teacher, "conf": base, "files_listed": listed, "finalize_tasks": buckets,
         "items": total("items"), "videos_frames": total("videos_frames"),
         **{k: sum(p.counts[k] for p in parts) for k in ("pseudo", "negative", "uncertain")},
-        "negative_used": cut.negative_used, "pseudo_used": cut.pseudo_used, "rejected": total("rejected"),
+        "negative_used": cut.negative_used, "pseudo_used": cut.pseudo_used,
+        "pseudo_masked": {"images": sum(p.masked[0] for p in parts), "regions": sum(p.masked[1] for p in parts)},
+        "rejected": total("rejected"),
         "rejected_by_reason": reasons, "retried_copies_dropped": total("retried_copies_dropped"),
         "pseudo_boxes_per_class": dict(zip(names, (sum(p.pseudo_boxes[c] for p in parts) for c in range(len(names))))),
         "score_histogram": [sum(h) for h in zip(*(s["score_histogram"] for s in stats))],  # 20 bins over [0, 1]

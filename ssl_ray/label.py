@@ -36,7 +36,7 @@ LISTING_PART = 128  # pool entries per listing block: one decode task each, smal
 DECODE_MEMORY = 2**30  # bytes reserved per decode task (a worker measured ~430 MiB)
 OUTPUT_DIRS = ("raw", "scatter", "predictions", "rejects", "pseudo", "review", "review_export", "selection")
 RAW_ROWS_PER_FILE = 10_000  # raw/ holds pool / this files, not one per inference batch
-RAW_SCHEMA = pa.schema(list(schema.ROW_SCHEMA) + [("reject_reason", pa.string()), ("reject_detail", pa.string())])
+RAW_SCHEMA = schema.RAW_SCHEMA  # what inference writes, before selection
 
 
 class LabelError(SslRayError):

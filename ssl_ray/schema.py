@@ -35,7 +35,15 @@ ROW_SCHEMA = pa.schema([
     ("frame_index", pa.int64()),
     ("timestamp_s", pa.float64()),
     ("teacher", pa.string()),
+    # select.ambiguous_images=mask: unsure detections painted out of this pseudo-labeled
+    # image when it is trained on (neither object nor background); null otherwise
+    ("ignore", pa.list_(BOX_TYPE)),
 ])
+
+# What inference writes (raw/), before selection: a row with no ignore regions yet, and why
+# an item was rejected ('' when it was not).
+RAW_SCHEMA = pa.schema([f for f in ROW_SCHEMA if f.name != "ignore"]
+                       + [("reject_reason", pa.string()), ("reject_detail", pa.string())])
 
 REJECT_SCHEMA = pa.schema([
     ("uri", pa.string()),

@@ -6,7 +6,9 @@ Each image gets exactly one outcome:
   consistency views ran) the agreement filter; only those boxes are kept, the `max_boxes`
   highest-scoring ones. With `ambiguous_images: review`, an image that also has a box scoring
   at least `negative_max_score` that is not kept is uncertain instead: trained on, that
-  possible object would be taught as background. With `max_images_per_class`, each class
+  possible object would be taught as background. With `ambiguous_images: mask`, it stays
+  pseudo and those boxes become its `ignore` regions, painted grey where it is trained on
+  (`ignore_regions`). With `max_images_per_class`, each class
   (of an image's best box) trains on at most that many pseudo-labeled images, the
   highest-scoring first: frequent classes do not drown rare ones. The rest stay counted as
   pseudo but are not trained on.
@@ -22,7 +24,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ssl_ray.config import SelectConfig
+from ssl_ray.consistency import iou
 from ssl_ray.errors import ConfigError
 
 
@@ -83,6 +88,28 @@ def classify(row: dict, cfg: SelectConfig, thresholds: list[float]) -> tuple[str
     return "uncertain", boxes, uncertainty(boxes, cfg.negative_max_score, thresholds)
 
 
+def selected_row(row: dict, outcome: str, boxes: list[dict], cfg: SelectConfig, round: int) -> dict:
+    """A prediction row with its outcome: its kept boxes and, for a pseudo-labeled image under
+    `ambiguous_images: mask`, its ignore regions."""
+    ignore = ignore_regions(row["boxes"] or [], boxes, cfg.negative_max_score) \
+        if outcome == "pseudo" and cfg.ambiguous_images == "mask" else None
+    return {**row, "source": outcome, "round": round, "boxes": boxes, "ignore": ignore or None}
+
+
+def ignore_regions(detections: list[dict], kept: list[dict], low: float, same_object_iou: float = 0.5) -> list[dict]:
+    """The detections scoring at least `low` that are neither kept nor a kept box's duplicate
+    (IoU >= `same_object_iou` with one): possible objects the pseudo-labels miss.
+    Painting them out keeps them from being taught as background."""
+    kept_xyxy = np.array([xyxy(b) for b in kept], dtype=np.float64).reshape(-1, 4)
+    return [b for b in detections
+            if b["score"] >= low
+            and not (len(kept_xyxy) and iou(np.array(xyxy(b)), kept_xyxy).max() >= same_object_iou)]
+
+
+def xyxy(b: dict) -> tuple[float, float, float, float]:
+    return b["x"] - b["w"] / 2, b["y"] - b["h"] / 2, b["x"] + b["w"] / 2, b["y"] + b["h"] / 2
+
+
 def agrees(b: dict, min_agreement: float) -> bool:
     """A box without an agreement value (no consistency views ran) always agrees."""
     return b.get("agree") is None or b["agree"] >= min_agreement
@@ -113,7 +140,7 @@ def select(rows: list[dict], cfg: SelectConfig, names: list[str], *, round: int,
     ranked = []
     for row in rows:
         outcome, boxes, score = classify(row, cfg, thresholds)
-        out = {**row, "source": outcome, "round": round, "boxes": boxes}
+        out = selected_row(row, outcome, boxes, cfg, round)
         if outcome == "uncertain":
             ranked.append((-score, row["image_id"], out))
         else:

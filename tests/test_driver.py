@@ -23,13 +23,15 @@ def tiny(shapes, tmp_path, *extra):
 
 
 # Every selection mechanism on: adaptive thresholds from val precision (an untrained teacher
-# never reaches the target, so they fall back to the schedule), a flipped view for
+# never reaches the target, so they fall back to the schedule: no floor above it), a flipped view for
 # consistency (any agreement accepted, so something is selected), a zoomed view refining the
 # boxes (64 px * 1.25 = 80, off the model's stride), the learned box refiner (a few steps),
 # class balance, oversampling, and trainer arguments for the warm-started rounds only.
-MECHANISMS = ["select.adaptive=val_precision", "select.target_precision=0.5", "label.consistency_views=[flip]",
+MECHANISMS = ["select.adaptive=val_precision", "select.target_precision=0.5", "select.adaptive_floor=0.0",
+              "label.consistency_views=[flip]",
               "label.refine_views=[zoom:1.25]", "refine.enabled=true", "refine.steps=20", "refine.batch=16",
               "select.min_agreement=0.0", "select.max_images_per_class=6",
+              "select.ambiguous_images=mask", "select.max_boxes=1",  # the boxes past the first: masked
               "train.labeled_fraction=0.5", "train.finetune_extra={warmup_epochs: 0.5}"]
 
 
@@ -62,7 +64,7 @@ def test_rounds_end_to_end_resume_and_config_guard(ray_local, shapes, tmp_path):
             merged = pq.read_table(stage / "merged.parquet")
             assert merged.num_rows == len(set(merged.column("image_id").to_pylist()))
             assert merged.num_rows == 24 + lab["pseudo_used"] + lab["negative_used"] == metrics["train_images"]
-            assert lab["pseudo_used"] <= 3 * 6 and lab["pseudo_used"] <= lab["pseudo"]  # at most 6 per class
+            assert 0 < lab["pseudo_used"] <= 3 * 6 and lab["pseudo_used"] <= lab["pseudo"]  # at most 6 per class
             assert set(lab["class_thresholds"]) == {"circle", "square", "triangle"}
             boxes = [b for row in pq.read_table(stage / "predictions").to_pylist() for b in row["boxes"]]
             assert boxes and all(b["agree"] in (0.0, 1.0) for b in boxes)  # one flipped view: agrees or not
@@ -70,6 +72,10 @@ def test_rounds_end_to_end_resume_and_config_guard(ray_local, shapes, tmp_path):
             assert copies == max(1, round(metrics["train_images"] / 24 - 1))
             (tree,) = (tmp_path / "cache" / "train").glob(f"r{r:03d}-*/data/images/train")
             assert len(list(tree.iterdir())) == 24 * copies + metrics["train_images"] - 24
+            masked = [row for row in merged.to_pylist() if row["ignore"]]
+            assert masked and len(masked) <= lab["pseudo_masked"]["images"]
+            assert sorted(p.stem for p in tree.glob("*~masked.*")) == sorted(
+                f"{row['image_id']}~masked" for row in masked)
             export = stage / "review_export"
             tasks = json.loads((export / "label_studio.json").read_text())
             review = pq.read_table(stage / "review").num_rows

@@ -54,7 +54,8 @@ def bucketed(raw: list[dict], cfg: SelectConfig, buckets: int, conf: float, quan
         "preds": sorted(p["image_id"] for preds, _, _ in firsts for p in preds),
         "rejects": sorted((r["uri"], r["reason"]) for _, rejects, _ in firsts for r in rejects),
         "retries": sum(stats["retried_copies_dropped"] for _, _, stats in firsts),
-        "outcomes": sorted((r["image_id"], r["source"], len(r["boxes"])) for sel, _ in seconds for r in sel),
+        "outcomes": sorted((r["image_id"], r["source"], len(r["boxes"]), len(r["ignore"] or []))
+                           for sel, _ in seconds for r in sel),
         "training": sorted(r["image_id"] for training, _ in thirds for r in training),
         "review": [row["image_id"] for _, row in sorted((t for _, review in thirds for t in review),
                                                          key=lambda t: t[0])],
@@ -70,7 +71,7 @@ def whole(raw: list[dict], cfg: SelectConfig, conf: float, quantile: bool):
         "preds": sorted(p["image_id"] for p in preds),
         "rejects": sorted((r["uri"], r["reason"]) for r in rejects),
         "retries": retries,
-        "outcomes": sorted((r["image_id"], r["source"], len(r["boxes"]))
+        "outcomes": sorted((r["image_id"], r["source"], len(r["boxes"]), len(r["ignore"] or []))
                            for r in chosen.pseudo + chosen.negative + chosen.uncertain),
         "training": sorted(r["image_id"] for r in chosen.training),
         "review": [r["image_id"] for r in chosen.uncertain[: cfg.review_max]],
@@ -86,6 +87,7 @@ def whole(raw: list[dict], cfg: SelectConfig, conf: float, quantile: bool):
     (SelectConfig(conf=0.7, negative_max_score=0.5, max_negative_fraction=1.0, review_max=0), False),
     (SelectConfig(conf=0.5, negative_max_score=0.1, min_agreement=1.0, ambiguous_images="review",
                   per_class={"bike": 0.9}, max_boxes=1), False),
+    (SelectConfig(conf=0.5, negative_max_score=0.1, ambiguous_images="mask", max_boxes=1), False),
     (SelectConfig(conf=0.5, negative_max_score=0.1, adaptive="pool_quantile", keep_fraction=0.2,
                   max_images_per_class=20), True),
 ])
