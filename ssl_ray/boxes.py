@@ -44,7 +44,6 @@ def to_normalized_xywh(xyxy: np.ndarray, lb: Letterbox, width: int | np.ndarray,
     return np.stack([(x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height], axis=1)
 
 
-
 def pixel_window(box: dict, width: int, height: int) -> tuple[int, int, int, int]:
     """A normalized xywh box's pixels as (x0, y0, x1, y1) slice bounds, every pixel it
     touches included (rounded outward, past float noise), clipped to the image."""
