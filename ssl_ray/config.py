@@ -72,6 +72,9 @@ class TrainConfig:
     patience: int = setting(50, "Ultralytics early stopping: epochs without val improvement", ge=1)
     labeled_fraction: float | None = setting(None, "oversample labeled images to about this share of each epoch "
                                                    "(null = as they come)", gt=0, lt=1)
+    pseudo_box_weight: float = setting(1.0, "weight of the box-regression losses of pseudo-labeled boxes; their class "
+                                            "loss keeps weight 1 (0 = boxes are learned from labeled images only)",
+                                       ge=0, le=1)
     extra: dict[str, Any] = setting({}, "further Ultralytics trainer arguments (lr0, mosaic, ...)")
     finetune_extra: dict[str, Any] = setting(
         {}, "Ultralytics trainer arguments for rounds 1.. (warm-started from the last round), over train.extra: "

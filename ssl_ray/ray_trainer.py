@@ -19,6 +19,13 @@ checkpoint format) stays Ultralytics'. The subclass changes only how it meets Ra
 - **final evaluation**: `final_eval` strips checkpoints but does not re-validate best.pt (its
   standalone validator assumes CUDA inside DDP ranks); the best epoch's distributed
   validation is the result.
+- **pseudo-box weight** (`train.pseudo_box_weight` < 1): the box-regression losses (IoU, and
+  DFL or L1) of the boxes on pseudo-labeled images are scaled by the weight; their
+  classification loss is not. A per-box mark has to survive Ultralytics' augmentation (mosaic
+  mixes four images' boxes), and only the class column travels with every box: the training
+  dataset's in-memory labels of those images get `PSEUDO_MARK` added to their class, and the
+  loss takes it off again (`BoxLossWeights`) before the assigner reads the class. The tree on
+  disk stays plain YOLO.
 - **audit**: per epoch, each rank appends the images it trained on (count + digest) and a
   digest of its parameters to `<save_dir>/ranks/rank<N>.jsonl`: proof that the shards differ
   and the weights agree.
@@ -35,9 +42,14 @@ import os
 from functools import cache
 
 
-def make_trainer(world_size: int, overrides: dict):
-    """A RayDetectionTrainer for this rank."""
-    return _trainer_class()(world_size, overrides)
+PSEUDO_MARK = 0.5  # added to the class of a box whose box losses are weighted (exact in float32)
+
+
+def make_trainer(world_size: int, overrides: dict, pseudo_images: frozenset[str] = frozenset(),
+                 pseudo_box_weight: float = 1.0):
+    """A RayDetectionTrainer for this rank. `pseudo_images`: the image ids (`image_key`) whose
+    boxes get `pseudo_box_weight` in the box losses."""
+    return _trainer_class()(world_size, overrides, pseudo_images, pseudo_box_weight)
 
 
 @cache
@@ -51,7 +63,10 @@ def _trainer_class():
     ultralytics_trainer.check_amp = offline_check_amp(ultralytics_trainer.check_amp)
 
     class RayDetectionTrainer(DetectionTrainer):
-        def __init__(self, world_size: int, overrides: dict, _callbacks=None):
+        def __init__(self, world_size: int, overrides: dict, pseudo_images: frozenset[str] = frozenset(),
+                     pseudo_box_weight: float = 1.0, _callbacks=None):
+            self.pseudo_images = pseudo_images if pseudo_box_weight != 1.0 else frozenset()
+            self.pseudo_box_weight = pseudo_box_weight
             visible = os.environ.get("CUDA_VISIBLE_DEVICES")
             super().__init__(cfg=DEFAULT_CFG, overrides=overrides, _callbacks=_callbacks)
             if visible is not None:  # select_device rewrote it; Ray's assignment is the truth
@@ -87,6 +102,12 @@ def _trainer_class():
             self.accumulate = max(round(self.args.nbs / total), 1)
             if not self.args.time:
                 self.accumulate = min(self.accumulate, len(self.train_loader) * self.epochs)
+            if self.pseudo_images:  # on the criterion of the model being trained (the EMA copy validates)
+                if getattr(self.model, "criterion", None) is None:  # resuming has made one already
+                    self.model.criterion = self.model.init_criterion()
+                criterion = self.model.criterion  # E2E models (YOLO26) sum two detection losses
+                for loss in (criterion.one2many, criterion.one2one) if hasattr(criterion, "one2many") else (criterion,):
+                    BoxLossWeights(loss, self.pseudo_box_weight)
             if world > 1:  # Ultralytics' own DDP arguments; device_ids=None for CPU modules
                 buffers = "forward_sync_buffers" if "forward_sync_buffers" in _ddp_params() else "broadcast_buffers"
                 self.model = nn.parallel.DistributedDataParallel(
@@ -94,6 +115,16 @@ def _trainer_class():
                     find_unused_parameters=not bool(self.args.compile), static_graph=bool(self.args.compile),
                     **{buffers: False},
                 )
+
+        def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
+            dataset = super().build_dataset(img_path, mode, batch)
+            if mode == "train" and self.pseudo_images:
+                marked = mark_pseudo_boxes(dataset.labels, self.pseudo_images)
+                if RANK in {-1, 0}:
+                    from ultralytics.utils import LOGGER
+
+                    LOGGER.info(f"pseudo_box_weight {self.pseudo_box_weight}: {marked} boxes on pseudo-labeled images")
+            return dataset
 
         def preprocess_batch(self, batch):
             self._seen.extend(batch["im_file"])
@@ -129,6 +160,54 @@ def _trainer_class():
                 f.write(json.dumps(record) + "\n")
 
     return RayDetectionTrainer
+
+
+def image_key(path: str) -> str:
+    """The image id of a training-tree file: `<id>.<ext>`, `<id>~masked.<ext>`, `<id>~3.<ext>`."""
+    return os.path.basename(path).partition(".")[0].partition("~")[0]
+
+
+def mark_pseudo_boxes(labels: list[dict], pseudo_images: frozenset[str]) -> int:
+    """Add `PSEUDO_MARK` to the classes of the boxes on `pseudo_images` (Ultralytics' dataset
+    labels, in place); how many boxes."""
+    marked = 0
+    for label in labels:
+        if len(label["cls"]) and image_key(label["im_file"]) in pseudo_images:
+            label["cls"] = label["cls"] + PSEUDO_MARK
+            marked += len(label["cls"])
+    return marked
+
+
+class BoxLossWeights:
+    """Scales the box losses of marked boxes by `weight` inside one Ultralytics detection loss
+    (a `v8DetectionLoss`; E2E models have two). It wraps the loss's assigner, which sees each
+    image's padded classes: it takes the mark off before assigning, then maps every anchor to
+    the weight of the box it was assigned. It wraps the box loss, which scales the anchors'
+    target scores by that weight (the normalizer, the sum of all target scores, is unchanged:
+    the classification loss and the other boxes' losses are exactly as without weights)."""
+
+    def __init__(self, loss, weight: float):
+        self.weight = float(weight)
+        self.assigner, self.bbox_loss = loss.assigner, loss.bbox_loss
+        self.anchor_weight = None  # (batch, anchors), set by the last assignment
+        loss.assigner, loss.bbox_loss = self.assign, self.box_loss
+
+    def assign(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, **extra):
+        import torch
+
+        classes = gt_labels.floor()
+        marked = (gt_labels - classes) > PSEUDO_MARK / 2
+        out = self.assigner(pd_scores, pd_bboxes, anc_points, classes, gt_bboxes, mask_gt, **extra)
+        self.anchor_weight = None
+        if gt_labels.shape[1] and bool(marked.any()):
+            box_weight = torch.where(marked, self.weight, 1.0).squeeze(-1).to(pd_scores.dtype)  # (batch, boxes)
+            self.anchor_weight = box_weight.gather(1, out[4].long())  # target_gt_idx: each anchor's box
+        return out
+
+    def box_loss(self, pred_dist, pred_bboxes, anchor_points, target_bboxes, target_scores, *rest):
+        if self.anchor_weight is not None:
+            target_scores = target_scores * self.anchor_weight.unsqueeze(-1)
+        return self.bbox_loss(pred_dist, pred_bboxes, anchor_points, target_bboxes, target_scores, *rest)
 
 
 def offline_check_amp(check_amp):

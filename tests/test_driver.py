@@ -32,7 +32,7 @@ MECHANISMS = ["select.adaptive=val_precision", "select.target_precision=0.5", "s
               "label.refine_views=[zoom:1.25]", "refine.enabled=true", "refine.steps=20", "refine.batch=16",
               "select.min_agreement=0.0", "select.max_images_per_class=6",
               "select.ambiguous_images=mask", "select.max_boxes=1",  # the boxes past the first: masked
-              "train.labeled_fraction=0.5", "train.finetune_extra={warmup_epochs: 0.5}"]
+              "train.labeled_fraction=0.5", "train.finetune_extra={warmup_epochs: 0.5}", "train.pseudo_box_weight=0.5"]
 
 
 def digests(root: Path) -> dict:
@@ -72,6 +72,9 @@ def test_rounds_end_to_end_resume_and_config_guard(ray_local, shapes, tmp_path):
             assert copies == max(1, round(metrics["train_images"] / 24 - 1))
             (tree,) = (tmp_path / "cache" / "train").glob(f"r{r:03d}-*/data/images/train")
             assert len(list(tree.iterdir())) == 24 * copies + metrics["train_images"] - 24
+            pseudo = json.loads((tree.parents[1] / "pseudo_images.json").read_text())  # their box losses: x 0.5
+            assert pseudo and sorted(pseudo) == sorted(
+                row["image_id"] for row in merged.to_pylist() if row["source"] == "pseudo" and row["boxes"])
             masked = [row for row in merged.to_pylist() if row["ignore"]]
             assert masked and len(masked) <= lab["pseudo_masked"]["images"]
             assert sorted(p.stem for p in tree.glob("*~masked.*")) == sorted(
