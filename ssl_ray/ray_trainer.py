@@ -102,7 +102,7 @@ def _trainer_class():
             self.accumulate = max(round(self.args.nbs / total), 1)
             if not self.args.time:
                 self.accumulate = min(self.accumulate, len(self.train_loader) * self.epochs)
-            if self.pseudo_images:  # on the criterion of the model being trained (the EMA copy validates)
+            if self.pseudo_images:  # the trained model's criterion; the EMA copy validates with its own
                 if getattr(self.model, "criterion", None) is None:  # resuming has made one already
                     self.model.criterion = self.model.init_criterion()
                 criterion = self.model.criterion  # E2E models (YOLO26) sum two detection losses
