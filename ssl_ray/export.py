@@ -174,6 +174,11 @@ def write_yolo_tree(
     return data_yaml
 
 
+def tree_image_id(path: str | os.PathLike) -> str:
+    """The image id of a file `write_yolo_tree` wrote: `<id>.<ext>`, `<id>~masked.<ext>`, `<id>~3.<ext>`."""
+    return os.path.basename(path).partition(".")[0].partition("~")[0]
+
+
 def export_yolo_tree(cfg, out: Store, rel: str, splits: dict[str, list[dict]], names: list[str]) -> dict[str, str]:
     """A YOLO tree at `<out>/<rel>` (built in a temp folder and uploaded when `out` is on S3),
     images from the node's cache; returns image_id -> the image's path inside the tree."""

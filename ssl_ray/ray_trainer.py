@@ -47,7 +47,7 @@ PSEUDO_MARK = 0.5  # added to the class of a box whose box losses are weighted (
 
 def make_trainer(world_size: int, overrides: dict, pseudo_images: frozenset[str] = frozenset(),
                  pseudo_box_weight: float = 1.0):
-    """A RayDetectionTrainer for this rank. `pseudo_images`: the image ids (`image_key`) whose
+    """A RayDetectionTrainer for this rank. `pseudo_images`: the image ids (`export.tree_image_id`) whose
     boxes get `pseudo_box_weight` in the box losses."""
     return _trainer_class()(world_size, overrides, pseudo_images, pseudo_box_weight)
 
@@ -162,17 +162,14 @@ def _trainer_class():
     return RayDetectionTrainer
 
 
-def image_key(path: str) -> str:
-    """The image id of a training-tree file: `<id>.<ext>`, `<id>~masked.<ext>`, `<id>~3.<ext>`."""
-    return os.path.basename(path).partition(".")[0].partition("~")[0]
-
-
 def mark_pseudo_boxes(labels: list[dict], pseudo_images: frozenset[str]) -> int:
     """Add `PSEUDO_MARK` to the classes of the boxes on `pseudo_images` (Ultralytics' dataset
     labels, in place); how many boxes."""
+    from ssl_ray.export import tree_image_id
+
     marked = 0
     for label in labels:
-        if len(label["cls"]) and image_key(label["im_file"]) in pseudo_images:
+        if len(label["cls"]) and tree_image_id(label["im_file"]) in pseudo_images:
             label["cls"] = label["cls"] + PSEUDO_MARK
             marked += len(label["cls"])
     return marked
@@ -199,7 +196,7 @@ class BoxLossWeights:
         marked = (gt_labels - classes) > PSEUDO_MARK / 2
         out = self.assigner(pd_scores, pd_bboxes, anc_points, classes, gt_bboxes, mask_gt, **extra)
         self.anchor_weight = None
-        if gt_labels.shape[1] and bool(marked.any()):
+        if gt_labels.shape[1]:  # (no `marked.any()` test: it would wait for the device every batch)
             box_weight = torch.where(marked, self.weight, 1.0).squeeze(-1).to(pd_scores.dtype)  # (batch, boxes)
             self.anchor_weight = box_weight.gather(1, out[4].long())  # target_gt_idx: each anchor's box
         return out

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ssl_ray.ray_trainer import PSEUDO_MARK, image_key, mark_pseudo_boxes
+from ssl_ray.export import tree_image_id
+from ssl_ray.ray_trainer import PSEUDO_MARK, mark_pseudo_boxes
 
 
 @pytest.mark.parametrize("path, key", [
@@ -16,8 +17,8 @@ from ssl_ray.ray_trainer import PSEUDO_MARK, image_key, mark_pseudo_boxes
     ("/t/images/train/ab12~masked~2.jpg", "ab12"),
     ("ab12", "ab12"),
 ])
-def test_image_key(path, key):
-    assert image_key(path) == key
+def test_tree_image_id(path, key):
+    assert tree_image_id(path) == key
 
 
 def test_mark_pseudo_boxes_marks_only_the_pseudo_images():
@@ -46,9 +47,9 @@ def test_the_mark_survives_mosaic_and_perspective(ultralytics, shapes):
     data = {"names": {0: "circle", 1: "square", 2: "triangle"}, "nc": 3, "channels": 3}
     args = get_cfg(overrides={"imgsz": 96, "mosaic": 1.0, "degrees": 10.0, "fliplr": 0.5, "cache": False})
     dataset = build_yolo_dataset(args, str(shapes.parent / "images" / "train"), 8, data, mode="train", stride=32)
-    keys = sorted({image_key(lb["im_file"]) for lb in dataset.labels})
+    keys = sorted({tree_image_id(lb["im_file"]) for lb in dataset.labels})
     pseudo = frozenset(keys[::2])
-    plain_boxes = {image_key(lb["im_file"]): lb["cls"].ravel().tolist() for lb in dataset.labels}
+    plain_boxes = {tree_image_id(lb["im_file"]): lb["cls"].ravel().tolist() for lb in dataset.labels}
     assert mark_pseudo_boxes(dataset.labels, pseudo) == sum(len(plain_boxes[k]) for k in pseudo)
     fractions = []
     for i in range(len(dataset)):
