@@ -6,7 +6,7 @@ jittered), runs the teacher on the pool as the label stage does (`--combo`, see
 (class-agnostic: the refiner moves boxes, it does not change classes) before and after
 refinement: recall, precision, median IoU of the covered objects and the shares at IoU >=
 0.9 and 0.95, for one or two passes, the refined box alone (blend 1.0) or averaged with the
-teacher's (0.5).
+teacher's (0.5), and with each `--tta` (the refiner's answers averaged over mirrored crops).
 
     .venv/bin/python bench/refine_tightness.py /tmp/gain/0-baseline-e600/rounds/r000/weights/best.pt \\
         /tmp/gain/data0/data.yaml --json docs/results/refine-tightness-seed0.json
@@ -55,6 +55,8 @@ def main() -> int:
                          "of 1 or 2 passes and blend 1.0 or 0.5 are scored)")
     ap.add_argument("--refiner", help="a trained refiner (a run's refiner/refiner.pt) instead of training one "
                                       "(--set is then ignored)")
+    ap.add_argument("--tta", nargs="+", default=["none"], choices=["none", "h", "hv"],
+                    help="refiner symmetries averaged at application (refine.tta): each is scored")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -96,11 +98,11 @@ def main() -> int:
                "refiner": args.refiner, "fit_s": fit_s and round(fit_s, 1), "teacher_forward_s": round(forward_s, 2),
                "boxes": sum(map(len, dets)), "teacher": tightness(agnostic, truth, args.conf)}
     refiner(images, agnostic)  # warm-up: the first call's allocations are not the refiner's steady cost
-    for passes, blend in [(1, 1.0), (1, 0.5), (2, 1.0), (2, 0.5)]:
-        variant = BoxRefiner(dataclasses.replace(spec, passes=passes, blend=blend), refiner.net.state_dict())
+    for tta, passes, blend in [(t, p, b) for t in args.tta for p, b in [(1, 1.0), (1, 0.5), (2, 1.0), (2, 0.5)]]:
+        variant = BoxRefiner(dataclasses.replace(spec, passes=passes, blend=blend, tta=tta), refiner.net.state_dict())
         t0 = time.perf_counter()
         refined = variant(images, agnostic)
-        results[f"refined: passes {passes}, blend {blend}"] = {
+        results[f"refined: passes {passes}, blend {blend}" + (f", tta {tta}" if tta != "none" else "")] = {
             **tightness(refined, truth, args.conf), "seconds": round(time.perf_counter() - t0, 2)}
     text = json.dumps(results, indent=2)
     print(text)

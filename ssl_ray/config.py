@@ -159,6 +159,8 @@ class RefineConfig:
     min_score: float = setting(0.1, "boxes scoring below this are left as the teacher gave them", ge=0, le=1)
     blend: float = setting(0.5, "the box kept: blend x the refined box + (1 - blend) x the teacher's", ge=0, le=1)
     passes: int = setting(1, "refiner passes per box, each from the last pass's box", ge=1)
+    tta: Literal["none", "h", "hv"] = setting(
+        "none", "average the refiner's edges over the crop and its mirror (h) or all 8 flips and transposes (hv)")
     steps: int = setting(3000, "training steps (batches of jittered labeled boxes)", ge=1)
     batch: int = setting(64, "boxes per training step", ge=1)
     jitter: float = setting(0.06, "training: each edge of a true box moved by up to this share of its side", gt=0, lt=1)

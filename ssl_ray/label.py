@@ -281,7 +281,7 @@ class _Predict:
         self.views = parse_views(cfg.label.consistency_views + cfg.label.refine_views, cfg.model.imgsz)
         self.counted = [True] * len(cfg.label.consistency_views) + [False] * len(cfg.label.refine_views)
         self.iou = cfg.label.consistency_iou
-        self.refiner = load_refiner(refiner, cfg.storage, str(self.teacher.device)) if refiner else None
+        self.refiner = load_refiner(refiner, cfg.storage, str(self.teacher.device), cfg.refine) if refiner else None
 
     def detect(self, images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """(detections (k, 6) in canvas pixels, after the refiner if any; agreement or None) per image."""

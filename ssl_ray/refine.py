@@ -19,6 +19,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+# the crop transforms applied at training (`_augment`) and averaged over at application
+# (`spec.tta`), each its own inverse: mirror left-right, flip upside down, transpose
+SYMMETRIES = {"none": [()], "h": [(), ("h",)],
+              "hv": [tuple(op for op, on in zip("hvt", bits) if on) for bits in np.ndindex(2, 2, 2)]}
+
 
 @dataclass(frozen=True, slots=True)
 class RefineSpec:
@@ -32,13 +37,15 @@ class RefineSpec:
     passes: int = 1  # applications per box: each pass starts from the last one's box
     blend: float = 0.5  # the box kept: blend x refined + (1 - blend) x the detector's
     min_score: float = 0.0  # `refine_detections` leaves boxes scoring below this as they are
+    tta: str = "none"  # applying: average the edges found in the crop and in its mirror ("h") or all 8 symmetries
     seed: int = 0
 
     def __post_init__(self):
         if self.crop < 8:
             raise ValueError(f"crop must be at least 8 pixels (got {self.crop})")
-        if self.context < 1 or not 0 < self.jitter < 1 or self.flips not in ("h", "hv"):
-            raise ValueError("expected context >= 1, 0 < jitter < 1 and flips 'h' or 'hv'")
+        if self.context < 1 or not 0 < self.jitter < 1 or self.flips not in ("h", "hv") \
+                or self.tta not in SYMMETRIES:
+            raise ValueError("expected context >= 1, 0 < jitter < 1, flips 'h' or 'hv' and tta 'none', 'h' or 'hv'")
         if self.steps < 1 or self.batch < 1 or self.passes < 1 or not 0 <= self.blend <= 1 \
                 or not 0 <= self.min_score <= 1:
             raise ValueError("expected steps, batch and passes >= 1, and blend and min_score in 0..1")
@@ -180,7 +187,7 @@ class BoxRefiner:
         with torch.no_grad():
             for _ in range(self.spec.passes):
                 windows = crop_windows(xyxy, self.spec.context)
-                moved = decode(windows, self.net(_crops(pixels, index, windows, self.spec.crop)).double().cpu().numpy())
+                moved = decode(windows, self._edges(_crops(pixels, index, windows, self.spec.crop)))
                 xyxy = np.concatenate([np.minimum(moved[:, :2], moved[:, 2:]),
                                        np.maximum(moved[:, :2], moved[:, 2:])], 1)
         h, w = pixels.shape[2:]
@@ -188,6 +195,20 @@ class BoxRefiner:
         for i, b in enumerate(out):
             b[:, :4] = xyxy[index == i]
         return out
+
+    def _edges(self, crops) -> np.ndarray:
+        """The net's (K, 4) edge fractions, averaged over the crops' symmetries in `spec.tta`:
+        each transformed copy's answer is mapped back before averaging."""
+        found = []
+        for ops in SYMMETRIES[self.spec.tta]:
+            x = crops
+            for op in ops:
+                x = _flip_crops(x, op)
+            y = self.net(x).double().cpu().numpy()
+            for op in reversed(ops):
+                y = _flip_fractions(y, op)
+            found.append(y)
+        return np.mean(found, axis=0)
 
     def state(self) -> dict:
         return {"spec": asdict(self.spec), "net": {k: v.cpu() for k, v in self.net.state_dict().items()}}
@@ -223,26 +244,34 @@ def _jitter(boxes: np.ndarray, scale: float, rng: np.random.Generator) -> np.nda
     return np.concatenate([np.minimum(moved[:, :2], moved[:, 2:] - 1), np.maximum(moved[:, 2:], moved[:, :2] + 1)], 1)
 
 
+def _flip_crops(x, op: str):
+    """Crops (N, C, S, S) mirrored ("h"), flipped upside down ("v") or transposed ("t")."""
+    return {"h": lambda: x.flip(-1), "v": lambda: x.flip(-2), "t": lambda: x.transpose(-1, -2)}[op]()
+
+
+def _flip_fractions(y: np.ndarray, op: str) -> np.ndarray:
+    """Edge fractions (N, 4: x1, y1, x2, y2) of crops, as the same edges read in the crops
+    transformed by `_flip_crops(op)`."""
+    if op == "h":
+        return np.stack([1 - y[:, 2], y[:, 1], 1 - y[:, 0], y[:, 3]], 1)
+    if op == "v":
+        return np.stack([y[:, 0], 1 - y[:, 3], y[:, 2], 1 - y[:, 1]], 1)
+    return y[:, [1, 0, 3, 2]]
+
+
 def _augment(x, y: np.ndarray, flips: str, rng: np.random.Generator):
     """Mirror each crop with even odds, its target with it; with "hv" also flip it upside down
     and transpose it (square crops: the eight symmetries of the square)."""
     import torch
 
     y = y.copy()
-    for kind in ("h", "v", "t") if flips == "hv" else ("h",):
+    for op in ("h", "v", "t") if flips == "hv" else ("h",):
         pick = rng.random(len(y)) < 0.5
         if not pick.any():
             continue
         mask = torch.from_numpy(pick).to(x.device)
-        if kind == "h":
-            x[mask] = x[mask].flip(-1)
-            y[pick] = np.stack([1 - y[pick, 2], y[pick, 1], 1 - y[pick, 0], y[pick, 3]], 1)
-        elif kind == "v":
-            x[mask] = x[mask].flip(-2)
-            y[pick] = np.stack([y[pick, 0], 1 - y[pick, 3], y[pick, 2], 1 - y[pick, 1]], 1)
-        else:
-            x[mask] = x[mask].transpose(-1, -2)
-            y[pick] = y[pick][:, [1, 0, 3, 2]]
+        x[mask] = _flip_crops(x[mask], op)
+        y[pick] = _flip_fractions(y[pick], op)
     return x, y
 
 

@@ -33,7 +33,7 @@ def refine_spec(refine: RefineConfig, seed: int):
 
     return RefineSpec(crop=refine.crop, context=refine.context, jitter=refine.jitter, flips=refine.flips,
                       steps=refine.steps, batch=refine.batch, passes=refine.passes, blend=refine.blend,
-                      min_score=refine.min_score, seed=seed)
+                      min_score=refine.min_score, tta=refine.tta, seed=seed)
 
 
 def fit_refiner(cfg: Config, out: Store) -> str:
@@ -61,8 +61,12 @@ def fit_refiner(cfg: Config, out: Store) -> str:
     return out.uri_of(REFINER)
 
 
-def load_refiner(uri: str, storage: StorageConfig, device: str = "cpu"):
-    """The `BoxRefiner` saved at `uri` (local path or s3://)."""
+def load_refiner(uri: str, storage: StorageConfig, device: str = "cpu", apply: RefineConfig | None = None):
+    """The `BoxRefiner` saved at `uri` (local path or s3://). With `apply`, how it is applied
+    (passes, blend, min_score, tta) comes from that config, not from the run that trained it:
+    a resumed or reused refiner follows the settings of the run using it."""
+    import dataclasses
+
     import torch
 
     from ssl_ray.refine import BoxRefiner
@@ -70,7 +74,11 @@ def load_refiner(uri: str, storage: StorageConfig, device: str = "cpu"):
     folder, _, name = uri.rpartition("/")
     state = torch.load(io.BytesIO(Store(folder or ".", storage).read_bytes(name)), map_location="cpu",
                        weights_only=True)
-    return BoxRefiner.from_state(state, device)
+    refiner = BoxRefiner.from_state(state, device)
+    if apply is not None:
+        refiner.spec = dataclasses.replace(refiner.spec, passes=apply.passes, blend=apply.blend,
+                                           min_score=apply.min_score, tta=apply.tta)
+    return refiner
 
 
 def labeled_canvases(cfg: Config, rows: list[dict]) -> tuple[list[np.ndarray], list[np.ndarray]]:

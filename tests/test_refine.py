@@ -82,6 +82,52 @@ def test_augmented_crops_and_targets_move_together(flips):
         np.testing.assert_allclose(measured, target, atol=1.5 / crop)
 
 
+def extent(crops):
+    """A net that is exactly equivariant: the bright pixels' extent in each crop, as fractions."""
+    import torch
+
+    bright = crops.mean(1) > 155 / 255  # (N, S, S)
+    size = crops.shape[-1]
+    out = []
+    for b in bright.numpy():
+        cols, rows = np.flatnonzero(b.any(0)), np.flatnonzero(b.any(1))
+        out.append([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1])
+    return torch.tensor(out, dtype=torch.float32) / size
+
+
+@pytest.mark.parametrize("tta", ["h", "hv"])
+def test_tta_maps_each_symmetric_answer_back(tta):
+    """An equivariant net answers the same with and without averaging over symmetries: every
+    transformed crop's edges are mapped back to the original crop before the mean."""
+    images, boxes = rectangles(6, 64, seed=1)
+    for image, b in zip(images, boxes):
+        image[:] = 60
+        x0, y0, x1, y1 = b[0].astype(int)
+        image[y0:y1, x0:x1] = 250
+    start = [b[:1] + np.random.default_rng(i).uniform(-2, 2, (1, 4)) for i, b in enumerate(boxes)]
+    plain, averaged = BoxRefiner(RefineSpec(crop=32, blend=1.0)), BoxRefiner(RefineSpec(crop=32, blend=1.0, tta=tta))
+    plain.net = averaged.net = extent
+    for a, b, truth in zip(plain(images, start), averaged(images, start), boxes):
+        np.testing.assert_allclose(a, b, atol=1e-9)
+        np.testing.assert_allclose(a, truth[:1], atol=1.5)  # and it found the rectangle
+
+
+@pytest.mark.parametrize("tta, expected", [
+    ("none", [0.1, 0.2, 0.7, 0.9]),
+    ("h", [0.2, 0.2, 0.8, 0.9]),  # the mirror reads x1 = 1 - 0.7 and x2 = 1 - 0.1
+    # all 8: each edge averaged over its reading from every side: x1 = y1 = (0.1 + 0.2 + 0.3 + 0.1) / 4
+    ("hv", [0.175, 0.175, 0.825, 0.825]),
+])
+def test_tta_averages_a_biased_net(tta, expected):
+    """A net that ignores the crop and always answers the same: averaging over symmetries
+    cancels its asymmetries, as the table says."""
+    import torch
+
+    refiner = BoxRefiner(RefineSpec(crop=8, tta=tta))
+    refiner.net = lambda x: torch.tensor([[0.1, 0.2, 0.7, 0.9]]).repeat(len(x), 1)
+    np.testing.assert_allclose(refiner._edges(torch.zeros(3, 3, 8, 8)), [expected] * 3, atol=1e-12)
+
+
 def test_refiner_learns_to_tighten_boxes_it_has_not_seen():
     """Trained on jittered rectangles, it brings held-out jittered boxes closer to the truth."""
     spec = RefineSpec(crop=24, steps=200, batch=32, lr=3e-3, blend=1.0, jitter=0.15)
@@ -129,6 +175,7 @@ def test_state_round_trip_gives_the_same_boxes():
     ({"passes": 0}, "passes"),
     ({"blend": 1.5}, "blend"),
     ({"min_score": -0.1}, "min_score"),
+    ({"tta": "v"}, "tta"),
 ])
 def test_spec_refuses_bad_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -167,3 +214,22 @@ def test_labeled_canvases_letterbox_images_and_boxes_alike(tmp_path):
     few = load_config(None, ["model.imgsz=64", "refine.max_images=1"])
     rows = [rows[0], {**rows[0], "uri": str(tmp_path / "wide.png")}]
     assert len(labeled_canvases(few, rows)[0]) == 1
+
+
+def test_loaded_refiner_is_applied_as_the_running_config_says(tmp_path):
+    """A refiner trained with one pass and no tta, loaded by a run configured for two passes
+    and tta: the run's application settings win; its training settings are the saved ones."""
+    import torch
+
+    from ssl_ray.config import load_config
+    from ssl_ray.refine_stage import load_refiner
+
+    images, boxes = rectangles(2, 48, seed=5)
+    trained = BoxRefiner.fit(images, boxes, RefineSpec(crop=16, steps=2, batch=4, jitter=0.1))
+    torch.save(trained.state(), tmp_path / "refiner.pt")
+    cfg = load_config(None, ["refine.passes=2", "refine.tta=hv", "refine.blend=1.0", "refine.min_score=0.3"])
+    as_saved = load_refiner(str(tmp_path / "refiner.pt"), cfg.storage)
+    applied = load_refiner(str(tmp_path / "refiner.pt"), cfg.storage, apply=cfg.refine)
+    assert as_saved.spec == trained.spec
+    assert (applied.spec.passes, applied.spec.tta, applied.spec.blend, applied.spec.min_score) == (2, "hv", 1.0, 0.3)
+    assert (applied.spec.crop, applied.spec.jitter, applied.spec.steps) == (16, 0.1, 2)
