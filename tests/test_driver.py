@@ -25,12 +25,13 @@ def tiny(shapes, tmp_path, *extra):
 # Every selection mechanism on: adaptive thresholds from val precision (an untrained teacher
 # never reaches the target, so they fall back to the schedule: no floor above it), a flipped view for
 # consistency (any agreement accepted, so something is selected), a zoomed view refining the
-# boxes (64 px * 1.25 = 80, off the model's stride), the learned box refiner (a few steps),
-# class balance, oversampling, and trainer arguments for the warm-started rounds only.
+# boxes (64 px * 1.25 = 80, off the model's stride), the learned box refiner (a few steps;
+# each box also read mirrored), class balance, oversampling, and trainer arguments for the
+# warm-started rounds only.
 MECHANISMS = ["select.adaptive=val_precision", "select.target_precision=0.5", "select.adaptive_floor=0.0",
               "label.consistency_views=[flip]",
               "label.refine_views=[zoom:1.25]", "refine.enabled=true", "refine.steps=20", "refine.batch=16",
-              "select.min_agreement=0.0", "select.max_images_per_class=6",
+              "refine.tta=h", "select.min_agreement=0.0", "select.max_images_per_class=6",
               "select.ambiguous_images=mask", "select.max_boxes=1",  # the boxes past the first: masked
               "train.labeled_fraction=0.5", "train.finetune_extra={warmup_epochs: 0.5}", "train.pseudo_box_weight=0.5"]
 
