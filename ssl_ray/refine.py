@@ -16,6 +16,7 @@ canvas the label stage runs the teacher on), boxes xyxy.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import reduce
 
 import numpy as np
 
@@ -198,17 +199,13 @@ class BoxRefiner:
 
     def _edges(self, crops) -> np.ndarray:
         """The net's (K, 4) edge fractions, averaged over the crops' symmetries in `spec.tta`:
-        each transformed copy's answer is mapped back before averaging."""
-        found = []
-        for ops in SYMMETRIES[self.spec.tta]:
-            x = crops
-            for op in ops:
-                x = _flip_crops(x, op)
-            y = self.net(x).double().cpu().numpy()
-            for op in reversed(ops):
-                y = _flip_fractions(y, op)
-            found.append(y)
-        return np.mean(found, axis=0)
+        every transformed copy in one forward, each answer mapped back before averaging."""
+        import torch
+
+        views = SYMMETRIES[self.spec.tta]
+        answers = self.net(torch.cat([reduce(_flip_crops, ops, crops) for ops in views])).double().cpu().numpy()
+        return np.mean([reduce(_flip_fractions, reversed(ops), y)
+                        for ops, y in zip(views, np.split(answers, len(views)))], axis=0)
 
     def state(self) -> dict:
         return {"spec": asdict(self.spec), "net": {k: v.cpu() for k, v in self.net.state_dict().items()}}
@@ -246,7 +243,7 @@ def _jitter(boxes: np.ndarray, scale: float, rng: np.random.Generator) -> np.nda
 
 def _flip_crops(x, op: str):
     """Crops (N, C, S, S) mirrored ("h"), flipped upside down ("v") or transposed ("t")."""
-    return {"h": lambda: x.flip(-1), "v": lambda: x.flip(-2), "t": lambda: x.transpose(-1, -2)}[op]()
+    return x.flip(-1) if op == "h" else x.flip(-2) if op == "v" else x.transpose(-1, -2)
 
 
 def _flip_fractions(y: np.ndarray, op: str) -> np.ndarray:
