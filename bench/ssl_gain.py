@@ -75,6 +75,9 @@ DEFAULT_VARIANTS = ["naive", "global", "adaptive", "adaptive+consistency", "adap
 SLOTS = threading.Semaphore(2)  # runs in flight at once: --jobs
 
 
+RAY_DID_NOT_START = 75  # --one's exit status when its local Ray cluster timed out starting: run again
+
+
 def steps(images: int, batch: int, epochs: int) -> int:
     return math.ceil(images / batch) * epochs
 
@@ -87,9 +90,14 @@ def execute(overrides: list[str], log: Path) -> list[dict]:
         log.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         print(f"[{time.strftime('%H:%M:%S')}] start  {out.name}", flush=True)
-        with log.open("a") as f:
-            code = subprocess.run([sys.executable, __file__, "--one", json.dumps(overrides)], stdout=f,
-                                  stderr=subprocess.STDOUT).returncode
+        for attempt in range(1, 4):  # a loaded machine can start Ray too slowly for Ray's own 30 s wait
+            with log.open("a") as f:
+                code = subprocess.run([sys.executable, __file__, "--one", json.dumps(overrides)], stdout=f,
+                                      stderr=subprocess.STDOUT).returncode
+            if code != RAY_DID_NOT_START or attempt == 3:
+                break
+            print(f"[{time.strftime('%H:%M:%S')}] retry  {out.name}: Ray did not start in time", flush=True)
+            time.sleep(15 * attempt)
         if code:
             raise RuntimeError(f"{out.name} failed (exit {code}); its log: {log}")
         print(f"[{time.strftime('%H:%M:%S')}] done   {out.name} in {(time.perf_counter() - t0) / 60:.1f} min",
@@ -103,7 +111,13 @@ def run_one(overrides: list[str]) -> int:
     from ssl_ray.driver import run_rounds
     from ssl_ray.runtime import start_ray
 
-    start_ray(num_cpus=8, log_to_driver=False)
+    try:
+        start_ray(num_cpus=8, log_to_driver=False)
+    except Exception as e:  # Ray raises a bare Exception when its raylet registers late
+        if "timed out during startup" not in str(e):
+            raise
+        print(f"Ray did not start: {e}", flush=True)
+        return RAY_DID_NOT_START
     run_rounds(load_config(DEMO, overrides))
     return 0
 
