@@ -73,8 +73,6 @@ VARIANTS = {
 VARIANTS["adaptive+consistency+oversample"] = [*VARIANTS["adaptive+consistency"], "train.labeled_fraction=0.4"]
 DEFAULT_VARIANTS = ["naive", "global", "adaptive", "adaptive+consistency", "adaptive+consistency+oversample"]
 SLOTS = threading.Semaphore(2)  # runs in flight at once: --jobs
-
-
 RAY_DID_NOT_START = 75  # --one's exit status when its local Ray cluster timed out starting: run again
 
 
