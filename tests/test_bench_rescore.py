@@ -41,6 +41,7 @@ def test_rounds_of_a_run(tmp_path):
         (folder / "metrics.json").write_text(json.dumps({"held_out": {"mAP50-95": score}}))
         if weights:
             (folder / "weights" / "best.pt").write_bytes(b"")
-    (tmp_path / "rounds" / "r002" / "ray").mkdir(parents=True)  # still training: no metrics.json, not a round
+    (tmp_path / "rounds" / "r002" / "ray").mkdir(parents=True)  # still training: Ray checkpoints, no metrics.json
     rows = rescore.rounds_of(tmp_path)
-    assert [(r["round"], r["recorded"], r["weights"] is not None) for r in rows] == [("r000", 0.5, False), ("r001", 0.6, True)]
+    assert [(r["round"], r["recorded"], r["weights"] is not None) for r in rows] == [
+        ("r000", 0.5, False), ("r001", 0.6, True), ("r002", None, False)]
