@@ -25,16 +25,18 @@ from pathlib import Path
 
 import yaml
 
+from ssl_ray.config import StorageConfig
+from ssl_ray.dataset import load_data_yaml
+from ssl_ray.storage import Store
+
 
 def absolute_data_yaml(data: Path, folder: Path) -> Path:
-    """A copy of an Ultralytics data yaml whose `path` is absolute. A relative `path` (the
-    synthetic sets write `path: .`) means the yaml's own folder; Ultralytics would read it
-    against the current directory instead."""
-    spec = yaml.safe_load(data.read_text())
-    root = Path(spec.get("path") or ".")
-    spec["path"] = str(root if root.is_absolute() else (data.parent / root).resolve())
+    """A copy of an Ultralytics data yaml whose `path` is absolute, resolved as ssl_ray reads
+    `labeled.data` (a relative `path`, like the synthetic sets' `path: .`, is the yaml's own
+    folder); Ultralytics would read it against the current directory instead."""
+    spec = load_data_yaml(str(data.resolve()), lambda uri: Store(uri, StorageConfig()))
     out = folder / data.name
-    out.write_text(yaml.safe_dump(spec))
+    out.write_text(yaml.safe_dump({**spec.meta, "path": spec.root.path()}))
     return out
 
 
@@ -75,13 +77,14 @@ def main() -> int:
             if not (run / "config.yaml").exists():
                 print(f"| {run} | | not a run folder (no config.yaml), not scored | | |")
                 continue
+            imgsz = imgsz_of(run)
             for r in rounds_of(run) or [{"round": "", "recorded": None, "weights": None}]:
                 if r["recorded"] is None:
                     print(f"| {run.name} | {r['round']} | not finished, not scored | | |")
                 elif r["weights"] is None:
                     print(f"| {run.name} | {r['round']} | {r['recorded']:.4f} | no weights kept | |")
                 else:
-                    box = YOLO(str(r["weights"])).val(data=str(data), imgsz=imgsz_of(run), batch=args.batch,
+                    box = YOLO(str(r["weights"])).val(data=str(data), imgsz=imgsz, batch=args.batch,
                                                       device=args.device, split="val", plots=False, verbose=False).box
                     diff = box.map - r["recorded"]
                     worst, scored = max(worst, abs(diff)), scored + 1

@@ -29,7 +29,7 @@ def test_relative_data_root_is_the_yaml_folder(tmp_path, path, expected):
 
 
 def test_absolute_data_root_is_kept(tmp_path):
-    (tmp_path / "data.yaml").write_text(yaml.safe_dump({"path": "/srv/set", "val": "v"}))
+    (tmp_path / "data.yaml").write_text(yaml.safe_dump({"path": "/srv/set", "val": "v", "names": ["a"]}))
     (tmp_path / "copy").mkdir()
     assert yaml.safe_load(rescore.absolute_data_yaml(tmp_path / "data.yaml", tmp_path / "copy").read_text())["path"] == "/srv/set"
 
