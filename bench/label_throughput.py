@@ -15,6 +15,11 @@ Also the peak memory (PSS, summed over every Ray process) of (b) for a pool of N
 On a GPU machine (one inference actor per GPU share, fp16; (a) on the same GPU):
 
     python bench/label_throughput.py --device cuda --n 2000 --imgsz 640 --gpus-per-actor 1 --no-memory
+
+The box refiner's cost (`--refiner`, with a trained teacher so that there are boxes to refine):
+
+    .venv/bin/python bench/label_throughput.py --n 1000 --imgsz 96 --no-memory --views flip --set refine.passes=2 \
+        --weights /tmp/gain/0-baseline-e600/rounds/r000/weights/best.pt --refiner RUN/refiner/refiner.pt
 """
 
 from __future__ import annotations
@@ -184,9 +189,9 @@ def fresh_cluster(num_cpus: int | None = 8, workers_soft_limit: int | None = Non
 
 
 def bench_stage(weights: str, pool: Path, args, batch: int, work: Path, tag: str,
-                overrides: list[str] = ()) -> tuple[float, float, int, dict]:
+                overrides: list[str] = (), refiner: str | None = None) -> tuple[float, float, int, dict]:
     """(seconds, images/s, peak Ray PSS bytes, summary) of one label-stage run; `overrides`
-    change its config (e.g. consistency views)."""
+    change its config (e.g. consistency views); `refiner`: a saved box refiner the stage applies."""
     from ssl_ray.config import load_config
     from ssl_ray.label import label_pool
     from ssl_ray.storage import Store
@@ -202,7 +207,7 @@ def bench_stage(weights: str, pool: Path, args, batch: int, work: Path, tag: str
     names = teacher_classes(weights)
     fresh_cluster(num_cpus, cfg.ray.num_workers_soft_limit)
     start = time.perf_counter()
-    summary = label_pool(cfg, Store(cfg.output.dir), round=1, weights=weights, names=names)
+    summary = label_pool(cfg, Store(cfg.output.dir), round=1, weights=weights, names=names, refiner=refiner)
     seconds = time.perf_counter() - start
     if args.no_memory:
         return seconds, summary["items"] / seconds, 0, summary
@@ -210,8 +215,23 @@ def bench_stage(weights: str, pool: Path, args, batch: int, work: Path, tag: str
     # a timed run here).
     fresh_cluster(num_cpus, cfg.ray.num_workers_soft_limit)
     with RayMemory() as mem:
-        label_pool(cfg, Store(str(work / f"{tag}-mem")), round=1, weights=weights, names=names)
+        label_pool(cfg, Store(str(work / f"{tag}-mem")), round=1, weights=weights, names=names, refiner=refiner)
     return seconds, summary["items"] / seconds, mem.peak, summary
+
+
+def side_runs(views: list[str], also: list[str], refiner: str | None) -> dict[str, tuple[list[str], str | None]]:
+    """The stage runs timed after the plain one, in order: name -> (config overrides, refiner).
+    The refiner runs with the same views as the `views` run, right after it, so that the two
+    differ only by the refiner."""
+    runs: dict[str, tuple[list[str], str | None]] = {}
+    view_overrides = [f"label.consistency_views=[{', '.join(views)}]"] if views else []
+    if views:
+        runs["views"] = (view_overrides, None)
+    if refiner:
+        runs["refiner"] = (view_overrides, refiner)
+    if also:
+        runs["also"] = (list(also), None)
+    return runs
 
 
 def cpu_stage_args(imgsz: int) -> argparse.Namespace:
@@ -270,6 +290,10 @@ def main() -> int:
     ap.add_argument("--also", nargs="*", default=[], metavar="KEY=VALUE",
                     help="also run (b) at N and 4N with these config overrides (e.g. label.actor_calls=1), "
                          "side by side: steady state, end to end, memory growth")
+    ap.add_argument("--weights", help="a teacher trained on the synthetic shapes at --imgsz, instead of an "
+                                          "untrained YOLO26n (which finds nothing: no boxes to refine)")
+    ap.add_argument("--refiner", help="also time (b) with --views and this saved box refiner (a run's "
+                                      "refiner/refiner.pt; --set refine.passes=2 etc. apply), against --views alone")
     ap.add_argument("--repeat", type=int, default=1, help="measure (a), (c) and (b) this many times in turn; "
                                                             "medians are reported, with the ratios' ranges")
     ap.add_argument("--json", help="also write the figures here")
@@ -278,7 +302,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="ssl_ray-bench-"))
     try:
-        weights = untrained_teacher(work)
+        weights = args.weights or untrained_teacher(work)
         # (c) runs as the stage's actor does: with its heap kept or not (docs/benchmarks.md)
         keep_heap = load_config(DEMO, args.set).label.keep_freed_heap
         pool_n = make_pool(work / "n", args.n, args.imgsz)
@@ -340,18 +364,21 @@ def main() -> int:
             figures["repeats"] = reps
         stage_bs, steady, b4 = reps[-1]["batch_b"], figures["b_stage_steady_img_s"], figures["b_stage_end_to_end_4n_img_s"]
         # The same stage again, right after, with other settings: their effect, side by side.
-        variants = {"views": [f"label.consistency_views=[{', '.join(args.views)}]"]} if args.views else {}
-        variants.update({"also": args.also} if args.also else {})
-        for name, overrides in variants.items():
-            _, _, mem_vn, _ = bench_stage(weights, pool_n, args, stage_bs, work, f"{name}_n", [*args.set, *overrides])
+        for name, (overrides, refiner) in side_runs(args.views, args.also, args.refiner).items():
+            _, _, mem_vn, _ = bench_stage(weights, pool_n, args, stage_bs, work, f"{name}_n", [*args.set, *overrides],
+                                          refiner)
             _, bv4, mem_v4n, summary_v = bench_stage(weights, pool_4n, args, stage_bs, work, f"{name}_4n",
-                                                     [*args.set, *overrides])
+                                                     [*args.set, *overrides], refiner)
             steady_v = summary_v["inference_items_per_s"]
             figures.update({name: overrides, f"b_{name}_end_to_end_4n_img_s": round(bv4, 1),
                             f"b_{name}_steady_img_s": round(steady_v, 1),
                             f"{name}_steady_over_plain": round(steady_v / steady, 2),
                             f"{name}_end_to_end_4n_over_plain": round(bv4 / b4, 2),
                             f"{name}_memory_growth": round(mem_v4n / mem_vn - 1, 3) if mem_vn else None})
+            if name == "refiner" and args.views:  # its cost: against the same views without it, run just before
+                figures.update({"refiner_steady_over_views": round(steady_v / figures["b_views_steady_img_s"], 2),
+                                "refiner_end_to_end_4n_over_views":
+                                    round(bv4 / figures["b_views_end_to_end_4n_img_s"], 2)})
         emit(figures, args.json)
         return 0
     finally:
