@@ -352,6 +352,7 @@ def main() -> int:
         # Each figure is the median over the repetitions (ratios are taken within a repetition,
         # then their median); the spread of the ratios is reported beside them.
         figures = {"n": args.n, "imgsz": args.imgsz, "cores": os.cpu_count(), "device": device_name(args.device),
+                   "teacher": args.weights or "yolo26n.yaml (untrained)", "refiner_weights": args.refiner,
                    "set": args.set,
                    "actors": args.actors if args.device != "cpu" else 1, "threads_a": a_threads,
                    "threads_b_c": args.threads, "keep_freed_heap_b_c": keep_heap, "repeat": args.repeat}
