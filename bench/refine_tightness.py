@@ -10,6 +10,9 @@ teacher's (0.5), and with each `--tta` (the refiner's answers averaged over mirr
 
     .venv/bin/python bench/refine_tightness.py /tmp/gain/0-baseline-e600/rounds/r000/weights/best.pt \\
         /tmp/gain/data0/data.yaml --json docs/results/refine-tightness-seed0.json
+
+With --spread, the refiner's spread over the crop's eight symmetries is scored as a sign of a
+loose box (`train.max_box_spread`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,40 @@ def load_split(root: Path, split: str) -> tuple[list[Path], np.ndarray, list[np.
     return files, images, boxes
 
 
+def best_iou(dets: np.ndarray, objects: list[np.ndarray]) -> np.ndarray:
+    """Each detection's best IoU with any true box of its image (0 when there is none)."""
+    from ssl_ray.consistency import iou
+
+    if not len(objects):
+        return np.zeros(len(dets))
+    return np.array([iou(d[:4], np.array(objects)).max() for d in dets]).reshape(len(dets))
+
+
+def spread_table(ious: np.ndarray, spreads: np.ndarray, cuts: list[float]) -> dict:
+    """Is a box's spread a sign of a loose box? Boxes by spread quartile (their spread range, median
+    IoU with the truth, share at IoU >= 0.9), the rank correlation of spread and IoU (negative:
+    the more spread, the looser), and per cut the share of boxes at or under it with their
+    median IoU and share at >= 0.9, against the same for the boxes over it."""
+    def ranks(v):
+        return np.argsort(np.argsort(v, kind="stable"), kind="stable").astype(float)
+
+    def scored(part):
+        return {"boxes": int(len(part)), "median_iou": round(float(np.median(part)), 3) if len(part) else None,
+                "iou_at_least_0.9": round(float((part >= 0.9).mean()), 3) if len(part) else None}
+
+    table: dict = {"boxes": int(len(ious))}
+    if len(ious) < 4:
+        return table
+    edges = np.quantile(spreads, [0, 0.25, 0.5, 0.75, 1])
+    quartile = np.clip(np.searchsorted(edges[1:-1], spreads, side="right"), 0, 3)
+    table["rank_correlation"] = round(float(np.corrcoef(ranks(spreads), ranks(ious))[0, 1]), 3)
+    table["quartiles"] = [{"spread": [round(float(spreads[quartile == q].min()), 4),
+                                      round(float(spreads[quartile == q].max()), 4)], **scored(ious[quartile == q])}
+                          for q in range(4) if (quartile == q).any()]
+    table["cuts"] = {str(c): {"kept": scored(ious[spreads <= c]), "over": scored(ious[spreads > c])} for c in cuts}
+    return table
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("weights", help="the teacher, e.g. a run's rounds/r000/weights/best.pt")
@@ -57,6 +94,10 @@ def main() -> int:
                                       "(--set is then ignored)")
     ap.add_argument("--tta", nargs="+", default=["none"], choices=["none", "h", "hv"],
                     help="refiner symmetries averaged at application (refine.tta): each is scored")
+    ap.add_argument("--spread", nargs="*", type=float, metavar="CUT",
+                    help="also score the refiner's spread (`BoxRefiner.refine`) as a box-reliability signal, with the "
+                         "spec's own passes, blend and tta: each refined box's IoU with the truth by spread quartile, "
+                         "and what a cut at each CUT keeps")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -104,6 +145,10 @@ def main() -> int:
         refined = variant(images, agnostic)
         results[f"refined: passes {passes}, blend {blend}" + (f", tta {tta}" if tta != "none" else "")] = {
             **tightness(refined, truth, args.conf), "seconds": round(time.perf_counter() - t0, 2)}
+    if args.spread is not None:
+        refined, spreads = refiner.refine(images, agnostic, spread=True)
+        best = [best_iou(d, [b for _, b in objects]) for d, objects in zip(refined, truth)]
+        results["spread"] = spread_table(np.concatenate(best), np.concatenate(spreads), args.spread)
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:

@@ -1,9 +1,6 @@
-"""The one typed configuration of ssl_ray.
-
-Defaults are for a real GPU cluster; `jobs/configs/demo.yaml` is the small CPU profile the
-demo and tests start from. Load with `load_config(path, overrides)`, where overrides are
-`section.key=value` strings (values parsed as YAML). Credentials never live here: S3 uses
-the standard AWS sources (environment, profile, instance role).
+"""The one typed configuration of ssl_ray. Defaults are for a real GPU cluster; `ssl_ray/configs/demo.yaml`
+is the small CPU profile of the demo and tests. `load_config(path, overrides)`: overrides are `section.key=value`
+strings (values parsed as YAML). No credentials here: S3 uses the AWS sources (environment, profile, role).
 """
 
 from __future__ import annotations
@@ -75,6 +72,8 @@ class TrainConfig:
     pseudo_box_weight: float = setting(1.0, "weight of the box-regression losses of pseudo-labeled boxes; their class "
                                             "loss keeps weight 1 (0 = boxes are learned from labeled images only)",
                                        ge=0, le=1)
+    max_box_spread: float | None = setting(None, "with refine.enabled: only the pseudo-boxes whose refiner spread is "
+                                                 "above this get pseudo_box_weight (null: all of them)", ge=0)
     extra: dict[str, Any] = setting({}, "further Ultralytics trainer arguments (lr0, mosaic, ...)")
     finetune_extra: dict[str, Any] = setting(
         {}, "Ultralytics trainer arguments for rounds 1.. (warm-started from the last round), over train.extra: "
@@ -223,6 +222,10 @@ class Config:
     rounds: RoundsConfig = setting(RoundsConfig(), "")
     output: OutputConfig = setting(OutputConfig(), "")
     ray: RayConfig = setting(RayConfig(), "")
+
+    def __post_init__(self):
+        if self.train.max_box_spread is not None and not self.refine.enabled:
+            raise ValueError("train.max_box_spread needs refine.enabled: the spread is the box refiner's")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

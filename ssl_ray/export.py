@@ -128,6 +128,25 @@ def label_lines(boxes: Iterable[dict]) -> str:
     return "".join(f"{b['cls']} {b['x']:.6f} {b['y']:.6f} {b['w']:.6f} {b['h']:.6f}\n" for b in boxes)
 
 
+def pseudo_box_marks(rows: Iterable[dict], max_spread: float | None) -> dict[str, list[list[float]] | None]:
+    """The boxes `train.pseudo_box_weight` weighs, by image id: every box of a pseudo-labeled
+    image (None), or with `max_spread` only its boxes whose refiner spread is above it, each as
+    its label-file values [cls, x, y, w, h] (`label_lines`: six decimals). Images with nothing
+    to mark are left out; a box without a spread is not marked."""
+    marks: dict[str, list[list[float]] | None] = {}
+    for row in rows:
+        if row["source"] != "pseudo" or not row["boxes"]:
+            continue
+        if max_spread is None:
+            marks[row["image_id"]] = None
+            continue
+        unsure = [[b["cls"], *(round(b[k], 6) for k in "xywh")] for b in row["boxes"]
+                  if b.get("spread") is not None and b["spread"] > max_spread]
+        if unsure:
+            marks[row["image_id"]] = unsure
+    return marks
+
+
 def write_yolo_tree(
     out_dir: str | os.PathLike, splits: dict[str, list[dict]], names: list[str], cache: ImageCache,
     fetch: Callable[[dict], bytes], repeat: Callable[[dict], int] | None = None,

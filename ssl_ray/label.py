@@ -21,10 +21,11 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from ssl_ray import accounting, boxes, schema
+from ssl_ray import accounting, schema
 from ssl_ray.config import Config, absolute_weights, with_absolute_paths
 from ssl_ray.errors import SslRayError
 from ssl_ray.finalize import finalize
+from ssl_ray.raw import Detections, raw_table
 from ssl_ray.resources import label_data_budget
 from ssl_ray.runtime import LazyRemote, ensure_resources, ray_get
 from ssl_ray.storage import Store
@@ -216,50 +217,6 @@ def _columns(rows: list[dict]) -> dict:
     }
 
 
-def raw_table(batch: dict, dets: list[tuple[np.ndarray, np.ndarray | None]]) -> pa.Table:
-    """One RAW_SCHEMA row per item of a decoded batch (`_columns`), built column by column.
-
-    `dets` holds, for each item not rejected and in order, its detections (k, 6: canvas-pixel
-    xyxy, score, class) and their agreement (k,) or None (no consistency views ran). Boxes
-    are mapped back to normalized xywh on the original image; a box clipped to nothing is
-    dropped. Missing provenance ('' / -1 / NaN in the batch) becomes null.
-    """
-    n = len(batch["image_id"])
-    ok = np.array([not r for r in batch["reject_reason"]], dtype=bool)
-    owners = np.flatnonzero(ok)
-    if len(owners) != len(dets):
-        raise ValueError(f"{len(dets)} detection sets for {len(owners)} images that were not rejected")
-    d = np.concatenate([np.asarray(x, np.float64).reshape(-1, 6) for x, _ in dets] or [np.zeros((0, 6))])
-    agree = np.concatenate([np.full(len(x), np.nan) if a is None else np.asarray(a, np.float64)
-                            for x, a in dets] or [np.zeros(0)])
-    owner = np.repeat(owners, [len(x) for x, _ in dets]).astype(np.int64)
-    lb = boxes.Letterbox(np.asarray(batch["ratio"], np.float64)[owner], np.asarray(batch["pad_x"], np.float64)[owner],
-                         np.asarray(batch["pad_y"], np.float64)[owner])
-    width, height = np.asarray(batch["width"])[owner], np.asarray(batch["height"])[owner]
-    xywh = boxes.to_normalized_xywh(d[:, :4], lb, width, height)
-    keep = (xywh[:, 2] > 0) & (xywh[:, 3] > 0)
-    xywh, d, agree = xywh[keep], d[keep], agree[keep]
-    offsets = np.concatenate([[0], np.cumsum(np.bincount(owner[keep], minlength=n))]).astype(np.int32)
-    f32 = lambda v: pa.array(v.astype(np.float32), pa.float32())  # noqa: E731
-    box_arrays = [pa.array(d[:, 5].astype(np.int32), pa.int32()), *(f32(xywh[:, j]) for j in range(4)), f32(d[:, 4]),
-                  pa.array(agree.astype(np.float32), pa.float32(), mask=np.isnan(agree))]
-    structs = pa.StructArray.from_arrays(box_arrays, fields=list(schema.BOX_TYPE))
-    frame = np.asarray(batch["frame_index"], np.int64)
-    ts = np.asarray(batch["timestamp_s"], np.float64)
-    text = lambda k: pa.array([str(v) for v in batch[k]], pa.string())  # noqa: E731
-    video = [str(v) or None for v in batch["video_uri"]]
-    columns = {
-        "image_id": text("image_id"), "uri": text("uri"),
-        "width": pa.array(np.asarray(batch["width"], np.int32)), "height": pa.array(np.asarray(batch["height"], np.int32)),
-        "source": pa.nulls(n, pa.string()), "round": pa.array(np.zeros(n, np.int32)),
-        "boxes": pa.ListArray.from_arrays(pa.array(offsets), structs, type=pa.list_(schema.BOX_TYPE)),
-        "video_uri": pa.array(video, pa.string()), "frame_index": pa.array(frame, pa.int64(), mask=frame < 0),
-        "timestamp_s": pa.array(ts, pa.float64(), mask=np.isnan(ts)), "teacher": pa.nulls(n, pa.string()),
-        "reject_reason": text("reject_reason"), "reject_detail": text("reject_detail"),
-    }
-    return pa.Table.from_arrays([columns[f.name] for f in RAW_SCHEMA], schema=RAW_SCHEMA)
-
-
 class _Predict:
     """Inference actor: one teacher per actor, batched forward (every view of the batch with the
     canvas's size in the same forward; a zoom in a forward of its own), detections mapped back,
@@ -282,18 +239,20 @@ class _Predict:
         self.counted = [True] * len(cfg.label.consistency_views) + [False] * len(cfg.label.refine_views)
         self.iou = cfg.label.consistency_iou
         self.refiner = load_refiner(refiner, cfg.storage, str(self.teacher.device), cfg.refine) if refiner else None
+        self.spread = cfg.train.max_box_spread is not None  # only what is used is measured (8 views)
 
-    def detect(self, images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]:
-        """(detections (k, 6) in canvas pixels, after the refiner if any; agreement or None) per image."""
+    def detect(self, images: np.ndarray) -> list[Detections]:
+        """Each image's detections in canvas pixels, after the refiner if any, with their
+        agreement and (`train.max_box_spread`) the refiner's spread."""
         from ssl_ray.consistency import detect_with_views
-        from ssl_ray.refine import refine_detections
+        from ssl_ray.refine_stage import refine_detections
 
         predict = lambda batch: self.teacher.predict(batch, self.floor)  # noqa: E731
         found = detect_with_views(predict, images, self.views, self.counted, self.iou)
-        if self.refiner is not None:
-            moved = refine_detections(self.refiner, images, [d for d, _ in found])
-            found = [(d, agree) for d, (_, agree) in zip(moved, found)]
-        return found
+        if self.refiner is None:
+            return [Detections(d, agree) for d, agree in found]
+        moved, spread = refine_detections(self.refiner, images, [d for d, _ in found], self.spread)
+        return [Detections(d, agree, s) for d, (_, agree), s in zip(moved, found, spread or [None] * len(moved))]
 
     def __call__(self, batch: dict) -> pa.Table:
         ok = np.array([not r for r in batch["reject_reason"]], dtype=bool)

@@ -20,8 +20,8 @@ checkpoint format) stays Ultralytics'. The subclass changes only how it meets Ra
   standalone validator assumes CUDA inside DDP ranks); the best epoch's distributed
   validation is the result.
 - **pseudo-box weight** (`train.pseudo_box_weight` < 1): the box-regression losses (IoU, and
-  DFL or L1) of the boxes on pseudo-labeled images are scaled by the weight; their
-  classification loss is not. A per-box mark has to survive Ultralytics' augmentation (mosaic
+  DFL or L1) of the boxes on pseudo-labeled images (with `train.max_box_spread`, only of those
+  the box refiner was unsure of) are scaled by the weight; their classification loss is not. A per-box mark has to survive Ultralytics' augmentation (mosaic
   mixes four images' boxes), and only the class column travels with every box: the training
   dataset's in-memory labels of those images get `PSEUDO_MARK` added to their class, and the
   loss takes it off again (`BoxLossWeights`) before the assigner reads the class. The tree on
@@ -45,11 +45,10 @@ from functools import cache
 PSEUDO_MARK = 0.5  # added to the class of a box whose box losses are weighted (exact in float32)
 
 
-def make_trainer(world_size: int, overrides: dict, pseudo_images: frozenset[str] = frozenset(),
-                 pseudo_box_weight: float = 1.0):
-    """A RayDetectionTrainer for this rank. `pseudo_images`: the image ids (`export.tree_image_id`) whose
-    boxes get `pseudo_box_weight` in the box losses."""
-    return _trainer_class()(world_size, overrides, pseudo_images, pseudo_box_weight)
+def make_trainer(world_size: int, overrides: dict, pseudo_marks: dict | None = None, pseudo_box_weight: float = 1.0):
+    """A RayDetectionTrainer for this rank. `pseudo_marks` (`export.pseudo_box_marks`): the boxes
+    that get `pseudo_box_weight` in the box losses."""
+    return _trainer_class()(world_size, overrides, pseudo_marks or {}, pseudo_box_weight)
 
 
 @cache
@@ -63,9 +62,9 @@ def _trainer_class():
     ultralytics_trainer.check_amp = offline_check_amp(ultralytics_trainer.check_amp)
 
     class RayDetectionTrainer(DetectionTrainer):
-        def __init__(self, world_size: int, overrides: dict, pseudo_images: frozenset[str] = frozenset(),
-                     pseudo_box_weight: float = 1.0, _callbacks=None):
-            self.pseudo_images = pseudo_images if pseudo_box_weight != 1.0 else frozenset()
+        def __init__(self, world_size: int, overrides: dict, pseudo_marks: dict, pseudo_box_weight: float = 1.0,
+                     _callbacks=None):
+            self.pseudo_marks = pseudo_marks if pseudo_box_weight != 1.0 else {}
             self.pseudo_box_weight = pseudo_box_weight
             visible = os.environ.get("CUDA_VISIBLE_DEVICES")
             super().__init__(cfg=DEFAULT_CFG, overrides=overrides, _callbacks=_callbacks)
@@ -102,7 +101,7 @@ def _trainer_class():
             self.accumulate = max(round(self.args.nbs / total), 1)
             if not self.args.time:
                 self.accumulate = min(self.accumulate, len(self.train_loader) * self.epochs)
-            if self.pseudo_images:  # the trained model's criterion; the EMA copy validates with its own
+            if self.pseudo_marks:  # the trained model's criterion; the EMA copy validates with its own
                 if getattr(self.model, "criterion", None) is None:  # resuming has made one already
                     self.model.criterion = self.model.init_criterion()
                 criterion = self.model.criterion  # E2E models (YOLO26) sum two detection losses
@@ -118,12 +117,12 @@ def _trainer_class():
 
         def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
             dataset = super().build_dataset(img_path, mode, batch)
-            if mode == "train" and self.pseudo_images:
-                marked = mark_pseudo_boxes(dataset.labels, self.pseudo_images)
+            if mode == "train" and self.pseudo_marks:
+                marked = mark_pseudo_boxes(dataset.labels, self.pseudo_marks)
                 if RANK in {-1, 0}:
                     from ultralytics.utils import LOGGER
 
-                    LOGGER.info(f"pseudo_box_weight {self.pseudo_box_weight}: {marked} boxes on pseudo-labeled images")
+                    LOGGER.info(f"pseudo_box_weight {self.pseudo_box_weight}: {marked} pseudo-boxes")
             return dataset
 
         def preprocess_batch(self, batch):
@@ -162,16 +161,27 @@ def _trainer_class():
     return RayDetectionTrainer
 
 
-def mark_pseudo_boxes(labels: list[dict], pseudo_images: frozenset[str]) -> int:
-    """Add `PSEUDO_MARK` to the classes of the boxes on `pseudo_images` (Ultralytics' dataset
-    labels, in place); how many boxes."""
+def mark_pseudo_boxes(labels: list[dict], marks: dict[str, list[list[float]] | None]) -> int:
+    """Add `PSEUDO_MARK` to the classes of the boxes in `marks` (`export.pseudo_box_marks`: every
+    box of an image, or the boxes listed by their label-file values) in Ultralytics' dataset
+    labels, in place; how many boxes. Listed boxes are found by value, not by position:
+    Ultralytics drops duplicate label lines, which reorders them."""
+    import numpy as np
+
     from ssl_ray.export import tree_image_id
 
     marked = 0
     for label in labels:
-        if len(label["cls"]) and tree_image_id(label["im_file"]) in pseudo_images:
-            label["cls"] = label["cls"] + PSEUDO_MARK
-            marked += len(label["cls"])
+        key = tree_image_id(label["im_file"])
+        if not len(label["cls"]) or key not in marks:
+            continue
+        if marks[key] is None:
+            hit = np.ones(len(label["cls"]), bool)
+        else:
+            values = np.concatenate([label["cls"].reshape(-1, 1), label["bboxes"]], axis=1)
+            hit = (np.abs(values[:, None] - np.asarray(marks[key], np.float64)[None]) <= 2e-6).all(-1).any(-1)
+        label["cls"] = label["cls"] + PSEUDO_MARK * hit.reshape(-1, 1).astype(label["cls"].dtype)
+        marked += int(hit.sum())
     return marked
 
 

@@ -177,35 +177,49 @@ class BoxRefiner:
 
     def __call__(self, images: list[np.ndarray] | np.ndarray, boxes: list[np.ndarray]) -> list[np.ndarray]:
         """Refined copies of `boxes` (per image, (k, 4+) with xyxy first; other columns kept)."""
+        return self.refine(images, boxes)[0]
+
+    def refine(self, images: list[np.ndarray] | np.ndarray, boxes: list[np.ndarray],
+               spread: bool = False) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        """`__call__`, and with `spread` each box's spread (k,) per image: how far apart the net's
+        answers over the crop's eight symmetries are in the last pass, the mean over the four
+        edges of their standard deviation as a share of the box side. A box the refiner finds
+        in the same place however the crop is turned is one it can box (Soft Teacher's box
+        reliability, from symmetries instead of jittered boxes)."""
         import torch
 
         out = [np.array(b, dtype=np.float64) for b in boxes]
         index, start = _flatten(out)
         if not len(index):
-            return out
+            return out, [np.zeros(0) for _ in out] if spread else None
         pixels = _canvases(list(images), self.device)
         xyxy = start
         with torch.no_grad():
-            for _ in range(self.spec.passes):
+            for last in [False] * (self.spec.passes - 1) + [True]:
                 windows = crop_windows(xyxy, self.spec.context)
-                moved = decode(windows, self._edges(_crops(pixels, index, windows, self.spec.crop)))
+                edges, spreads = self._edges(_crops(pixels, index, windows, self.spec.crop), spread and last)
+                moved = decode(windows, edges)
                 xyxy = np.concatenate([np.minimum(moved[:, :2], moved[:, 2:]),
                                        np.maximum(moved[:, :2], moved[:, 2:])], 1)
         h, w = pixels.shape[2:]
         xyxy = np.clip(self.spec.blend * xyxy + (1 - self.spec.blend) * start, 0, [w, h, w, h])
         for i, b in enumerate(out):
             b[:, :4] = xyxy[index == i]
-        return out
+        return out, [spreads[index == i] for i in range(len(out))] if spread else None
 
-    def _edges(self, crops) -> np.ndarray:
+    def _edges(self, crops, spread: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """The net's (K, 4) edge fractions, averaged over the crops' symmetries in `spec.tta`:
-        every transformed copy in one forward, each answer mapped back before averaging."""
+        every transformed copy in one forward, each answer mapped back before averaging. With
+        `spread`, all eight symmetries run, and their answers' spread (K,) comes too (`refine`)."""
         import torch
 
-        views = SYMMETRIES[self.spec.tta]
+        views = SYMMETRIES["hv"] if spread else SYMMETRIES[self.spec.tta]
         answers = self.net(torch.cat([reduce(_flip_crops, ops, crops) for ops in views])).double().cpu().numpy()
-        return np.mean([reduce(_flip_fractions, reversed(ops), y)
-                        for ops, y in zip(views, np.split(answers, len(views)))], axis=0)
+        mapped = np.stack([reduce(_flip_fractions, reversed(ops), y)
+                           for ops, y in zip(views, np.split(answers, len(views)))])  # (views, K, 4)
+        edges = mapped[[views.index(ops) for ops in SYMMETRIES[self.spec.tta]]].mean(axis=0)
+        # fractions of the window, whose side is `context` box sides
+        return edges, mapped.std(axis=0).mean(axis=1) * self.spec.context if spread else None
 
     def state(self) -> dict:
         return {"spec": asdict(self.spec), "net": {k: v.cpu() for k, v in self.net.state_dict().items()}}
@@ -281,16 +295,3 @@ def _photometric(x, rng: np.random.Generator):
     bias = torch.from_numpy(rng.uniform(-0.15, 0.15, (n, 1, 1, 1))).to(x)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     return ((x - mean) * gain + mean + bias + torch.randn_like(x) * 0.02).clamp_(0, 1)
-
-
-def refine_detections(refiner: BoxRefiner, images: np.ndarray, dets: list[np.ndarray]) -> list[np.ndarray]:
-    """Detections (k, 6: xyxy, score, class) per canvas with the boxes scoring at least the
-    spec's `min_score` refined; the others, and every score and class, as they were."""
-    keep = [d[:, 4] >= refiner.spec.min_score for d in dets]
-    moved = refiner(images, [d[k] for d, k in zip(dets, keep)])
-    out = []
-    for d, k, m in zip(dets, keep, moved):
-        d = np.array(d, dtype=np.float64)
-        d[k, :4] = m[:, :4]
-        out.append(d)
-    return out

@@ -103,3 +103,21 @@ def labeled_canvases(cfg: Config, rows: list[dict]) -> tuple[list[np.ndarray], l
         images.append(canvas)
         boxes.append(np.array([xyxy(b) for b in row["boxes"]]) * scale + [lb.pad_x, lb.pad_y, lb.pad_x, lb.pad_y])
     return images, boxes
+
+
+def refine_detections(refiner, images: np.ndarray, dets: list[np.ndarray],
+                      spread: bool = False) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """Detections (k, 6: xyxy, score, class) per canvas with the boxes scoring at least the
+    refiner's `min_score` refined; the others, and every score and class, as they were. With
+    `spread`, each box's spread (`BoxRefiner.refine`) per canvas too, NaN where not refined."""
+    keep = [d[:, 4] >= refiner.spec.min_score for d in dets]
+    moved, spreads = refiner.refine(images, [d[k] for d, k in zip(dets, keep)], spread)
+    out, out_spread = [], []
+    for i, (d, k, m) in enumerate(zip(dets, keep, moved)):
+        d = np.array(d, dtype=np.float64)
+        d[k, :4] = m[:, :4]
+        out.append(d)
+        if spread:
+            out_spread.append(np.full(len(d), np.nan))
+            out_spread[-1][k] = spreads[i]
+    return out, out_spread if spread else None

@@ -21,6 +21,9 @@ BOX_TYPE = pa.struct([
     ("h", pa.float32()),
     ("score", pa.float32()),
     ("agree", pa.float32()),  # share of consistency views that agreed; null when none ran
+    # the box refiner's spread over its crop's symmetries (`refine.BoxRefiner.refine`), as a share
+    # of the box side: how unsure the box's edges are; null when no refiner measured it
+    ("spread", pa.float32()),
 ])
 
 ROW_SCHEMA = pa.schema([
@@ -78,11 +81,13 @@ def make_row(
     }
 
 
-def box(cls: int, x: float, y: float, w: float, h: float, score: float = 1.0, agree: float | None = None) -> dict:
+def box(cls: int, x: float, y: float, w: float, h: float, score: float = 1.0, agree: float | None = None,
+        spread: float | None = None) -> dict:
     """One box: class id and normalized center-x, center-y, width, height (Ultralytics xywhn),
-    its score, and the share of consistency views that agreed with it (None: none ran)."""
+    its score, the share of consistency views that agreed with it (None: none ran) and the
+    box refiner's spread (None: not measured)."""
     return {"cls": int(cls), "x": float(x), "y": float(y), "w": float(w), "h": float(h), "score": float(score),
-            "agree": None if agree is None else float(agree)}
+            "agree": None if agree is None else float(agree), "spread": None if spread is None else float(spread)}
 
 
 def rows_to_table(rows: list[dict]) -> pa.Table:

@@ -28,7 +28,7 @@ from ssl_ray.storage import Store
 
 log = logging.getLogger(__name__)
 
-PSEUDO_IMAGES = "pseudo_images.json"  # beside the node's data.yaml
+PSEUDO_MARKS = "pseudo_marks.json"  # beside the node's data.yaml: `export.pseudo_box_marks`
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def _train_loop(config: dict) -> None:
         _materialize(cfg, out, spec, work / "data")
     if dist.is_initialized():
         dist.barrier()  # the node's tree is complete before any rank reads it
-    pseudo_images = frozenset(json.loads((work / "data" / PSEUDO_IMAGES).read_text()))
+    pseudo_marks = json.loads((work / "data" / PSEUDO_MARKS).read_text())
 
     prepare_ultralytics(cfg.output.cache_dir, threads=max(1, int(cfg.train.cpus_per_worker)))
     from ssl_ray.ray_trainer import make_trainer
@@ -125,7 +125,7 @@ def _train_loop(config: dict) -> None:
                 best.update(saved)
         overrides["resume"] = str(resume)
 
-    trainer = make_trainer(world, overrides, pseudo_images, cfg.train.pseudo_box_weight)
+    trainer = make_trainer(world, overrides, pseudo_marks, cfg.train.pseudo_box_weight)
     trainer.add_callback("on_fit_epoch_end", lambda t: _report_epoch(t, rank, spec.names, best))
     trainer.train()
     _report_final(trainer.best if trainer.best.exists() else trainer.last, best, rank)
@@ -141,17 +141,16 @@ def work_dir(cfg: Config, out: Store, kind: str, name: str) -> Path:
 
 
 def _materialize(cfg: Config, out: Store, spec: TrainSpec, folder: Path) -> None:
-    """The YOLO tree, and beside it the ids of the pseudo-labeled images (`PSEUDO_IMAGES`), whose
-    boxes the trainer weights by `train.pseudo_box_weight`."""
-    from ssl_ray.export import ImageCache, UriReader, read_parquet_rows, write_yolo_tree
+    """The YOLO tree, and beside it the pseudo-boxes whose box losses the trainer weights by
+    `train.pseudo_box_weight` (`PSEUDO_MARKS`: all of them, or by `train.max_box_spread`)."""
+    from ssl_ray.export import ImageCache, UriReader, pseudo_box_marks, read_parquet_rows, write_yolo_tree
 
     train = [row for rel in spec.train for row in read_parquet_rows(out, rel)]
     val = [row for rel in spec.val for row in read_parquet_rows(out, rel)]
     cache = ImageCache(Path(cfg.output.cache_dir).expanduser() / "images")
     write_yolo_tree(folder, {"train": train, "val": val}, spec.names, cache, UriReader(cfg.storage),
                     repeat=lambda row: spec.labeled_copies if row["source"] == "labeled" else 1)
-    pseudo = sorted({row["image_id"] for row in train if row["source"] == "pseudo" and row["boxes"]})
-    (folder / PSEUDO_IMAGES).write_text(json.dumps(pseudo))
+    (folder / PSEUDO_MARKS).write_text(json.dumps(pseudo_box_marks(train, cfg.train.max_box_spread)))
 
 
 def _report_epoch(trainer, rank: int, names: list[str], best: dict) -> None:

@@ -28,8 +28,21 @@ def test_mark_pseudo_boxes_marks_only_the_pseudo_images():
         {"im_file": "/t/c.jpg", "cls": np.zeros((0, 1), dtype=np.float32)},  # a negative: nothing to mark
         {"im_file": "/t/d.jpg", "cls": np.array([[1.0]], dtype=np.float32)},
     ]
-    assert mark_pseudo_boxes(labels, frozenset({"a", "b", "c"})) == 3
+    assert mark_pseudo_boxes(labels, {"a": None, "b": None, "c": None}) == 3
     assert [lb["cls"].ravel().tolist() for lb in labels] == [[0.5, 2.5], [1.5], [], [1.0]]
+
+
+def test_listed_boxes_are_marked_by_value_even_reordered():
+    """`train.max_box_spread`: only the listed boxes, found by class and coordinates (label-file
+    values, six decimals, read back as float32); a listed box the image no longer has marks nothing."""
+    bboxes = np.array([[0.5, 0.5, 0.2, 0.2], [0.25, 0.75, 0.1, 0.3], [0.5, 0.5, 0.2, 0.2]], dtype=np.float32)
+    labels = [{"im_file": "/t/a~masked.jpg", "cls": np.array([[1.0], [0.0], [2.0]], dtype=np.float32),
+               "bboxes": bboxes[::-1].copy()},  # reordered against the listing
+              {"im_file": "/t/b.jpg", "cls": np.array([[1.0]], dtype=np.float32), "bboxes": bboxes[:1].copy()}]
+    marks = {"a": [[0, 0.25, 0.75, 0.1, 0.3], [2, 0.5, 0.5, 0.2, 0.2], [1, 0.9, 0.9, 0.1, 0.1]],
+             "b": [[0, 0.5, 0.5, 0.2, 0.2]]}  # b's box has class 1: not this one
+    assert mark_pseudo_boxes(labels, marks) == 2
+    assert [lb["cls"].ravel().tolist() for lb in labels] == [[1.0, 0.5, 2.5], [1.0]]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +61,7 @@ def test_the_mark_survives_mosaic_and_perspective(ultralytics, shapes):
     args = get_cfg(overrides={"imgsz": 96, "mosaic": 1.0, "degrees": 10.0, "fliplr": 0.5, "cache": False})
     dataset = build_yolo_dataset(args, str(shapes.parent / "images" / "train"), 8, data, mode="train", stride=32)
     keys = sorted({tree_image_id(lb["im_file"]) for lb in dataset.labels})
-    pseudo = frozenset(keys[::2])
+    pseudo = dict.fromkeys(keys[::2])
     plain_boxes = {tree_image_id(lb["im_file"]): lb["cls"].ravel().tolist() for lb in dataset.labels}
     assert mark_pseudo_boxes(dataset.labels, pseudo) == sum(len(plain_boxes[k]) for k in pseudo)
     fractions = []

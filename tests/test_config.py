@@ -56,6 +56,7 @@ def test_overrides(override, check):
     ("storage=3", "storage: expected a mapping of settings, found int 3"),
     ("storage.endpoint_url=ftp://x", "storage.endpoint_url: expected http(s)://host[:port]"),
     ("noequals", "override 'noequals': expected key.sub=value"),
+    ("train.max_box_spread=0.02", "train.max_box_spread needs refine.enabled"),
 ])
 def test_errors_name_field_value_and_allowed(override, message):
     with pytest.raises(ConfigError) as err:

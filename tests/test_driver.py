@@ -26,12 +26,14 @@ def tiny(shapes, tmp_path, *extra):
 # never reaches the target, so they fall back to the schedule: no floor above it), a flipped view for
 # consistency (any agreement accepted, so something is selected), a zoomed view refining the
 # boxes (64 px * 1.25 = 80, off the model's stride), the learned box refiner (a few steps;
-# each box also read mirrored), class balance, oversampling, and trainer arguments for the
-# warm-started rounds only.
+# each box also read mirrored; every box, and its spread measured), class balance, oversampling,
+# trainer arguments for the warm-started rounds only, and the box losses of the pseudo-boxes the
+# refiner was unsure of weighted.
 MECHANISMS = ["select.adaptive=val_precision", "select.target_precision=0.5", "select.adaptive_floor=0.0",
               "label.consistency_views=[flip]",
               "label.refine_views=[zoom:1.25]", "refine.enabled=true", "refine.steps=20", "refine.batch=16",
-              "refine.tta=h", "select.min_agreement=0.0", "select.max_images_per_class=6",
+              "refine.tta=h", "refine.min_score=0.0", "train.max_box_spread=0.0",
+              "select.min_agreement=0.0", "select.max_images_per_class=6",
               "select.ambiguous_images=mask", "select.max_boxes=1",  # the boxes past the first: masked
               "train.labeled_fraction=0.5", "train.finetune_extra={warmup_epochs: 0.5}", "train.pseudo_box_weight=0.5"]
 
@@ -69,13 +71,15 @@ def test_rounds_end_to_end_resume_and_config_guard(ray_local, shapes, tmp_path):
             assert set(lab["class_thresholds"]) == {"circle", "square", "triangle"}
             boxes = [b for row in pq.read_table(stage / "predictions").to_pylist() for b in row["boxes"]]
             assert boxes and all(b["agree"] in (0.0, 1.0) for b in boxes)  # one flipped view: agrees or not
+            assert all(b["spread"] >= 0 for b in boxes)  # refine.min_score 0: every box's spread measured
             copies = metrics["labeled_copies"]
             assert copies == max(1, round(metrics["train_images"] / 24 - 1))
             (tree,) = (tmp_path / "cache" / "train").glob(f"r{r:03d}-*/data/images/train")
             assert len(list(tree.iterdir())) == 24 * copies + metrics["train_images"] - 24
-            pseudo = json.loads((tree.parents[1] / "pseudo_images.json").read_text())  # their box losses: x 0.5
-            assert pseudo and sorted(pseudo) == sorted(
-                row["image_id"] for row in merged.to_pylist() if row["source"] == "pseudo" and row["boxes"])
+            marks = json.loads((tree.parents[1] / "pseudo_marks.json").read_text())  # their box losses: x 0.5
+            pseudo = {row["image_id"]: row["boxes"] for row in merged.to_pylist() if row["source"] == "pseudo"}
+            assert marks and set(marks) <= set(pseudo)
+            assert sum(map(len, marks.values())) == sum(b["spread"] > 0 for bs in pseudo.values() for b in bs)
             masked = [row for row in merged.to_pylist() if row["ignore"]]
             assert masked and len(masked) <= lab["pseudo_masked"]["images"]
             assert sorted(p.stem for p in tree.glob("*~masked.*")) == sorted(

@@ -1,5 +1,6 @@
 """Export: Parquet and YOLO trees; the content-addressed cache keeps every path inside it."""
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -7,7 +8,8 @@ import yaml
 from ssl_ray import schema
 from ssl_ray.dataset import load_data_yaml, read_split
 from ssl_ray.errors import DatasetError
-from ssl_ray.export import ImageCache, UriReader, label_lines, read_parquet_rows, write_parquet, write_yolo_tree
+from ssl_ray.export import (ImageCache, UriReader, label_lines, pseudo_box_marks, read_parquet_rows, write_parquet,
+                            write_yolo_tree)
 from ssl_ray.storage import Store
 
 
@@ -30,6 +32,37 @@ def test_cache_names_files_by_id_and_sniffed_format(tmp_path, shapes):
 
 def test_label_lines_have_no_score_column():
     assert label_lines([schema.box(2, 0.5, 0.25, 0.1, 0.2, score=0.7)]) == "2 0.500000 0.250000 0.100000 0.200000\n"
+
+
+SURE = schema.box(0, 0.1234567, 0.5, 0.2, 0.2, 0.9, spread=0.01)
+UNSURE = schema.box(2, 0.3, 0.4, 0.05, 0.0612345, 0.8, spread=0.08)
+UNMEASURED = schema.box(1, 0.7, 0.7, 0.1, 0.1, 0.05)  # under refine.min_score: no spread
+
+
+def row(source: str, image_id: str, *boxes) -> dict:
+    return {"source": source, "image_id": image_id, "boxes": list(boxes)}
+
+
+@pytest.mark.parametrize("max_spread, expected", [
+    (None, {"p1": None, "p2": None}),  # every box of every pseudo-labeled image with boxes
+    (0.05, {"p1": [[2, 0.3, 0.4, 0.05, 0.061234]]}),  # the label file's six decimals
+    (0.0, {"p1": [[0, 0.123457, 0.5, 0.2, 0.2], [2, 0.3, 0.4, 0.05, 0.061234]]}),
+    (0.1, {}),
+])
+def test_pseudo_box_marks(max_spread, expected):
+    rows = [row("labeled", "l1", SURE, UNSURE), row("pseudo", "p1", SURE, UNSURE, UNMEASURED),
+            row("pseudo", "p2", UNMEASURED), row("negative", "n1"), row("pseudo", "p3")]
+    marks = pseudo_box_marks(rows, max_spread)
+    assert marks.keys() == expected.keys()
+    for key, boxes in expected.items():
+        if boxes is None:
+            assert marks[key] is None
+            continue
+        np.testing.assert_allclose(marks[key], boxes, rtol=0, atol=1e-12)
+        if boxes:  # the listing reads as label_lines writes the same boxes
+            written = [[float(v) for v in line.split()] for line in label_lines(
+                b for b in rows[1]["boxes"] if b["spread"] is not None and b["spread"] > max_spread).splitlines()]
+            np.testing.assert_allclose(written, marks[key], rtol=0, atol=1e-12)
 
 
 def test_yolo_tree_negatives_get_empty_label_files(tmp_path, shapes):

@@ -1,4 +1,4 @@
-"""`label.raw_table`, the inference actor's output built column by column, against the
+"""`raw.raw_table`, the inference actor's output built column by column, against the
 row-by-row construction it replaced (kept here as the reference), case by case."""
 
 import numpy as np
@@ -7,7 +7,8 @@ import pytest
 
 from ssl_ray import schema
 from ssl_ray.boxes import Letterbox, to_normalized_xywh
-from ssl_ray.label import RAW_SCHEMA, raw_table
+from ssl_ray.raw import Detections, raw_table
+from ssl_ray.schema import RAW_SCHEMA
 
 
 def reference(batch: dict, dets: list) -> pa.Table:
@@ -18,12 +19,13 @@ def reference(batch: dict, dets: list) -> pa.Table:
     for i in range(len(ok)):
         boxes = []
         if ok[i]:
-            d, agree = next(it)
+            d, agree, spread = (*next(it), None)[:3]
             lb = Letterbox(float(batch["ratio"][i]), float(batch["pad_x"][i]), float(batch["pad_y"][i]))
             xywh = to_normalized_xywh(d[:, :4], lb, int(batch["width"][i]), int(batch["height"][i]))
             agree = [None] * len(d) if agree is None else agree
-            boxes = [schema.box(int(c), *xy, score=float(s), agree=a)
-                     for xy, s, c, a in zip(xywh, d[:, 4], d[:, 5], agree) if xy[2] > 0 and xy[3] > 0]
+            spread = [None] * len(d) if spread is None else [None if np.isnan(v) else v for v in spread]
+            boxes = [schema.box(int(c), *xy, score=float(s), agree=a, spread=v)
+                     for xy, s, c, a, v in zip(xywh, d[:, 4], d[:, 5], agree, spread) if xy[2] > 0 and xy[3] > 0]
         frame, ts = int(batch["frame_index"][i]), float(batch["timestamp_s"][i])
         rows.append({
             "image_id": str(batch["image_id"][i]), "uri": str(batch["uri"][i]),
@@ -62,6 +64,9 @@ CASES = {
     "no detections": ([{}, {}], [(det(), None), (det(), None)]),
     "boxes, no views": ([{}, {}], [(det(BOX, EDGE), None), (det(IN_PAD, BOX), None)]),
     "agreement, zero included": ([{}], [(det(BOX, EDGE, IN_PAD), np.array([1.0, 0.0, 0.5]))]),
+    "refiner spread, unmeasured (NaN) and zero included": (
+        [{}, {}], [Detections(det(BOX, EDGE, IN_PAD), None, np.array([0.03, np.nan, 0.0])),
+                   Detections(det(EDGE, BOX), np.array([1.0, 0.0]), np.array([0.0, 0.2]))]),
     "rejects first, between, last": (
         [{"reject": "empty", "detail": "0 bytes"}, {}, {"reject": "corrupt"}, {}, {"reject": "too_large"}],
         [(det(BOX), None), (det(EDGE), None)]),

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from ssl_ray.refine import (BoxRefiner, RefineSpec, _augment, _crops, _canvases, _jitter, crop_windows, decode,
-                            encode, jitter_check, refine_detections)
+                            encode, jitter_check)
+from ssl_ray.refine_stage import refine_detections
 
 
 def rectangles(n: int, size: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -125,7 +126,43 @@ def test_tta_averages_a_biased_net(tta, expected):
 
     refiner = BoxRefiner(RefineSpec(crop=8, tta=tta))
     refiner.net = lambda x: torch.tensor([[0.1, 0.2, 0.7, 0.9]]).repeat(len(x), 1)
-    np.testing.assert_allclose(refiner._edges(torch.zeros(3, 3, 8, 8)), [expected] * 3, atol=1e-12)
+    edges, spread = refiner._edges(torch.zeros(3, 3, 8, 8))
+    np.testing.assert_allclose(edges, [expected] * 3, atol=1e-12)
+    assert spread is None
+
+
+@pytest.mark.parametrize("tta", ["none", "h", "hv"])
+def test_spread_is_how_far_the_eight_symmetries_disagree_whatever_the_tta(tta):
+    """The biased net reads each edge as 0.1, 0.3, 0.2 and 0.1 (x1, from the four sides, each
+    twice over the eight symmetries): std 0.0829 of the window, 1.6 box sides wide; the box
+    itself still comes from `tta`'s views alone."""
+    import torch
+
+    refiner = BoxRefiner(RefineSpec(crop=8, tta=tta, context=1.6))
+    refiner.net = lambda x: torch.tensor([[0.1, 0.2, 0.7, 0.9]]).repeat(len(x), 1)
+    edges, spread = refiner._edges(torch.zeros(2, 3, 8, 8), spread=True)
+    np.testing.assert_allclose(edges, refiner._edges(torch.zeros(2, 3, 8, 8))[0], atol=1e-12)
+    np.testing.assert_allclose(spread, [np.std([0.1, 0.3, 0.2, 0.1]) * 1.6] * 2, atol=1e-12)
+
+
+def test_an_equivariant_net_has_no_spread():
+    """A net that finds the rectangle from every side agrees with itself: spread ~0; boxes
+    are the same with and without asking for the spread."""
+    images, boxes = rectangles(3, 64, seed=2)
+    for image, b in zip(images, boxes):
+        image[:] = 60
+        x0, y0, x1, y1 = b[0].astype(int)
+        image[y0:y1, x0:x1] = 250
+    start = [b[:1] + 1.0 for b in boxes]
+    refiner = BoxRefiner(RefineSpec(crop=32, blend=1.0, passes=2))
+    refiner.net = extent
+    moved, spreads = refiner.refine(images, start, spread=True)
+    assert [s.shape for s in spreads] == [(1,)] * 3
+    assert max(float(s[0]) for s in spreads) < 0.02, spreads
+    for a, b in zip(moved, refiner(images, start)):
+        np.testing.assert_allclose(a, b, atol=1e-12)
+    _, none = refiner.refine(images, [np.zeros((0, 4))] * 3, spread=True)
+    assert [s.shape for s in none] == [(0,)] * 3
 
 
 def test_refiner_learns_to_tighten_boxes_it_has_not_seen():
@@ -142,14 +179,17 @@ def test_refine_detections_moves_only_confident_boxes_and_keeps_scores_and_class
     images, _ = rectangles(2, 48, seed=4)
     dets = [np.array([[5, 5, 20, 20, 0.9, 2], [10, 10, 30, 30, 0.05, 1]], float), np.zeros((0, 6))]
     refiner = BoxRefiner(RefineSpec(crop=16, blend=1.0, min_score=0.1))
-    out = refine_detections(refiner, np.stack(images), dets)
+    out, spread = refine_detections(refiner, np.stack(images), dets, spread=True)
     assert out[0].shape == (2, 6) and out[1].shape == (0, 6)
+    assert spread[0][0] >= 0 and np.isnan(spread[0][1]) and spread[1].shape == (0,)  # NaN: not refined
     np.testing.assert_array_equal(out[0][:, 4:], dets[0][:, 4:])
     np.testing.assert_array_equal(out[0][1], dets[0][1])  # below min_score: untouched
     assert not np.array_equal(out[0][0, :4], dets[0][0, :4])  # an untrained net still moves it
     assert ((out[0][:, :4] >= 0) & (out[0][:, :4] <= 48)).all()  # clipped to the canvas
     keep = BoxRefiner(RefineSpec(crop=16, blend=0.0, min_score=0.1), refiner.net.state_dict())
-    np.testing.assert_array_equal(refine_detections(keep, np.stack(images), dets)[0], dets[0])
+    moved, spread = refine_detections(keep, np.stack(images), dets)
+    np.testing.assert_array_equal(moved[0], dets[0])
+    assert spread is None
 
 
 def test_state_round_trip_gives_the_same_boxes():
