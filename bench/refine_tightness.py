@@ -12,7 +12,8 @@ teacher's (0.5), and with each `--tta` (the refiner's answers averaged over mirr
         /tmp/gain/data0/data.yaml --json docs/results/refine-tightness-seed0.json
 
 With --spread, the refiner's spread over the crop's eight symmetries is scored as a sign of a
-loose box (`train.max_box_spread`).
+loose box (`train.max_box_spread`), beside the other signals a box has: its score, how far the
+refiner moved it, and (with a flip in --combo) its IoU with the flipped view's box.
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ def best_iou(dets: np.ndarray, objects: list[np.ndarray]) -> np.ndarray:
     if not len(objects):
         return np.zeros(len(dets))
     return np.array([iou(d[:4], np.array(objects)).max() for d in dets]).reshape(len(dets))
+
+
+def moved(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """How far the refiner moved each box: its edges' mean displacement over the box's
+    geometric-mean side."""
+    side = np.sqrt(np.clip(before[:, 2] - before[:, 0], 1e-9, None) * np.clip(before[:, 3] - before[:, 1], 1e-9, None))
+    return np.abs(after[:, :4] - before[:, :4]).mean(axis=1) / side
 
 
 def spread_table(ious: np.ndarray, spreads: np.ndarray, cuts: list[float]) -> dict:
@@ -146,9 +154,23 @@ def main() -> int:
         results[f"refined: passes {passes}, blend {blend}" + (f", tta {tta}" if tta != "none" else "")] = {
             **tightness(refined, truth, args.conf), "seconds": round(time.perf_counter() - t0, 2)}
     if args.spread is not None:
+        t0 = time.perf_counter()
+        refiner(images, agnostic)  # what measuring the spread costs: the same refinement without it, side by side
+        t1 = time.perf_counter()
         refined, spreads = refiner.refine(images, agnostic, spread=True)
-        best = [best_iou(d, [b for _, b in objects]) for d, objects in zip(refined, truth)]
-        results["spread"] = spread_table(np.concatenate(best), np.concatenate(spreads), args.spread)
+        t2 = time.perf_counter()
+        ious = np.concatenate([best_iou(d, [b for _, b in objects]) for d, objects in zip(refined, truth)])
+        results["spread"] = {**spread_table(ious, np.concatenate(spreads), args.spread),
+                             "seconds_without": round(t1 - t0, 2), "seconds_with": round(t2 - t1, 2)}
+        # the same question of the other signals a box has, on the boxes that cover an object
+        found = ious > 0
+        signals = {"1 - score": 1 - np.concatenate([d[:, 4] for d in dets]),
+                   "refiner's move": np.concatenate([moved(a, r) for a, r in zip(agnostic, refined)])}
+        if "flip" in seen:
+            signals["1 - IoU with the flip's box"] = 1 - np.concatenate(
+                [best_iou(d, list(f[:, :4])) for d, f in zip(dets, seen["flip"])])
+        results["other_signals"] = {name: spread_table(ious[found], v[found], []) for name, v in signals.items()}
+        results["other_signals"]["spread"] = spread_table(ious[found], np.concatenate(spreads)[found], [])
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:

@@ -72,8 +72,10 @@ class TrainConfig:
     pseudo_box_weight: float = setting(1.0, "weight of the box-regression losses of pseudo-labeled boxes; their class "
                                             "loss keeps weight 1 (0 = boxes are learned from labeled images only)",
                                        ge=0, le=1)
-    max_box_spread: float | None = setting(None, "with refine.enabled: only the pseudo-boxes whose refiner spread is "
-                                                 "above this get pseudo_box_weight (null: all of them)", ge=0)
+    max_box_spread: float | None = setting(None, "with refine.enabled: pseudo_box_weight only for pseudo-boxes whose "
+                                                 "refiner spread is above this (or, with min_box_score, score below)", ge=0)
+    min_box_score: float | None = setting(None, "pseudo_box_weight only for pseudo-boxes scoring below this (or, with "
+                                                "max_box_spread, spread above); both null: for all", ge=0, le=1)
     extra: dict[str, Any] = setting({}, "further Ultralytics trainer arguments (lr0, mosaic, ...)")
     finetune_extra: dict[str, Any] = setting(
         {}, "Ultralytics trainer arguments for rounds 1.. (warm-started from the last round), over train.extra: "
@@ -95,8 +97,7 @@ class LabelConfig:
                                ge=1)
     finalize_rows: int = setting(100_000, "pool items per finalize task: the last step (dedupe, select, write) runs "
                                           "in parallel over hash buckets of about this many items", ge=1)
-    consistency_views: list[str] = setting([], "test-time views checked for agreement: 'flip', 'scale:S', 'zoom:Z' "
-                                               "(empty = off)")
+    consistency_views: list[str] = setting([], "test-time views checked for agreement: 'flip', 'scale:S', 'zoom:Z' (empty = off)")
     consistency_iou: float = setting(0.5, "IoU a view's box needs (mapped back) to agree with a box", gt=0, le=1)
     refine_views: list[str] = setting([], "test-time views fused into the boxes they match without counting for "
                                           "agreement, to box objects more tightly: e.g. 'zoom:1.5' (empty = off)")
@@ -133,11 +134,10 @@ class SelectConfig:
     max_images_per_class: int | None = setting(None, "class balance: pseudo-labeled images trained on per class "
                                                      "(of an image's best box), highest scores first (null = all)", ge=1)
     adaptive: Literal["global", "val_precision", "pool_quantile"] = setting(
-        "global", "thresholds: the global one (and per_class), or per class from data each round: the lowest "
-                  "score reaching select.target_precision on "
-               "the held-out val set, or the pool score above which select.keep_fraction of a class's detections lie")
-    target_precision: float = setting(0.9, "adaptive=val_precision: precision each class's threshold must reach",
-                                      gt=0, le=1)
+        "global", "thresholds: the global one (and per_class), or per class from data each round: the lowest score "
+                  "reaching select.target_precision on the held-out val set, or the pool score above which "
+                  "select.keep_fraction of a class's detections lie")
+    target_precision: float = setting(0.9, "adaptive=val_precision: precision each class's threshold must reach", gt=0, le=1)
     keep_fraction: float = setting(0.3, "adaptive=pool_quantile: share of each class's pool detections kept", gt=0, le=1)
     adaptive_floor: float = setting(0.25, "adaptive thresholds never go below this score", ge=0, le=1)
 

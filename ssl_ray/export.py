@@ -128,20 +128,23 @@ def label_lines(boxes: Iterable[dict]) -> str:
     return "".join(f"{b['cls']} {b['x']:.6f} {b['y']:.6f} {b['w']:.6f} {b['h']:.6f}\n" for b in boxes)
 
 
-def pseudo_box_marks(rows: Iterable[dict], max_spread: float | None) -> dict[str, list[list[float]] | None]:
+def pseudo_box_marks(rows: Iterable[dict], max_spread: float | None = None,
+                     min_score: float | None = None) -> dict[str, list[list[float]] | None]:
     """The boxes `train.pseudo_box_weight` weighs, by image id: every box of a pseudo-labeled
-    image (None), or with `max_spread` only its boxes whose refiner spread is above it, each as
-    its label-file values [cls, x, y, w, h] (`label_lines`: six decimals). Images with nothing
-    to mark are left out; a box without a spread is not marked."""
+    image (None), or, with `max_spread` or `min_score`, only its boxes whose refiner spread is
+    above `max_spread` (a box without a spread is not) or whose score is below `min_score`,
+    each as its label-file values [cls, x, y, w, h] (`label_lines`: six decimals). Images with
+    nothing to mark are left out."""
     marks: dict[str, list[list[float]] | None] = {}
     for row in rows:
         if row["source"] != "pseudo" or not row["boxes"]:
             continue
-        if max_spread is None:
+        if max_spread is None and min_score is None:
             marks[row["image_id"]] = None
             continue
         unsure = [[b["cls"], *(round(b[k], 6) for k in "xywh")] for b in row["boxes"]
-                  if b.get("spread") is not None and b["spread"] > max_spread]
+                  if max_spread is not None and b.get("spread") is not None and b["spread"] > max_spread
+                  or min_score is not None and b["score"] < min_score]
         if unsure:
             marks[row["image_id"]] = unsure
     return marks

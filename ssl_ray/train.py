@@ -142,7 +142,8 @@ def work_dir(cfg: Config, out: Store, kind: str, name: str) -> Path:
 
 def _materialize(cfg: Config, out: Store, spec: TrainSpec, folder: Path) -> None:
     """The YOLO tree, and beside it the pseudo-boxes whose box losses the trainer weights by
-    `train.pseudo_box_weight` (`PSEUDO_MARKS`: all of them, or by `train.max_box_spread`)."""
+    `train.pseudo_box_weight` (`PSEUDO_MARKS`: all of them, or by `train.max_box_spread` and
+    `train.min_box_score`)."""
     from ssl_ray.export import ImageCache, UriReader, pseudo_box_marks, read_parquet_rows, write_yolo_tree
 
     train = [row for rel in spec.train for row in read_parquet_rows(out, rel)]
@@ -150,7 +151,8 @@ def _materialize(cfg: Config, out: Store, spec: TrainSpec, folder: Path) -> None
     cache = ImageCache(Path(cfg.output.cache_dir).expanduser() / "images")
     write_yolo_tree(folder, {"train": train, "val": val}, spec.names, cache, UriReader(cfg.storage),
                     repeat=lambda row: spec.labeled_copies if row["source"] == "labeled" else 1)
-    (folder / PSEUDO_MARKS).write_text(json.dumps(pseudo_box_marks(train, cfg.train.max_box_spread)))
+    marks = pseudo_box_marks(train, cfg.train.max_box_spread, cfg.train.min_box_score)
+    (folder / PSEUDO_MARKS).write_text(json.dumps(marks))
 
 
 def _report_epoch(trainer, rank: int, names: list[str], best: dict) -> None:

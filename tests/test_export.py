@@ -43,26 +43,30 @@ def row(source: str, image_id: str, *boxes) -> dict:
     return {"source": source, "image_id": image_id, "boxes": list(boxes)}
 
 
-@pytest.mark.parametrize("max_spread, expected", [
-    (None, {"p1": None, "p2": None}),  # every box of every pseudo-labeled image with boxes
-    (0.05, {"p1": [[2, 0.3, 0.4, 0.05, 0.061234]]}),  # the label file's six decimals
-    (0.0, {"p1": [[0, 0.123457, 0.5, 0.2, 0.2], [2, 0.3, 0.4, 0.05, 0.061234]]}),
-    (0.1, {}),
+@pytest.mark.parametrize("max_spread, min_score, expected", [
+    (None, None, {"p1": None, "p2": None}),  # every box of every pseudo-labeled image with boxes
+    (0.05, None, {"p1": [[2, 0.3, 0.4, 0.05, 0.061234]]}),  # the label file's six decimals
+    (0.0, None, {"p1": [[0, 0.123457, 0.5, 0.2, 0.2], [2, 0.3, 0.4, 0.05, 0.061234]]}),
+    (0.1, None, {}),
+    (None, 0.85, {"p1": [[2, 0.3, 0.4, 0.05, 0.061234], [1, 0.7, 0.7, 0.1, 0.1]], "p2": [[1, 0.7, 0.7, 0.1, 0.1]]}),
+    (None, 0.05, {}),  # a box at the cut is not under it
+    (0.05, 0.1, {"p1": [[2, 0.3, 0.4, 0.05, 0.061234], [1, 0.7, 0.7, 0.1, 0.1]], "p2": [[1, 0.7, 0.7, 0.1, 0.1]]}),
 ])
-def test_pseudo_box_marks(max_spread, expected):
+def test_pseudo_box_marks(max_spread, min_score, expected):
     rows = [row("labeled", "l1", SURE, UNSURE), row("pseudo", "p1", SURE, UNSURE, UNMEASURED),
             row("pseudo", "p2", UNMEASURED), row("negative", "n1"), row("pseudo", "p3")]
-    marks = pseudo_box_marks(rows, max_spread)
+    marks = pseudo_box_marks(rows, max_spread, min_score)
     assert marks.keys() == expected.keys()
     for key, boxes in expected.items():
         if boxes is None:
             assert marks[key] is None
             continue
         np.testing.assert_allclose(marks[key], boxes, rtol=0, atol=1e-12)
-        if boxes:  # the listing reads as label_lines writes the same boxes
-            written = [[float(v) for v in line.split()] for line in label_lines(
-                b for b in rows[1]["boxes"] if b["spread"] is not None and b["spread"] > max_spread).splitlines()]
-            np.testing.assert_allclose(written, marks[key], rtol=0, atol=1e-12)
+        listed = {tuple(v) for v in boxes}  # the listing reads as label_lines writes the same boxes
+        written = [[float(v) for v in line.split()] for line in label_lines(
+            b for b in next(r for r in rows if r["image_id"] == key)["boxes"]
+            if (b["cls"], *(round(b[k], 6) for k in "xywh")) in listed).splitlines()]
+        np.testing.assert_allclose(written, marks[key], rtol=0, atol=1e-12)
 
 
 def test_yolo_tree_negatives_get_empty_label_files(tmp_path, shapes):
