@@ -20,12 +20,13 @@ checkpoint format) stays Ultralytics'. The subclass changes only how it meets Ra
   standalone validator assumes CUDA inside DDP ranks); the best epoch's distributed
   validation is the result.
 - **pseudo-box weight** (`train.pseudo_box_weight` < 1): the box-regression losses (IoU, and
-  DFL or L1) of the boxes on pseudo-labeled images (with `train.max_box_spread`, only of those
-  the box refiner was unsure of) are scaled by the weight; their classification loss is not. A per-box mark has to survive Ultralytics' augmentation (mosaic
-  mixes four images' boxes), and only the class column travels with every box: the training
-  dataset's in-memory labels of those images get `PSEUDO_MARK` added to their class, and the
-  loss takes it off again (`BoxLossWeights`) before the assigner reads the class. The tree on
-  disk stays plain YOLO.
+  DFL or L1) of the boxes on pseudo-labeled images (with `train.max_box_spread` or
+  `train.min_box_score`, only of the unsure ones: `export.pseudo_box_marks`) are scaled by the
+  weight; their classification loss is not. A per-box mark has to survive Ultralytics'
+  augmentation (mosaic mixes four images' boxes), and only the class column travels with
+  every box: the marked boxes of the training dataset's in-memory labels get `PSEUDO_MARK`
+  added to their class, and the loss takes it off again (`BoxLossWeights`) before the
+  assigner reads the class. The tree on disk stays plain YOLO.
 - **audit**: per epoch, each rank appends the images it trained on (count + digest) and a
   digest of its parameters to `<save_dir>/ranks/rank<N>.jsonl`: proof that the shards differ
   and the weights agree.
