@@ -64,11 +64,12 @@ def moved(before: np.ndarray, after: np.ndarray) -> np.ndarray:
     return np.abs(after[:, :4] - before[:, :4]).mean(axis=1) / side
 
 
-def spread_table(ious: np.ndarray, spreads: np.ndarray, cuts: list[float]) -> dict:
-    """Is a box's spread a sign of a loose box? Boxes by spread quartile (their spread range, median
-    IoU with the truth, share at IoU >= 0.9), the rank correlation of spread and IoU (negative:
-    the more spread, the looser), and per cut the share of boxes at or under it with their
-    median IoU and share at >= 0.9, against the same for the boxes over it."""
+def signal_table(ious: np.ndarray, signal: np.ndarray, cuts: list[float]) -> dict:
+    """Is a signal (the refiner's spread, 1 - score, ...: larger = less sure) a sign of a loose
+    box? Boxes by its quartile (the signal's range there, the median IoU with the truth, the
+    share at IoU >= 0.9), its rank correlation with the IoU (negative: the larger, the looser),
+    and per cut the boxes at or under it against those over it (count, median IoU, share at
+    IoU >= 0.9)."""
     def ranks(v):
         return np.argsort(np.argsort(v, kind="stable"), kind="stable").astype(float)
 
@@ -79,13 +80,12 @@ def spread_table(ious: np.ndarray, spreads: np.ndarray, cuts: list[float]) -> di
     table: dict = {"boxes": int(len(ious))}
     if len(ious) < 4:
         return table
-    edges = np.quantile(spreads, [0, 0.25, 0.5, 0.75, 1])
-    quartile = np.clip(np.searchsorted(edges[1:-1], spreads, side="right"), 0, 3)
-    table["rank_correlation"] = round(float(np.corrcoef(ranks(spreads), ranks(ious))[0, 1]), 3)
-    table["quartiles"] = [{"spread": [round(float(spreads[quartile == q].min()), 4),
-                                      round(float(spreads[quartile == q].max()), 4)], **scored(ious[quartile == q])}
+    quartile = np.searchsorted(np.quantile(signal, [0.25, 0.5, 0.75]), signal, side="right")
+    table["rank_correlation"] = round(float(np.corrcoef(ranks(signal), ranks(ious))[0, 1]), 3)
+    table["quartiles"] = [{"range": [round(float(signal[quartile == q].min()), 4),
+                                     round(float(signal[quartile == q].max()), 4)], **scored(ious[quartile == q])}
                           for q in range(4) if (quartile == q).any()]
-    table["cuts"] = {str(c): {"kept": scored(ious[spreads <= c]), "over": scored(ious[spreads > c])} for c in cuts}
+    table["cuts"] = {str(c): {"kept": scored(ious[signal <= c]), "over": scored(ious[signal > c])} for c in cuts}
     return table
 
 
@@ -160,7 +160,7 @@ def main() -> int:
         refined, spreads = refiner.refine(images, agnostic, spread=True)
         t2 = time.perf_counter()
         ious = np.concatenate([best_iou(d, [b for _, b in objects]) for d, objects in zip(refined, truth)])
-        results["spread"] = {**spread_table(ious, np.concatenate(spreads), args.spread),
+        results["spread"] = {**signal_table(ious, np.concatenate(spreads), args.spread),
                              "seconds_without": round(t1 - t0, 2), "seconds_with": round(t2 - t1, 2)}
         # the same question of the other signals a box has, on the boxes that cover an object
         found = ious > 0
@@ -169,8 +169,8 @@ def main() -> int:
         if "flip" in seen:
             signals["1 - IoU with the flip's box"] = 1 - np.concatenate(
                 [best_iou(d, list(f[:, :4])) for d, f in zip(dets, seen["flip"])])
-        results["other_signals"] = {name: spread_table(ious[found], v[found], []) for name, v in signals.items()}
-        results["other_signals"]["spread"] = spread_table(ious[found], np.concatenate(spreads)[found], [])
+        results["other_signals"] = {name: signal_table(ious[found], v[found], []) for name, v in signals.items()}
+        results["other_signals"]["spread"] = signal_table(ious[found], np.concatenate(spreads)[found], [])
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:

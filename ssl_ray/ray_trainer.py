@@ -180,6 +180,7 @@ def mark_pseudo_boxes(labels: list[dict], marks: dict[str, list[list[float]] | N
             hit = np.ones(len(label["cls"]), bool)
         else:
             values = np.concatenate([label["cls"].reshape(-1, 1), label["bboxes"]], axis=1)
+            # six decimals in the label file, read back as float32: within 1e-7 of the listed values
             hit = (np.abs(values[:, None] - np.asarray(marks[key], np.float64)[None]) <= 2e-6).all(-1).any(-1)
         label["cls"] = label["cls"] + PSEUDO_MARK * hit.reshape(-1, 1).astype(label["cls"].dtype)
         marked += int(hit.sum())

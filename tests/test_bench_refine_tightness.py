@@ -17,23 +17,23 @@ IOUS = np.array([0.97, 0.95, 0.93, 0.91, 0.89, 0.85, 0.80, 0.60])
     (np.linspace(0.01, 0.08, 8), -1.0, 0.96),  # the looser the box, the more spread: a perfect signal
     (np.linspace(0.08, 0.01, 8), 1.0, 0.7),  # backwards
 ])
-def test_spread_table_quartiles_and_correlation(spreads, correlation, first_quartile_iou):
-    table = refine_tightness.spread_table(IOUS, spreads, [])
+def test_signal_table_quartiles_and_correlation(spreads, correlation, first_quartile_iou):
+    table = refine_tightness.signal_table(IOUS, spreads, [])
     assert table["boxes"] == 8 and table["rank_correlation"] == correlation
     assert [q["boxes"] for q in table["quartiles"]] == [2, 2, 2, 2]
     assert table["quartiles"][0]["median_iou"] == first_quartile_iou
-    assert table["quartiles"][0]["spread"][0] == round(float(spreads.min()), 4)
+    assert table["quartiles"][0]["range"][0] == round(float(spreads.min()), 4)
 
 
-def test_spread_table_cuts_split_kept_from_over():
+def test_signal_table_cuts_split_kept_from_over():
     spreads = np.array([0.01, 0.01, 0.02, 0.02, 0.03, 0.05, 0.06, 0.09])
-    cut = refine_tightness.spread_table(IOUS, spreads, [0.02])["cuts"]["0.02"]
+    cut = refine_tightness.signal_table(IOUS, spreads, [0.02])["cuts"]["0.02"]
     assert cut["kept"] == {"boxes": 4, "median_iou": 0.94, "iou_at_least_0.9": 1.0}  # at the cut: kept
     assert cut["over"] == {"boxes": 4, "median_iou": 0.825, "iou_at_least_0.9": 0.0}
 
 
-def test_spread_table_of_too_few_boxes_counts_them_only():
-    assert refine_tightness.spread_table(IOUS[:3], np.zeros(3), [0.02]) == {"boxes": 3}
+def test_signal_table_of_too_few_boxes_counts_them_only():
+    assert refine_tightness.signal_table(IOUS[:3], np.zeros(3), [0.02]) == {"boxes": 3}
 
 
 def test_best_iou_is_against_any_true_box_and_zero_without_one():
