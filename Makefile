@@ -1,5 +1,6 @@
 # Two commands do everything: `make test` and `make demo`.
-# Both create (or reuse, when pyproject.toml has not changed) the virtual environment in .venv.
+# Both create (or reuse, when neither pyproject.toml nor constraints.txt has changed) the virtual
+# environment in .venv, with the exact package versions of constraints.txt.
 PYTHON ?= python3
 VENV   := .venv
 READY  := $(VENV)/.ready
@@ -9,10 +10,10 @@ PY     := $(VENV)/bin/python
 
 venv: $(READY)
 
-$(READY): pyproject.toml
+$(READY): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	$(PY) -c "import ssl_ray, ray, ultralytics, torch, pyarrow, boto3"
 	touch $(READY)
 
