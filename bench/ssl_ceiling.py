@@ -31,6 +31,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
+from provenance import environment  # noqa: E402
 from ssl_gain import DEMO, VARIANTS, pool_truth, pseudo_quality  # noqa: E402
 
 
@@ -118,7 +119,8 @@ def main() -> int:
     common = [f"seed={args.seed}", f"model.imgsz={args.imgsz}", f"train.batch={args.batch}",
               f"pool.sources=[{data.parent / 'images' / 'pool'}]", "train.extra={amp: false, nbs: 16}",
               f"model.weights={teacher}"]
-    results: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "runs": {}}
+    results: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "environment": environment(),
+                     "runs": {}}
     for mode in args.modes:
         if mode == "exact":
             out = args.work / f"{args.seed}-exact-e{args.exact_epochs}"

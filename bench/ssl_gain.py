@@ -302,7 +302,9 @@ def main() -> int:
     global SLOTS
     SLOTS = threading.Semaphore(args.jobs)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="ssl_ray-gain-"))
-    results: dict = {"args": vars(args), "seeds": {}}
+    from provenance import environment
+
+    results: dict = {"args": vars(args), "environment": environment(), "seeds": {}}
     try:
         t0 = time.perf_counter()
         with ThreadPoolExecutor(max_workers=64) as threads:  # waiting only: the work is in child processes
