@@ -34,8 +34,8 @@ ROOT = Path(__file__).parents[1]
 RAY_DID_NOT_START = 75
 LAST_EPOCH_KEYS = ("train/box_loss", "train/cls_loss", "metrics/mAP50-95(B)")
 AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "DNNL_MAX_CPU_ISA": "AVX2"}
-# The child, in the code tree it runs from: only the API every commit since the first has
-# (synth.generate, load_config, run_rounds, start_ray), so older commits run it too.
+# The child, in the code tree it runs from: only API that d44da3b (2026-11-26) already had
+# (synth.generate, load_config, run_rounds, start_ray), so commits that old run it too.
 CHILD = """
 import sys
 from pathlib import Path

@@ -2,8 +2,9 @@
 
 Training here is bit-for-bit deterministic for one seed, but only within one package set and
 one CPU instruction set: round 0 of bench/ssl_gain.py's seed 0 trains to the same weights on
-every run and every commit since its first, and to other weights under AVX2 kernels instead of
-AVX-512 (docs/benchmarks.md, "Reproducing a figure"). So a figure carries both:
+every run, from d44da3b's code (the first recorded figures) as from today's, and to other
+weights under AVX2 kernels instead of AVX-512 (docs/benchmarks.md, "Reproducing a figure").
+So a figure carries both:
 
 - `cpu`: the model, the cores and the kernels torch picked (`ATEN_CPU_CAPABILITY` and
   `DNNL_MAX_CPU_ISA` pin them on any x86 machine with AVX2, as the environment shows);
