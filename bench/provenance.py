@@ -20,9 +20,11 @@ import platform
 import re
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
+
 CONSTRAINTS = Path(__file__).parents[1] / "constraints.txt"
 KEY_PACKAGES = ("torch", "torchvision", "ultralytics", "ray", "numpy", "opencv-python", "pillow", "pyarrow", "scipy")
-ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA", "OMP_NUM_THREADS")
+CPU_VARIABLES = ("ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA", "OMP_NUM_THREADS")  # kernels and threads, when set
 
 
 def environment() -> dict:
@@ -33,8 +35,8 @@ def environment() -> dict:
         "python": platform.python_version(),
         "cpu": {"model": _cpu_model(), "cores": os.cpu_count(),
                 "torch_kernels": torch.backends.cpu.get_cpu_capability(),
-                **{name: os.environ[name] for name in ISA_VARIABLES if name in os.environ}},
-        "packages": {name: installed.get(_key(name)) for name in KEY_PACKAGES},
+                **{name: os.environ[name] for name in CPU_VARIABLES if name in os.environ}},
+        "packages": {name: installed.get(canonicalize_name(name)) for name in KEY_PACKAGES},
         "constraints": constraints_diff(installed, _read_constraints(CONSTRAINTS)),
     }
 
@@ -51,16 +53,12 @@ def _read_constraints(path: Path) -> dict[str, str]:
     if not path.exists():
         return {}
     pins = (line.split("#")[0].strip() for line in path.read_text().splitlines())
-    return {_key(name): version for name, _, version in (pin.partition("==") for pin in pins if "==" in pin)}
+    pairs = (pin.partition("==") for pin in pins if "==" in pin)
+    return {canonicalize_name(name): version for name, _, version in pairs}
 
 
 def _installed() -> dict[str, str]:
-    return {_key(d.metadata["Name"]): d.version for d in metadata.distributions() if d.metadata["Name"]}
-
-
-def _key(name: str) -> str:
-    """A distribution name as pip compares them (PEP 503)."""
-    return re.sub(r"[-_.]+", "-", name).lower()
+    return {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions() if d.metadata["Name"]}
 
 
 def _cpu_model() -> str | None:
