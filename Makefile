@@ -17,8 +17,11 @@ $(READY): pyproject.toml constraints.txt
 	$(PY) -c "import ssl_ray, ray, ultralytics, torch, pyarrow, boto3"
 	touch $(READY)
 
-# The whole suite. pytest exits non-zero (5) when it collects no test, so that fails too.
+# The whole suite: lint and format checks, then every test. pytest exits non-zero (5) when it
+# collects no test, so that fails too.
 test: $(READY)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The real multi-round job on the embedded default: local Ray, local disk, bundled synthetic data.

@@ -15,14 +15,14 @@ py=${PYTHON:-python3}
 'torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } > "$out/env.txt" 2>&1
 cat "$out/env.txt"
 # Label stage: one actor per GPU, then two actors sharing it (0.5 GPU each).
-timeout 180 $py bench/label_throughput.py --device cuda --n 1000 --imgsz 640 --threads 4 --no-memory --stage-batch best \
+timeout 180 $py -m bench.label_throughput --device cuda --n 1000 --imgsz 640 --threads 4 --no-memory --stage-batch best \
   --actors 1 --gpus-per-actor 1 --json "$out/label_1x1.json" > "$out/label_1x1.log" 2>&1
 echo "label 1x1 rc=$?"; cat "$out/label_1x1.json" 2>/dev/null
 # Training: one Ray Train worker on the GPU against YOLO.train(device=0), AMP on.
-timeout 180 $py bench/train_overhead.py --device cuda --epochs 4 --imgsz 640 --n-train 1024 --data-imgsz 320 \
+timeout 180 $py -m bench.train_overhead --device cuda --epochs 4 --imgsz 640 --n-train 1024 --data-imgsz 320 \
   --batch 32 --threads 8 --json "$out/train.json" > "$out/train.log" 2>&1
 echo "train rc=$?"; cat "$out/train.json" 2>/dev/null
-timeout 130 $py bench/label_throughput.py --device cuda --n 1000 --imgsz 640 --threads 4 --no-memory --stage-batch best \
+timeout 130 $py -m bench.label_throughput --device cuda --n 1000 --imgsz 640 --threads 4 --no-memory --stage-batch best \
   --actors 2 --gpus-per-actor 0.5 --json "$out/label_2x05.json" > "$out/label_2x05.log" 2>&1
 echo "label 2x0.5 rc=$?"; cat "$out/label_2x05.json" 2>/dev/null
 tail -5 "$out"/*.log

@@ -1,101 +1,89 @@
-"""Label throughput on this machine: the same images, model, imgsz and threads, three ways.
+"""Label-stage benchmarks, one script with three modes (`--mode`):
 
+throughput (default): the same images, model, imgsz and threads, three ways.
   (a) the workflow users start from: YOLO(w).predict(source=dir, stream=True, save_txt=True, conf=...)
   (b) ssl_ray's label stage end to end (listing -> decode tasks -> actor pool -> Parquet, selection),
       and its steady state: the 4N run's rate from its first inference batch to its last; at
-      label.batch_size's default of 64 (--stage-batch; "best": (c)'s best batch, as until 2026-11-26)
+      label.batch_size's default of 64 (--stage-batch; "best": (c)'s best batch), no consistency
+      views unless --views adds a run with them
   (c) the model-forward bound: pre-decoded, pre-letterboxed uint8 batches, bare forward, best batch
-      (picked by a short sweep), timed right before (b) and again right after it: the mean of the two;
-      in a fresh process with glibc's heap set up as (b)'s inference actor has it (label.keep_freed_heap)
+      (picked by a short sweep), timed right before (b) and again right after it: the mean of the two
+  Also the peak memory (PSS, summed over every Ray process) of (b) for a pool of N and 4N images.
 
-Also the peak memory (PSS, summed over every Ray process) of (b) for a pool of N and 4N images.
+load: a large pool of small images through the stage, exact accounting checked, the memory of
+  every Ray process sampled the whole time; its peak per quarter of the run (flat quarters:
+  memory does not grow with the pool).
 
-    .venv/bin/python bench/label_throughput.py --n 1000 --repeat 3   # docs/benchmarks.md's latest run
+finalize-memory: the finalize step's memory as the pool grows: the whole pool in one task (one
+  bucket) against buckets of --rows-per-task items, each in a fresh process running the real
+  `finalize` with its tasks mapped in that process.
 
-On a GPU machine (one inference actor per GPU share, fp16; (a) on the same GPU):
-
-    python bench/label_throughput.py --device cuda --n 2000 --imgsz 640 --gpus-per-actor 1 --no-memory
-
-The box refiner's cost (`--refiner`, with a trained teacher so that there are boxes to refine):
-
-    .venv/bin/python bench/label_throughput.py --n 1000 --imgsz 96 --no-memory --views flip --set refine.passes=2 \
-        --weights /tmp/gain/0-baseline-e600/rounds/r000/weights/best.pt --refiner RUN/refiner/refiner.pt
+    .venv/bin/python -m bench.label_throughput --n 1000 --repeat 3
+    .venv/bin/python -m bench.label_throughput --mode load --n 20000 --imgsz 64
+    .venv/bin/python -m bench.label_throughput --mode finalize-memory --n 200000 --rows-per-task 25000
+    python -m bench.label_throughput --device cuda --n 2000 --imgsz 640 --gpus-per-actor 1 --no-memory
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
+import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-os.environ.setdefault("YOLO_OFFLINE", "1")
+from bench.common import RayMemory, emit, fresh_cluster, make_pool, teacher_classes, untrained_teacher
 
 DEMO = Path(__file__).parents[1] / "ssl_ray" / "configs" / "demo.yaml"
-
-
-def make_pool(root: Path, n: int, imgsz: int) -> Path:
-    """n synthetic pool images (the generator's own seeds), rendered in parallel."""
-    from concurrent.futures import ProcessPoolExecutor
-
-    folder = root / "images" / "pool"
-    folder.mkdir(parents=True, exist_ok=True)
-    chunks = [(folder, imgsz, range(i, min(i + 250, n))) for i in range(0, n, 250)]
-    with ProcessPoolExecutor(max(1, os.cpu_count() or 1)) as ex:
-        list(ex.map(_render_chunk, chunks))
-    return folder
-
-
-def _render_chunk(job) -> None:
-    import numpy as np
-
-    from ssl_ray.synth import SynthSpec, render
-
-    folder, imgsz, indices = job
-    spec = SynthSpec(n_train=1, n_val=1, n_pool=1, imgsz=imgsz, seed=7)
-    for i in indices:
-        image, _ = render(np.random.default_rng([spec.seed, 2, i]), spec)
-        image.save(folder / f"pool_{i:06d}.jpg", quality=90)
 
 
 def bench_predict(weights: str, pool: Path, imgsz: int, floor: float, work: Path, device: str) -> tuple[float, int]:
     import torch
 
-    from ssl_ray.runtime import prepare_ultralytics
+    from ssl_ray.adapters.runtime import prepare_ultralytics
 
     ultralytics = prepare_ultralytics(work / "ul", threads=max(1, (os.cpu_count() or 2) - 1))  # its default
     threads = torch.get_num_threads()
     start = time.perf_counter()
     model = ultralytics.YOLO(weights)
     n = 0
-    for _ in model.predict(source=str(pool), stream=True, save_txt=True, conf=floor, imgsz=imgsz, device=device,
-                           project=str(work / "predict"), name="p", exist_ok=True, verbose=False):
+    for _ in model.predict(
+        source=str(pool),
+        stream=True,
+        save_txt=True,
+        conf=floor,
+        imgsz=imgsz,
+        device=device,
+        project=str(work / "predict"),
+        name="p",
+        exist_ok=True,
+        verbose=False,
+    ):
         n += 1
     return n / (time.perf_counter() - start), threads
 
 
-def bench_forward(weights: str, pool: Path, imgsz: int, work: Path, threads: int,
-                  device: str, keep_heap: bool, batch: int | None = None) -> tuple[float, int, float | None]:
+def bench_forward(
+    weights: str, pool: Path, imgsz: int, work: Path, threads: int, device: str, batch: int | None = None
+) -> tuple[float, int, float | None]:
     """(images/s, best batch, the sweep's own figure for it) of the bare model forward, in a
-    fresh process set up as the stage's inference actor is (`keep_heap`: glibc keeps freed
-    memory, `label.keep_freed_heap`); (a) in this process keeps glibc's defaults."""
+    fresh process, as the stage's inference actor is."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool_:
-        return pool_.submit(_forward, weights, pool, imgsz, work, threads, device, keep_heap, batch).result()
+        return pool_.submit(_forward, weights, pool, imgsz, work, threads, device, batch).result()
 
 
-def _forward(weights: str, pool: Path, imgsz: int, work: Path, threads: int,
-             device: str, keep_heap: bool, batch: int | None) -> tuple[float, int, float | None]:
+def _forward(
+    weights: str, pool: Path, imgsz: int, work: Path, threads: int, device: str, batch: int | None
+) -> tuple[float, int, float | None]:
     """`bench_forward` inside its process.
 
     The batch sizes are swept with ~128 images each (1024 on a GPU), and the best one is then
@@ -105,13 +93,8 @@ def _forward(weights: str, pool: Path, imgsz: int, work: Path, threads: int,
     import numpy as np
     import torch
 
-    from ssl_ray.boxes import letterbox
-    from ssl_ray.images import decode_rgb
-    from ssl_ray.runtime import keep_freed_heap
-    from ssl_ray.teacher import Teacher
-
-    if keep_heap:
-        keep_freed_heap()
+    from ssl_ray.adapters.teacher import Teacher
+    from ssl_ray.io.images import decode_rgb, letterbox
 
     teacher = Teacher(weights, str(work), device=device, threads=threads)
     images = np.stack([letterbox(decode_rgb(p.read_bytes()), imgsz)[0] for p in sorted(pool.iterdir())[:256]])
@@ -139,73 +122,47 @@ def _forward(weights: str, pool: Path, imgsz: int, work: Path, threads: int,
     return rate(best, 8 * sweep_n), best, sweep[best]
 
 
-class RayMemory:
-    """Peak of the summed PSS of every Ray process (raylet, GCS, workers, actors), sampled."""
-
-    def __init__(self, period: float = 0.25):
-        self.peak, self.period, self._stop = 0, period, threading.Event()
-        self.timeline: list[tuple[float, int]] = []  # (perf_counter, summed PSS) per sample
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        import psutil
-
-        while not self._stop.is_set():
-            total = 0
-            for p in psutil.process_iter(["cmdline"]):
-                if self.is_ray(" ".join(p.info["cmdline"] or [])):
-                    try:
-                        total += p.memory_full_info().pss
-                    except (psutil.Error, OSError):
-                        pass
-            self.peak = max(self.peak, total)
-            self.timeline.append((time.perf_counter(), total))
-            self._stop.wait(self.period)
-
-    @staticmethod
-    def is_ray(cmd: str) -> bool:
-        return "ray" in cmd and ("ray::" in cmd or "raylet" in cmd or "gcs_server" in cmd or "ray/_private" in cmd
-                                 or "default_worker" in cmd or "dashboard" in cmd)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-
-def fresh_cluster(num_cpus: int | None = 8, workers_soft_limit: int | None = None) -> None:
-    """Every measured run starts from the same state: a new local cluster, Ray Data warmed
-    (its one-off first-use cost lands on no run). The peak memory depends on which worker
-    processes are alive, and timings on which are already started. `workers_soft_limit`:
-    the run's `ray.num_workers_soft_limit` (so `--also` can compare it)."""
-    from ssl_ray.runtime import start_ray, stop_ray
-
-    stop_ray()
-    ray = start_ray(num_cpus=num_cpus, workers_soft_limit=workers_soft_limit, log_to_driver=False)
-    ray.data.range(1).materialize()
-
-
-def bench_stage(weights: str, pool: Path, args, batch: int, work: Path, tag: str,
-                overrides: list[str] = (), refiner: str | None = None) -> tuple[float, float, int, dict]:
+def bench_stage(
+    weights: str,
+    pool: Path,
+    args,
+    batch: int,
+    work: Path,
+    tag: str,
+    overrides: list[str] = (),
+    refiner: str | None = None,
+) -> tuple[float, float, int, dict]:
     """(seconds, images/s, peak Ray PSS bytes, summary) of one label-stage run; `overrides`
     change its config (e.g. consistency views); `refiner`: a saved box refiner the stage applies."""
     from ssl_ray.config import load_config
-    from ssl_ray.label import label_pool
-    from ssl_ray.storage import Store
+    from ssl_ray.io.storage import Store
+    from ssl_ray.stages.label import label_pool
 
-    cfg = load_config(DEMO, [f"pool.sources=[{pool}]", f"output.dir={work / tag}", f"output.cache_dir={work / 'cache'}",
-                             f"model.imgsz={args.imgsz}", f"label.score_floor={args.floor}",
-                             f"label.batch_size={batch}", f"label.num_cpus_per_actor={args.threads}",
-                             *(f"label.num_gpus_per_actor={args.gpus_per_actor}", f"label.min_actors={args.actors}",
-                               f"label.max_actors={args.actors}", "label.decode_tasks=null")
-                             * (args.device != "cpu"),
-                             *overrides])
+    cfg = load_config(
+        DEMO,
+        [
+            f"pool.sources=[{pool}]",
+            f"output.dir={work / tag}",
+            f"output.cache_dir={work / 'cache'}",
+            f"model.imgsz={args.imgsz}",
+            f"label.score_floor={args.floor}",
+            "label.consistency_views=[]",
+            "select.adaptive=global",
+            f"label.batch_size={batch}",
+            f"label.num_cpus_per_actor={args.threads}",
+            *(
+                f"label.num_gpus_per_actor={args.gpus_per_actor}",
+                f"label.min_actors={args.actors}",
+                f"label.max_actors={args.actors}",
+                "label.decode_tasks=null",
+            )
+            * (args.device != "cpu"),
+            *overrides,
+        ],
+    )
     num_cpus = 8 if args.device == "cpu" else None  # a GPU machine: all its cores
     names = teacher_classes(weights)
-    fresh_cluster(num_cpus, cfg.ray.num_workers_soft_limit)
+    fresh_cluster(num_cpus)
     start = time.perf_counter()
     summary = label_pool(cfg, Store(cfg.output.dir), round=1, weights=weights, names=names, refiner=refiner)
     seconds = time.perf_counter() - start
@@ -213,7 +170,7 @@ def bench_stage(weights: str, pool: Path, args, batch: int, work: Path, tag: str
         return seconds, summary["items"] / seconds, 0, summary
     # Memory in a second, untimed run: sampling PSS reads every process's smaps (it would slow
     # a timed run here).
-    fresh_cluster(num_cpus, cfg.ray.num_workers_soft_limit)
+    fresh_cluster(num_cpus)
     with RayMemory() as mem:
         label_pool(cfg, Store(str(work / f"{tag}-mem")), round=1, weights=weights, names=names, refiner=refiner)
     return seconds, summary["items"] / seconds, mem.peak, summary
@@ -234,38 +191,6 @@ def side_runs(views: list[str], also: list[str], refiner: str | None) -> dict[st
     return runs
 
 
-def cpu_stage_args(imgsz: int) -> argparse.Namespace:
-    """What `bench_stage` reads from the command line: one CPU actor on 1 thread, no memory runs."""
-    return argparse.Namespace(imgsz=imgsz, floor=0.05, threads=1, device="cpu", gpus_per_actor=1.0, actors=1,
-                              no_memory=True)
-
-
-def emit(figures: dict, path: str | None, hide: tuple[str, ...] = ()) -> None:
-    """Print the figures (less the keys in `hide`) and write all of them to `path` as JSON."""
-    print(json.dumps({k: v for k, v in figures.items() if k not in hide}, indent=2))
-    if path:
-        Path(path).write_text(json.dumps(figures, indent=2) + "\n")
-
-
-def untrained_teacher(work: Path) -> str:
-    """YOLO26n from Ultralytics' bundled yaml, saved as a .pt (the path real checkpoints take)."""
-    from ssl_ray.runtime import prepare_ultralytics
-
-    weights = str(work / "yolo26n.pt")
-    prepare_ultralytics(work / "ul").YOLO("yolo26n.yaml").save(weights)
-    return weights
-
-
-@functools.lru_cache
-def teacher_classes(weights: str) -> list[str]:
-    """The teacher's classes, passed to the stage as the rounds driver passes the labeled set's
-    (the stage then checks them in its inference actors)."""
-    from ssl_ray.runtime import prepare_ultralytics
-
-    names = prepare_ultralytics(Path(weights).parent / "ul").YOLO(weights).names
-    return [names[i] for i in sorted(names)]
-
-
 def device_name(device: str) -> str:
     import torch
 
@@ -273,7 +198,8 @@ def device_name(device: str) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(prog="python -m bench.label_throughput")
+    ap.add_argument("--mode", choices=("throughput", "load", "finalize-memory"), default="throughput")
     ap.add_argument("--n", type=int, default=400)
     ap.add_argument("--imgsz", type=int, default=160)
     ap.add_argument("--floor", type=float, default=0.05)
@@ -283,107 +209,316 @@ def main() -> int:
     ap.add_argument("--actors", type=int, default=1, help="inference actors, with --device cuda")
     ap.add_argument("--stage-batch", default="64", help="(b)'s label.batch_size, or 'best': (c)'s best batch")
     ap.add_argument("--no-memory", action="store_true", help="skip the untimed memory runs")
-    ap.add_argument("--views", nargs="*", default=[],
-                    help="also time (b) with these consistency views (e.g. flip): their cost, side by side")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="config overrides for every (b) run (e.g. ray.data_object_store_gb=0.25)")
-    ap.add_argument("--also", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="also run (b) at N and 4N with these config overrides (e.g. label.actor_calls=1), "
-                         "side by side: steady state, end to end, memory growth")
-    ap.add_argument("--weights", help="a teacher trained on the synthetic shapes at --imgsz, instead of an "
-                                          "untrained YOLO26n (which finds nothing: no boxes to refine)")
-    ap.add_argument("--refiner", help="also time (b) with --views and this saved box refiner (a run's "
-                                      "refiner/refiner.pt; --set refine.passes=2 etc. apply), against --views alone")
-    ap.add_argument("--repeat", type=int, default=1, help="measure (a), (c) and (b) this many times in turn; "
-                                                            "medians are reported, with the ratios' ranges")
+    ap.add_argument(
+        "--views",
+        nargs="*",
+        default=[],
+        help="also time (b) with these consistency views (e.g. flip): their cost, side by side",
+    )
+    ap.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides for every (b) run (e.g. ray.data_object_store_gb=0.25)",
+    )
+    ap.add_argument(
+        "--also",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="also run (b) at N and 4N with these config overrides (e.g. label.actor_calls=1), "
+        "side by side: steady state, end to end, memory growth",
+    )
+    ap.add_argument(
+        "--weights",
+        help="a teacher trained on the synthetic shapes at --imgsz, instead of an "
+        "untrained YOLO26n (which finds nothing: no boxes to refine)",
+    )
+    ap.add_argument(
+        "--refiner",
+        help="also time (b) with --views and this saved box refiner (a run's "
+        "refiner/refiner.pt; --set refine.passes=2 etc. apply), against --views alone",
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measure (a), (c) and (b) this many times in turn; medians are reported, with the ratios' ranges",
+    )
+    ap.add_argument("--boxes", type=int, default=8, help="finalize-memory: detections per raw row")
+    ap.add_argument("--rows-per-task", type=int, default=25_000, help="finalize-memory: items per bucket")
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)  # finalize-memory: root, n, rows per task
     args = ap.parse_args()
-    from ssl_ray.config import load_config
+    if args.child:
+        print(json.dumps(finalize_child(args.child[0], int(args.child[1]), int(args.child[2]))))
+        return 0
+    return {"throughput": throughput, "load": load, "finalize-memory": finalize_memory}[args.mode](args)
 
+
+def throughput(args) -> int:
     work = Path(tempfile.mkdtemp(prefix="ssl_ray-bench-"))
     try:
         weights = args.weights or untrained_teacher(work)
-        # (c) runs as the stage's actor does: with its heap kept or not (docs/benchmarks.md)
-        keep_heap = load_config(DEMO, args.set).label.keep_freed_heap
         pool_n = make_pool(work / "n", args.n, args.imgsz)
         pool_4n = make_pool(work / "4n", 4 * args.n, args.imgsz)
 
         reps = []  # each repetition measures (a), (c) and (b) at N and 4N, one after another
         for rep in range(args.repeat):  # each run its own output folder: a finished stage is only read back
             a, a_threads = bench_predict(weights, pool_n, args.imgsz, args.floor, work, args.device)
-            c, best_bs, c_sweep = bench_forward(weights, pool_n, args.imgsz, work, args.threads, args.device, keep_heap)
+            c, best_bs, c_sweep = bench_forward(weights, pool_n, args.imgsz, work, args.threads, args.device)
             # The stage runs at its configured batch: it pays a fixed cost per batch outside the
-            # forward (batch 16 ran at 0.75 of 64, bench/stage_batch.py), while (c)'s sweep is
-            # flat within noise from 16 to 64 and picks among them by chance.
+            # forward (batch 16 ran at 0.75 of 64), while (c)'s sweep is flat within noise from
+            # 16 to 64 and picks among them by chance.
             stage_bs = best_bs if args.stage_batch == "best" else int(args.stage_batch)
             t_n, b, mem_n, _ = bench_stage(weights, pool_n, args, stage_bs, work, f"run_n{rep}", args.set)
-            t_4n, b4, mem_4n, summary_4n = bench_stage(weights, pool_4n, args, stage_bs, work, f"run_4n{rep}",
-                                                       args.set)
+            t_4n, b4, mem_4n, summary_4n = bench_stage(weights, pool_4n, args, stage_bs, work, f"run_4n{rep}", args.set)
             # (c) again right after (b), same batch: this machine's speed drifts by ~10 % over
-            # minutes (bench/forward_neighbours.py), so (b) is compared with the mean of (c)
-            # before and after it.
+            # minutes, so (b) is compared with the mean of (c) before and after it.
             c_before = c
-            c_after, _, _ = bench_forward(weights, pool_n, args.imgsz, work, args.threads, args.device, keep_heap,
-                                          best_bs)
+            c_after, _, _ = bench_forward(weights, pool_n, args.imgsz, work, args.threads, args.device, best_bs)
             c = (c_before + c_after) / 2
             # The steady state: the 4N run's rate from its first inference batch to its last (Ray
             # Data's stats), every part of the pipeline running; start-up and finalize excluded.
             # The marginal rate of the extra 3N images between two runs is printed beside it as a
-            # cross-check; it carries both runs' start-up noise (0.84-1.24 of the steady state on
-            # 2026-11-26, docs/benchmarks.md).
+            # cross-check; it carries both runs' start-up noise.
             steady = summary_4n["inference_items_per_s"]
             marginal = 3 * args.n / (t_4n - t_n)
-            reps.append({
-                "batch_b": stage_bs, "batch_c": best_bs, "a_predict_stream_save_txt_img_s": round(a, 1),
-                "b_stage_end_to_end_n_img_s": round(b, 1), "b_stage_end_to_end_4n_img_s": round(b4, 1),
-                "b_stage_seconds_n": round(t_n, 1), "b_stage_seconds_4n": round(t_4n, 1),
-                "b_stage_steady_img_s": round(steady, 1), "b_stage_marginal_img_s": round(marginal, 1),
-                # start-up (listing, Ray Data, the actor's import of torch and model load) + finalize
-                "b_stage_outside_inference_s_4n": round(t_4n - summary_4n["inference_seconds"], 1),
-                "c_forward_bound_img_s": round(c, 1), "c_before_img_s": round(c_before, 1),
-                "c_after_img_s": round(c_after, 1), "c_sweep_best_img_s": round(c_sweep, 1),
-                "b4n_over_a": round(b4 / a, 2), "b_steady_over_a": round(steady / a, 2),
-                "b4n_over_c": round(b4 / c, 2), "b_steady_over_c": round(steady / c, 2),
-                "b_steady_over_c_sweep": round(steady / c_sweep, 2),  # against the sweep's figure, as until 2026-11-26 17:00
-                "b_steady_over_c_before": round(steady / c_before, 2),  # (c) before (b) alone, as until 2026-11-26 20:50
-                "ray_peak_pss_mib_n": round(mem_n / 2**20), "ray_peak_pss_mib_4n": round(mem_4n / 2**20),
-                "memory_growth": round(mem_4n / mem_n - 1, 3) if mem_n else None,
-            })
+            reps.append(
+                {
+                    "batch_b": stage_bs,
+                    "batch_c": best_bs,
+                    "a_predict_stream_save_txt_img_s": round(a, 1),
+                    "b_stage_end_to_end_n_img_s": round(b, 1),
+                    "b_stage_end_to_end_4n_img_s": round(b4, 1),
+                    "b_stage_seconds_n": round(t_n, 1),
+                    "b_stage_seconds_4n": round(t_4n, 1),
+                    "b_stage_steady_img_s": round(steady, 1),
+                    "b_stage_marginal_img_s": round(marginal, 1),
+                    # start-up (listing, Ray Data, the actor's import of torch and model load) + finalize
+                    "b_stage_outside_inference_s_4n": round(t_4n - summary_4n["inference_seconds"], 1),
+                    "c_forward_bound_img_s": round(c, 1),
+                    "c_before_img_s": round(c_before, 1),
+                    "c_after_img_s": round(c_after, 1),
+                    "c_sweep_best_img_s": round(c_sweep, 1),
+                    "b4n_over_a": round(b4 / a, 2),
+                    "b_steady_over_a": round(steady / a, 2),
+                    "b4n_over_c": round(b4 / c, 2),
+                    "b_steady_over_c": round(steady / c, 2),
+                    "ray_peak_pss_mib_n": round(mem_n / 2**20),
+                    "ray_peak_pss_mib_4n": round(mem_4n / 2**20),
+                    "memory_growth": round(mem_4n / mem_n - 1, 3) if mem_n else None,
+                }
+            )
         # Each figure is the median over the repetitions (ratios are taken within a repetition,
         # then their median); the spread of the ratios is reported beside them.
-        figures = {"n": args.n, "imgsz": args.imgsz, "cores": os.cpu_count(), "device": device_name(args.device),
-                   "teacher": args.weights or "yolo26n.yaml (untrained)", "refiner_weights": args.refiner,
-                   "set": args.set,
-                   "actors": args.actors if args.device != "cpu" else 1, "threads_a": a_threads,
-                   "threads_b_c": args.threads, "keep_freed_heap_b_c": keep_heap, "repeat": args.repeat}
+        figures = {
+            "n": args.n,
+            "imgsz": args.imgsz,
+            "cores": os.cpu_count(),
+            "device": device_name(args.device),
+            "teacher": args.weights or "yolo26n.yaml (untrained)",
+            "refiner_weights": args.refiner,
+            "set": args.set,
+            "actors": args.actors if args.device != "cpu" else 1,
+            "threads_a": a_threads,
+            "threads_b_c": args.threads,
+            "repeat": args.repeat,
+        }
         figures.update({k: statistics.median(r[k] for r in reps) for k in reps[0] if reps[0][k] is not None})
         if args.repeat > 1:
-            figures["range"] = {k: [min(r[k] for r in reps), max(r[k] for r in reps)]
-                                for k in ("b4n_over_a", "b_steady_over_c", "b_steady_over_c_before",
-                                          "b_steady_over_c_sweep", "memory_growth")
-                                if reps[0][k] is not None}
+            figures["range"] = {
+                k: [min(r[k] for r in reps), max(r[k] for r in reps)]
+                for k in ("b4n_over_a", "b_steady_over_c", "memory_growth")
+                if reps[0][k] is not None
+            }
             figures["repeats"] = reps
-        stage_bs, steady, b4 = reps[-1]["batch_b"], figures["b_stage_steady_img_s"], figures["b_stage_end_to_end_4n_img_s"]
+        stage_bs, steady, b4 = (
+            reps[-1]["batch_b"],
+            figures["b_stage_steady_img_s"],
+            figures["b_stage_end_to_end_4n_img_s"],
+        )
         # The same stage again, right after, with other settings: their effect, side by side.
         for name, (overrides, refiner) in side_runs(args.views, args.also, args.refiner).items():
-            _, _, mem_vn, _ = bench_stage(weights, pool_n, args, stage_bs, work, f"{name}_n", [*args.set, *overrides],
-                                          refiner)
-            _, bv4, mem_v4n, summary_v = bench_stage(weights, pool_4n, args, stage_bs, work, f"{name}_4n",
-                                                     [*args.set, *overrides], refiner)
+            _, _, mem_vn, _ = bench_stage(
+                weights, pool_n, args, stage_bs, work, f"{name}_n", [*args.set, *overrides], refiner
+            )
+            _, bv4, mem_v4n, summary_v = bench_stage(
+                weights, pool_4n, args, stage_bs, work, f"{name}_4n", [*args.set, *overrides], refiner
+            )
             steady_v = summary_v["inference_items_per_s"]
-            figures.update({name: overrides, f"b_{name}_end_to_end_4n_img_s": round(bv4, 1),
-                            f"b_{name}_steady_img_s": round(steady_v, 1),
-                            f"{name}_steady_over_plain": round(steady_v / steady, 2),
-                            f"{name}_end_to_end_4n_over_plain": round(bv4 / b4, 2),
-                            f"{name}_memory_growth": round(mem_v4n / mem_vn - 1, 3) if mem_vn else None})
+            figures.update(
+                {
+                    name: overrides,
+                    f"b_{name}_end_to_end_4n_img_s": round(bv4, 1),
+                    f"b_{name}_steady_img_s": round(steady_v, 1),
+                    f"{name}_steady_over_plain": round(steady_v / steady, 2),
+                    f"{name}_end_to_end_4n_over_plain": round(bv4 / b4, 2),
+                    f"{name}_memory_growth": round(mem_v4n / mem_vn - 1, 3) if mem_vn else None,
+                }
+            )
             if name == "refiner" and args.views:  # its cost: against the same views without it, run just before
-                figures.update({"refiner_steady_over_views": round(steady_v / figures["b_views_steady_img_s"], 2),
-                                "refiner_end_to_end_4n_over_views":
-                                    round(bv4 / figures["b_views_end_to_end_4n_img_s"], 2)})
+                figures.update(
+                    {
+                        "refiner_steady_over_views": round(steady_v / figures["b_views_steady_img_s"], 2),
+                        "refiner_end_to_end_4n_over_views": round(bv4 / figures["b_views_end_to_end_4n_img_s"], 2),
+                    }
+                )
         emit(figures, args.json)
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def load(args) -> int:
+    """A pool of `--n` small images through the stage, accounting checked, memory sampled."""
+    import pyarrow.parquet as pq
+
+    from ssl_ray.config import load_config
+    from ssl_ray.io.storage import Store
+    from ssl_ray.stages.label import label_pool
+
+    work = Path(tempfile.mkdtemp(prefix="ssl_ray-load-"))
+    try:
+        weights = args.weights or untrained_teacher(work)
+        t0 = time.perf_counter()
+        pool = make_pool(work / "pool", args.n, args.imgsz)
+        generated = time.perf_counter() - t0
+        cfg = load_config(
+            DEMO,
+            [
+                f"pool.sources=[{pool}]",
+                f"output.dir={work / 'run'}",
+                f"output.cache_dir={work / 'cache'}",
+                f"model.imgsz={args.imgsz}",
+                *args.set,
+            ],
+        )
+        fresh_cluster()
+        with RayMemory(period=1.0) as mem:
+            start = time.perf_counter()
+            summary = label_pool(cfg, Store(cfg.output.dir), round=1, weights=weights, names=teacher_classes(weights))
+            seconds = time.perf_counter() - start
+        stage = work / "run" / "rounds" / "r001"
+        ids = pq.read_table(stage / "predictions", columns=["image_id"]).column("image_id").to_pylist()
+        rejects = pq.read_table(stage / "rejects").num_rows
+        selection = pq.read_table(stage / "selection", columns=["image_id"]).num_rows
+        exact = (
+            summary["items"] == args.n == len(ids) + rejects
+            and len(set(ids)) == len(ids)
+            and selection == len(ids)
+            and summary["pseudo"] + summary["negative"] + summary["uncertain"] + summary["rejected"] == args.n
+        )
+        quarters = [
+            max((pss for t, pss in mem.timeline if q * seconds / 4 <= t - start < (q + 1) * seconds / 4), default=0)
+            for q in range(4)
+        ]
+        emit(
+            {
+                "mode": "load",
+                "n": args.n,
+                "imgsz": args.imgsz,
+                "cores": os.cpu_count(),
+                "generate_s": round(generated, 1),
+                "stage_s": round(seconds, 1),
+                "img_s": round(args.n / seconds, 1),
+                "ray_peak_pss_mib": round(mem.peak / 2**20),
+                "peak_pss_mib_by_quarter": [round(q / 2**20) for q in quarters],
+                "items": summary["items"],
+                "predictions": len(ids),
+                "rejects": rejects,
+                "accounting_exact": exact,
+            },
+            args.json,
+        )
+        return 0 if exact else 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def make_raw(root: Path, n: int, boxes: int) -> None:
+    """n raw rows as the inference actors write them: Parquet parts of 10,000 rows."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ssl_ray.core.schema import RAW_SCHEMA
+
+    rng = np.random.default_rng(0)
+    (root / "raw").mkdir(parents=True)
+    for start in range(0, n, 10_000):
+        rows = []
+        for i in range(start, min(n, start + 10_000)):
+            scores, classes = rng.random(boxes), rng.integers(0, 3, boxes)
+            rows.append(
+                {
+                    "image_id": f"{i:032x}",
+                    "uri": f"s3://fleet/2026-11/cam_{i % 8}/frame_{i:09d}.jpg",
+                    "width": 1920,
+                    "height": 1080,
+                    "round": 0,
+                    "reject_reason": "",
+                    "reject_detail": "",
+                    "boxes": [
+                        {"cls": int(c), "x": 0.5, "y": 0.5, "w": 0.1, "h": 0.1, "score": float(s)}
+                        for c, s in zip(classes, scores)
+                    ],
+                }
+            )
+        pq.write_table(pa.Table.from_pylist(rows, schema=RAW_SCHEMA), root / "raw" / f"part-{start:09d}.parquet")
+
+
+def finalize_child(root: str, n: int, rows_per_task: int) -> dict:
+    """In a fresh process: the real `finalize`, its tasks mapped in this process one after
+    another; its peak RSS is the largest task's working set plus the driver side."""
+    from ssl_ray.config import load_config
+    from ssl_ray.io.storage import Store
+    from ssl_ray.stages.finalize import finalize, local_map
+
+    cfg = load_config(DEMO, [f"output.dir={root}", f"label.finalize_rows={rows_per_task}", "select.adaptive=global"])
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    summary = finalize(cfg, Store(root), ["a", "b", "c"], 1, "teacher.pt", None, n, None, local_map)
+    return {
+        "tasks": summary["finalize_tasks"],
+        "seconds": round(time.perf_counter() - start, 1),
+        "peak_rss_mib": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024),
+        "items": summary["items"],
+        "pseudo": summary["pseudo"],
+        "uncertain": summary["uncertain"],
+    }
+
+
+def finalize_memory(args) -> int:
+    with tempfile.TemporaryDirectory(prefix="ssl_ray-finalize-") as tmp:
+        t0 = time.perf_counter()
+        make_raw(Path(tmp) / "pool", args.n, args.boxes)
+        print(f"{args.n} raw rows written in {time.perf_counter() - t0:.0f} s", flush=True)
+        out = {"mode": "finalize-memory", "n": args.n, "boxes": args.boxes}
+        for name, per_task in (("one_task", args.n), ("buckets", args.rows_per_task)):
+            for sub in ("predictions", "rejects", "selection", "pseudo", "review", "scatter"):
+                shutil.rmtree(Path(tmp) / "pool" / sub, ignore_errors=True)
+            child = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.label_throughput",
+                    "--child",
+                    str(Path(tmp) / "pool"),
+                    str(args.n),
+                    str(per_task),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=Path(__file__).parents[1],
+            )
+            out[name] = json.loads(child.stdout.strip().splitlines()[-1])
+            print(name, out[name], flush=True)
+        out["memory_ratio"] = round(out["one_task"]["peak_rss_mib"] / max(1, out["buckets"]["peak_rss_mib"]), 1)
+        emit(out, args.json)
+    return 0
 
 
 if __name__ == "__main__":

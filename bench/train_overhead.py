@@ -6,11 +6,11 @@ Train worker. Epoch times come from each run's own results.csv (Ultralytics writ
 cumulative time after every epoch); the first epoch (start-up, dataloader warm-up) is
 excluded and the median of the rest compared. Target: b/a <= 1.05.
 
-    .venv/bin/python bench/train_overhead.py --epochs 6 --imgsz 128
+    .venv/bin/python -m bench.train_overhead --epochs 6 --imgsz 128
 
 On a GPU machine (one Ray Train worker on one GPU against `YOLO.train(device=0)`, AMP on):
 
-    python bench/train_overhead.py --device cuda --epochs 4 --imgsz 640 --n-train 1024 --batch 32 --threads 8
+    python -m bench.train_overhead --device cuda --epochs 4 --imgsz 640 --n-train 1024 --batch 32 --threads 8
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -26,8 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-os.environ.setdefault("YOLO_OFFLINE", "1")
+from bench.common import emit
 
 
 def epoch_times(results_csv: Path) -> list[float]:
@@ -49,30 +47,51 @@ def main() -> int:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ssl_ray-bench-train-"))
     try:
+        from ssl_ray.adapters.runtime import prepare_ultralytics, start_ray
         from ssl_ray.config import load_config
-        from ssl_ray.ingest import ingest_labeled
-        from ssl_ray.runtime import prepare_ultralytics, start_ray
-        from ssl_ray.storage import Store
+        from ssl_ray.io.storage import Store
+        from ssl_ray.stages.ingest import ingest_labeled
+        from ssl_ray.stages.train import TrainSpec, train_detector, work_dir
         from ssl_ray.synth import SynthSpec, generate
-        from ssl_ray.train import TrainSpec, train_detector, work_dir
 
         gpu = args.device != "cpu"
-        data = generate(work / "data", SynthSpec(n_train=args.n_train, n_val=32, n_pool=1, imgsz=args.data_imgsz, seed=3))
+        data = generate(
+            work / "data", SynthSpec(n_train=args.n_train, n_val=32, n_pool=1, imgsz=args.data_imgsz, seed=3)
+        )
         hyper = {"amp": gpu, "plots": False, "mosaic": 1.0, "seed": 0, "deterministic": not gpu}
         demo = Path(__file__).parents[1] / "ssl_ray" / "configs" / "demo.yaml"
-        cfg = load_config(demo, [f"labeled.data={data}", f"output.dir={work / 'run'}", f"output.cache_dir={work / 'cache'}",
-                                 f"model.imgsz={args.imgsz}", f"train.epochs={args.epochs}", f"train.batch={args.batch}",
-                                 "train.num_workers=1", f"train.cpus_per_worker={args.threads}",
-                                 f"train.use_gpu={str(gpu).lower()}",
-                                 f"train.dataloader_workers={args.threads if gpu else 0}",
-                                 f"train.extra={json.dumps(hyper)}"])
+        cfg = load_config(
+            demo,
+            [
+                f"labeled.data={data}",
+                f"output.dir={work / 'run'}",
+                f"output.cache_dir={work / 'cache'}",
+                f"model.imgsz={args.imgsz}",
+                f"train.epochs={args.epochs}",
+                f"train.batch={args.batch}",
+                "train.num_workers=1",
+                f"train.cpus_per_worker={args.threads}",
+                f"train.use_gpu={str(gpu).lower()}",
+                f"train.dataloader_workers={args.threads if gpu else 0}",
+                f"train.extra={json.dumps(hyper)}",
+            ],
+        )
         out = Store(cfg.output.dir)
         labeled = ingest_labeled(cfg, out)
 
         start_ray(num_cpus=8, log_to_driver=False)
         t0 = time.perf_counter()
-        train_detector(cfg, out, TrainSpec(name="bench", train=["labeled/train.parquet"], val=["labeled/val.parquet"],
-                                           names=labeled.names, weights="yolo26n.yaml"))
+        train_detector(
+            cfg,
+            out,
+            TrainSpec(
+                name="bench",
+                train=["labeled/train.parquet"],
+                val=["labeled/val.parquet"],
+                names=labeled.names,
+                weights="yolo26n.yaml",
+            ),
+        )
         b_total = time.perf_counter() - t0
         folder = work_dir(cfg, out, "train", "bench")
         tree = folder / "data" / "data.yaml"
@@ -82,28 +101,45 @@ def main() -> int:
         if gpu:  # the same AMP decision as the Ray worker (no download of the check's weights)
             import ultralytics.engine.trainer as plain_trainer
 
-            from ssl_ray.ray_trainer import offline_check_amp
+            from ssl_ray.adapters.trainer import offline_check_amp
 
             plain_trainer.check_amp = offline_check_amp(plain_trainer.check_amp)
         t0 = time.perf_counter()
         ultralytics.YOLO("yolo26n.yaml").train(
-            data=str(tree), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, device=0 if gpu else "cpu",
+            data=str(tree),
+            epochs=args.epochs,
+            imgsz=args.imgsz,
+            batch=args.batch,
+            device=0 if gpu else "cpu",
             workers=args.threads if gpu else 0,
-            project=str(work / "plain"), name="run", exist_ok=True, verbose=False, **hyper)
+            project=str(work / "plain"),
+            name="run",
+            exist_ok=True,
+            verbose=False,
+            **hyper,
+        )
         a_total = time.perf_counter() - t0
         a_epochs = epoch_times(work / "plain" / "run" / "results.csv")
 
         a, b = statistics.median(a_epochs[1:]), statistics.median(b_epochs[1:])
         figures = {
-            "device": args.device, "epochs": args.epochs, "imgsz": args.imgsz, "n_train": len(labeled.train), "batch": args.batch,
-            "threads": args.threads, "a_plain_epoch_s": round(a, 2), "b_ray_train_epoch_s": round(b, 2),
-            "b_over_a": round(b / a, 3), "a_img_s": round(len(labeled.train) / a, 1),
-            "b_img_s": round(len(labeled.train) / b, 1), "a_total_s": round(a_total, 1), "b_total_s": round(b_total, 1),
-            "a_epochs_s": [round(x, 2) for x in a_epochs], "b_epochs_s": [round(x, 2) for x in b_epochs],
+            "device": args.device,
+            "epochs": args.epochs,
+            "imgsz": args.imgsz,
+            "n_train": len(labeled.train),
+            "batch": args.batch,
+            "threads": args.threads,
+            "a_plain_epoch_s": round(a, 2),
+            "b_ray_train_epoch_s": round(b, 2),
+            "b_over_a": round(b / a, 3),
+            "a_img_s": round(len(labeled.train) / a, 1),
+            "b_img_s": round(len(labeled.train) / b, 1),
+            "a_total_s": round(a_total, 1),
+            "b_total_s": round(b_total, 1),
+            "a_epochs_s": [round(x, 2) for x in a_epochs],
+            "b_epochs_s": [round(x, 2) for x in b_epochs],
         }
-        print(json.dumps(figures, indent=2))
-        if args.json:
-            Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        emit(figures, args.json)
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -1,6 +1,8 @@
 """`ssl-ray` command line. Each command: load config -> preflight -> one stage -> summary.
 
-Expected failures (`SslRayError`) print one `error: ...` line and exit 2.
+Failures the user can fix (`SslRayError`: bad config, data, weights, storage) print one
+`error: ...` line and exit 2, before any work. Anything else that fails, in this process or in
+a Ray worker, prints its one-line cause and exits 1; the traceback goes to the log.
 """
 
 from __future__ import annotations
@@ -20,15 +22,33 @@ log = logging.getLogger("ssl_ray")
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return args.func(args) or 0
-    except SslRayError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - the one place every failure becomes one line
+        from ssl_ray.adapters.runtime import root_cause
+
+        cause = root_cause(e)
+        if isinstance(cause, SslRayError):
+            print(f"error: {cause}", file=sys.stderr)
+            return 2
+        log.debug("failure", exc_info=e)
+        where = getattr(args, "log_file", None)
+        print(
+            f"error: {type(cause).__name__}: {_first_line(cause)}" + (f" (full log: {where})" if where else ""),
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return lines[-1].strip()[:300] if lines else "(no message)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,7 +74,14 @@ def _parser() -> argparse.ArgumentParser:
 
     synth = sub.add_parser("synth", help="generate the seeded synthetic shapes dataset")
     synth.add_argument("out")
-    for name, default in (("n-train", 40), ("n-val", 32), ("n-pool", 200), ("imgsz", 160), ("n-classes", 3), ("seed", 0)):
+    for name, default in (
+        ("n-train", 40),
+        ("n-val", 32),
+        ("n-pool", 200),
+        ("imgsz", 160),
+        ("n-classes", 3),
+        ("seed", 0),
+    ):
         synth.add_argument(f"--{name}", type=int, default=default)
     synth.set_defaults(func=cmd_synth)
 
@@ -62,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     label = with_config("label", cmd_label, "pseudo-label the pool once (one round's label stage)")
     label.add_argument("--round", type=int, default=1, help="round number to write (default 1)")
     label.add_argument("--weights", help="teacher checkpoint (default: model.weights)")
+    label.add_argument("--redo", action="store_true", help="redo a round labeled with other settings")
 
     train = with_config("train", cmd_train, "train the detector on the labeled set with Ray Train")
     train.add_argument("--name", default="labeled", help="training run name (resume key; output train/<name>)")
@@ -93,56 +121,61 @@ def cmd_config_reference(args) -> None:
     from ssl_ray.typed import field_docs
 
     print("| setting | type | default | meaning |\n|---|---|---|---|")
-    for name, tp, default, doc in field_docs(Config):
-        print(f"| `{name}` | {tp} | `{default!r}` | {doc} |")
+    for name, tp, default, doc, operational in field_docs(Config):
+        print(f"| `{name}`{' (o)' if operational else ''} | {tp} | `{default!r}` | {doc} |")
 
 
 def cmd_synth(args) -> None:
     from ssl_ray.synth import SynthSpec, generate
 
-    spec = SynthSpec(n_train=args.n_train, n_val=args.n_val, n_pool=args.n_pool, imgsz=args.imgsz,
-                     n_classes=args.n_classes, seed=args.seed)
+    spec = SynthSpec(
+        n_train=args.n_train,
+        n_val=args.n_val,
+        n_pool=args.n_pool,
+        imgsz=args.imgsz,
+        n_classes=args.n_classes,
+        seed=args.seed,
+    )
     print(generate(args.out, spec))
 
 
 def cmd_ingest(args) -> None:
-    from ssl_ray.ingest import ingest_labeled
-    from ssl_ray.storage import Store, preflight
+    from ssl_ray.io.storage import Store
+    from ssl_ray.stages.ingest import ingest_labeled
 
     cfg = _load(args)
-    if cfg.labeled.data:
-        preflight(cfg.labeled.data.rpartition("/")[0] or ".", cfg.storage)
-    preflight(cfg.output.dir, cfg.storage, write=True)
+    preflight_locations(cfg, labeled=True)
     start = time.perf_counter()
     out = Store(cfg.output.dir, cfg.storage)
     result = ingest_labeled(cfg, out)
     _table(
         ["split", "images", "boxes"],
-        [["train", len(result.train), sum(len(r["boxes"]) for r in result.train)],
-         ["val", len(result.val), sum(len(r["boxes"]) for r in result.val)]],
+        [
+            ["train", len(result.train), sum(len(r["boxes"]) for r in result.train)],
+            ["val", len(result.val), sum(len(r["boxes"]) for r in result.val)],
+        ],
     )
-    print(f"classes: {', '.join(result.names)}; skipped: {result.rejects}; "
-          f"{time.perf_counter() - start:.1f}s -> {out.uri_of('labeled')}")
+    print(
+        f"classes: {', '.join(result.names)}; skipped: {result.rejects}; "
+        f"{time.perf_counter() - start:.1f}s -> {out.uri_of('labeled')}"
+    )
 
 
 def cmd_label(args) -> None:
-    from ssl_ray.dataset import load_data_yaml
-    from ssl_ray.label import label_pool
-    from ssl_ray.runtime import start_ray_for
-    from ssl_ray.storage import Store, preflight
+    from ssl_ray.adapters.runtime import start_ray_for
+    from ssl_ray.adapters.teacher import preflight_weights
+    from ssl_ray.io.storage import Store
+    from ssl_ray.stages.label import label_pool
 
     cfg = _load(args)
     if not cfg.pool.sources:
         raise SslRayError("pool.sources: give at least one local directory or s3:// prefix")
-    for source in cfg.pool.sources:
-        preflight(source, cfg.storage)
-    preflight(cfg.output.dir, cfg.storage, write=True)
-    names = None
-    if cfg.labeled.data:
-        names = load_data_yaml(cfg.labeled.data, lambda uri: Store(uri, cfg.storage)).names
+    names = preflight_locations(cfg, labeled=bool(cfg.labeled.data), pool=True)
+    weights = args.weights or cfg.model.weights
+    teacher_names = preflight_weights(cfg, weights, names, role="teacher")
     start_ray_for(cfg)
     out = Store(cfg.output.dir, cfg.storage)
-    summary = label_pool(cfg, out, round=args.round, weights=args.weights or cfg.model.weights, names=names)
+    summary = label_pool(cfg, out, round=args.round, weights=weights, names=names or teacher_names, redo=args.redo)
     print_label_summary(summary)
     print(f"-> {out.uri_of(f'rounds/r{args.round:03d}')}")
 
@@ -153,14 +186,16 @@ def cmd_run(args) -> None:
 
 def run_job(cfg: Config, *, new_run: bool = False) -> None:
     """Preflight, local or joined Ray, the rounds; prints the table as rounds finish."""
+    from ssl_ray.adapters.runtime import start_ray_for
+    from ssl_ray.adapters.teacher import preflight_weights
+    from ssl_ray.core.rounds import best_round
     from ssl_ray.driver import run_rounds
-    from ssl_ray.report import COLUMNS, table_rows
-    from ssl_ray.rounds import best_round
-    from ssl_ray.runtime import start_ray_for
+    from ssl_ray.stages.report import COLUMNS, table_rows
 
     if not cfg.labeled.data or not cfg.pool.sources:
         raise SslRayError("labeled.data and pool.sources are both required for a run")
-    preflight_locations(cfg)
+    names = preflight_locations(cfg, labeled=True, pool=True)
+    preflight_weights(cfg, cfg.model.weights, names, role="teacher" if cfg.rounds.round0 == "evaluate" else "init")
     start_ray_for(cfg)
     start = time.perf_counter()
     total = cfg.rounds.max_rounds + 1
@@ -175,42 +210,51 @@ def run_job(cfg: Config, *, new_run: bool = False) -> None:
 
     state = run_rounds(cfg, new_run=new_run, on_round=progress)
     out = cfg.output.dir.rstrip("/")
-    print(f"\nbest round: {best_round(state.scores)}; "
-          f"weights {out}/final/weights/best.pt; report {out}/report/report.md")
+    print(
+        f"\nbest round: {best_round(state.scores)}; weights {out}/final/weights/best.pt; report {out}/report/report.md"
+    )
 
 
-def preflight_locations(cfg: Config) -> None:
-    """Before any work: every location answers (output.dir is writable) and the labeled
-    data.yaml parses. Each failure is one error naming the setting."""
-    from ssl_ray.dataset import load_data_yaml
-    from ssl_ray.storage import Store, preflight
+def preflight_locations(cfg: Config, *, labeled: bool = False, pool: bool = False) -> list[str] | None:
+    """Before any work: every location answers (output.dir is writable, nothing is created
+    there yet) and the labeled data.yaml parses; its class names. Each failure is one error
+    naming the setting."""
+    from ssl_ray.io.dataset import load_data_yaml
+    from ssl_ray.io.storage import Store, preflight
 
-    checks = [("labeled.data", cfg.labeled.data.rpartition("/")[0] or ".", False)]
-    checks += [(f"pool.sources[{i}]", source, False) for i, source in enumerate(cfg.pool.sources)]
+    checks = [("labeled.data", cfg.labeled.data.rpartition("/")[0] or ".", False)] if labeled else []
+    checks += [(f"pool.sources[{i}]", source, False) for i, source in enumerate(cfg.pool.sources if pool else [])]
     checks += [("output.dir", cfg.output.dir, True)]
     for name, uri, write in checks:
         try:
             preflight(uri, cfg.storage, write=write)
         except SslRayError as e:
             raise type(e)(f"{name}: {e}") from None
-    load_data_yaml(cfg.labeled.data, lambda uri: Store(uri, cfg.storage))
+    if not labeled:
+        return None
+    return load_data_yaml(cfg.labeled.data, lambda uri: Store(uri, cfg.storage)).names
 
 
 def cmd_train(args) -> None:
-    from ssl_ray.ingest import ingest_labeled
-    from ssl_ray.runtime import start_ray_for
-    from ssl_ray.storage import Store, preflight
-    from ssl_ray.train import TrainSpec, train_detector
+    from ssl_ray.adapters.runtime import start_ray_for
+    from ssl_ray.adapters.teacher import preflight_weights
+    from ssl_ray.io.storage import Store
+    from ssl_ray.stages.ingest import ingest_labeled
+    from ssl_ray.stages.train import TrainSpec, train_detector
 
     cfg = _load(args)
-    if cfg.labeled.data:
-        preflight(cfg.labeled.data.rpartition("/")[0] or ".", cfg.storage)
-    preflight(cfg.output.dir, cfg.storage, write=True)
+    names = preflight_locations(cfg, labeled=True)
+    preflight_weights(cfg, cfg.model.weights, names, role="init")
     out = Store(cfg.output.dir, cfg.storage)
     labeled = ingest_labeled(cfg, out)
     start_ray_for(cfg)
-    spec = TrainSpec(name=args.name, train=["labeled/train.parquet"], val=["labeled/val.parquet"],
-                     names=labeled.names, weights=cfg.model.weights)
+    spec = TrainSpec(
+        name=args.name,
+        train=["labeled/train.parquet"],
+        val=["labeled/val.parquet"],
+        names=labeled.names,
+        weights=cfg.model.weights,
+    )
     metrics = train_detector(cfg, out, spec)
     print_train_metrics(metrics)
     print(f"-> {out.uri_of(f'train/{args.name}/weights/best.pt')}")
@@ -224,9 +268,20 @@ def print_train_metrics(m: dict) -> None:
 
 
 def print_label_summary(s: dict) -> None:
-    _table(["items", "pseudo", "negative (used)", "uncertain", "rejected", "items/s", "inference items/s"],
-           [[s["items"], s["pseudo"], f"{s['negative']} ({s['negative_used']})", s["uncertain"], s["rejected"],
-             s["items_per_s"], s.get("inference_items_per_s") or "-"]])
+    _table(
+        ["items", "pseudo", "negative (used)", "uncertain", "rejected", "items/s", "inference items/s"],
+        [
+            [
+                s["items"],
+                s["pseudo"],
+                f"{s['negative']} ({s['negative_used']})",
+                s["uncertain"],
+                s["rejected"],
+                s["items_per_s"],
+                s.get("inference_items_per_s") or "-",
+            ]
+        ],
+    )
     per_class = [f"{k} {v}" for k, v in s["pseudo_boxes_per_class"].items() if v]
     print("pseudo boxes per class: " + (", ".join(per_class) or "none"))
     if s["rejected_by_reason"]:
@@ -239,9 +294,15 @@ def cmd_demo(args) -> None:
 
     out = Path(args.out).resolve()
     data_yaml = generate(out / "data", SynthSpec())
-    cfg = load_config(Path(__file__).parent / "configs" / "demo.yaml",
-                      [f"labeled.data={data_yaml}", f"output.dir={out / 'run'}", f"output.cache_dir={out / 'cache'}",
-                       f"pool.sources=[{out / 'data' / 'images' / 'pool'}]"])
+    cfg = load_config(
+        Path(__file__).parent / "configs" / "demo.yaml",
+        [
+            f"labeled.data={data_yaml}",
+            f"output.dir={out / 'run'}",
+            f"output.cache_dir={out / 'cache'}",
+            f"pool.sources=[{out / 'data' / 'images' / 'pool'}]",
+        ],
+    )
     run_job(cfg)
 
 

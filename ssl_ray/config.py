@@ -33,13 +33,17 @@ class StorageConfig:
             if url.scheme not in ("http", "https") or not url.hostname:
                 raise ValueError(f"storage.endpoint_url: expected http(s)://host[:port], found {self.endpoint_url!r}")
             if url.username or url.password:
-                raise ValueError("storage.endpoint_url: must not contain credentials; use the AWS environment or a profile")
+                raise ValueError(
+                    "storage.endpoint_url: must not contain credentials; use the AWS environment or a profile"
+                )
 
 
 @_section
 class LabeledConfig:
     data: str | None = setting(None, "Ultralytics data.yaml of the labeled set (local path or s3://)")
-    on_error: Literal["fail", "skip"] = setting("fail", "bad label lines/images: fail the run, or skip them and record why")
+    on_error: Literal["fail", "skip"] = setting(
+        "fail", "bad label lines/images: fail the run, or skip them and record why"
+    )
 
 
 @_section
@@ -48,7 +52,9 @@ class PoolConfig:
     video_every_n: int = setting(30, "sample every Nth video frame", ge=1)
     video_fps: float | None = setting(None, "sample frames at this rate instead of every Nth", gt=0)
     max_pixels: int = setting(64_000_000, "larger images are quarantined (decompression bombs)", ge=1)
-    max_reject_fraction: float = setting(0.05, "fail the stage when more of the pool is quarantined", ge=0, le=1)
+    max_reject_fraction: float = setting(
+        0.05, "fail the stage when more of the pool is quarantined", ge=0, le=1, operational=True
+    )
 
 
 @_section
@@ -62,58 +68,61 @@ class TrainConfig:
     epochs: int = setting(100, "epochs per training run", ge=1)
     batch: int = setting(16, "images per worker per step", ge=1)
     num_workers: int = setting(1, "Ray Train workers (DDP ranks)", ge=1)
-    use_gpu: bool = setting(True, "one GPU per worker")
-    cpus_per_worker: float = setting(8.0, "CPUs reserved per worker (data loading)", gt=0)
-    dataloader_workers: int = setting(8, "Ultralytics dataloader processes per worker", ge=0)
-    max_failures: int = setting(3, "worker failures tolerated before the run fails (-1 = unlimited)", ge=-1)
+    use_gpu: bool = setting(True, "one GPU per worker", operational=True)
+    cpus_per_worker: float = setting(8.0, "CPUs reserved per worker (data loading)", gt=0, operational=True)
+    dataloader_workers: int = setting(8, "Ultralytics dataloader processes per worker", ge=0, operational=True)
+    max_failures: int = setting(
+        3, "worker failures tolerated before the run fails (-1 = unlimited)", ge=-1, operational=True
+    )
     patience: int = setting(50, "Ultralytics early stopping: epochs without val improvement", ge=1)
-    labeled_fraction: float | None = setting(None, "oversample labeled images to about this share of each epoch "
-                                                   "(null = as they come)", gt=0, lt=1)
-    pseudo_box_weight: float = setting(1.0, "weight of the box-regression losses of pseudo-labeled boxes; their class "
-                                            "loss keeps weight 1 (0 = boxes are learned from labeled images only)",
-                                       ge=0, le=1)
-    max_box_spread: float | None = setting(None, "with refine.enabled: pseudo_box_weight only for pseudo-boxes whose "
-                                                 "refiner spread is above this (or, with min_box_score, score below)", ge=0)
-    min_box_score: float | None = setting(None, "pseudo_box_weight only for pseudo-boxes scoring below this (or, with "
-                                                "max_box_spread, spread above); both null: for all", ge=0, le=1)
+    labeled_fraction: float | None = setting(
+        0.4,
+        "oversample labeled images to about this share of each epoch of rounds 1.. (null = as they come)",
+        gt=0,
+        lt=1,
+    )
     extra: dict[str, Any] = setting({}, "further Ultralytics trainer arguments (lr0, mosaic, ...)")
-    finetune_extra: dict[str, Any] = setting(
-        {}, "Ultralytics trainer arguments for rounds 1.. (warm-started from the last round), over train.extra: "
-            "e.g. {optimizer: AdamW, lr0: 0.0005, warmup_epochs: 0} fine-tunes instead of restarting the "
-            "schedule (optimizer 'auto' ignores lr0)")
 
 
 @_section
 class LabelConfig:
-    batch_size: int = setting(64, "images per inference batch", ge=1)
-    num_gpus_per_actor: float = setting(1.0, "GPUs per inference actor (fractions share a GPU)", ge=0)
-    num_cpus_per_actor: float = setting(1.0, "CPUs per inference actor", ge=0)
-    min_actors: int = setting(1, "inference actors kept alive", ge=1)
-    max_actors: int = setting(8, "inference actors at most (autoscaling)", ge=1)
+    batch_size: int = setting(64, "images per inference batch", ge=1, operational=True)
+    num_gpus_per_actor: float = setting(1.0, "GPUs per inference actor (fractions share a GPU)", ge=0, operational=True)
+    num_cpus_per_actor: float = setting(1.0, "CPUs per inference actor", ge=0, operational=True)
+    min_actors: int = setting(1, "inference actors kept alive", ge=1, operational=True)
+    max_actors: int = setting(8, "inference actors at most (autoscaling)", ge=1, operational=True)
     score_floor: float = setting(0.05, "detections below this score are not kept at all", ge=0, le=1)
-    decode_tasks: int | None = setting(None, "concurrent decode tasks at most (null = as many as CPUs allow)", ge=1)
-    actor_calls: int = setting(2, "batches in flight inside each inference actor: while the model runs on one, "
-                                  "the next is gathered and the last one's rows returned (the model runs one at a time)",
-                               ge=1)
-    finalize_rows: int = setting(100_000, "pool items per finalize task: the last step (dedupe, select, write) runs "
-                                          "in parallel over hash buckets of about this many items", ge=1)
-    consistency_views: list[str] = setting([], "test-time views checked for agreement: 'flip', 'scale:S', 'zoom:Z' (empty = off)")
+    decode_tasks: int | None = setting(
+        None, "concurrent decode tasks at most (null = as many as CPUs allow)", ge=1, operational=True
+    )
+    actor_calls: int = setting(
+        2,
+        "batches in flight inside each inference actor: while the model runs on one, "
+        "the next is gathered and the last one's rows returned (the model runs one at a time)",
+        ge=1,
+        operational=True,
+    )
+    finalize_rows: int = setting(
+        100_000,
+        "pool items per finalize task: the last step (dedupe, select, write) runs "
+        "in parallel over hash buckets of about this many items",
+        ge=1,
+        operational=True,
+    )
+    consistency_views: list[str] = setting(
+        ["flip"], "test-time views a pseudo-box must agree with: 'flip', 'scale:S' (empty = off)"
+    )
     consistency_iou: float = setting(0.5, "IoU a view's box needs (mapped back) to agree with a box", gt=0, le=1)
-    refine_views: list[str] = setting([], "test-time views fused into the boxes they match without counting for "
-                                          "agreement, to box objects more tightly: e.g. 'zoom:1.5' (empty = off)")
-    keep_freed_heap: bool = setting(True, "inference actors keep freed memory for the next batch instead of returning "
-                                          "it to the OS (glibc): a CPU forward then stops re-faulting its pages")
 
     def __post_init__(self):
         if self.min_actors > self.max_actors:
             raise ValueError(f"label.min_actors ({self.min_actors}) must be <= label.max_actors ({self.max_actors})")
-        from ssl_ray.consistency import parse_views
+        from ssl_ray.core.consistency import parse_views
 
-        for key in ("consistency_views", "refine_views"):
-            try:
-                parse_views(getattr(self, key), 640)
-            except ValueError as e:
-                raise ValueError(f"label.{key}: {e}") from None
+        try:
+            parse_views(self.consistency_views, 640)
+        except ValueError as e:
+            raise ValueError(f"label.consistency_views: {e}") from None
 
 
 @_section
@@ -125,20 +134,24 @@ class SelectConfig:
     negative_max_score: float = setting(0.1, "an image whose best score is below this is a negative", ge=0, le=1)
     max_negative_fraction: float = setting(0.2, "negatives at most this fraction of the selection", ge=0, le=1)
     review_max: int = setting(1000, "most uncertain images exported for human review", ge=0)
-    min_agreement: float = setting(1.0, "with label.consistency_views: share of the views that must agree with a "
-                                        "pseudo-box", ge=0, le=1)
-    ambiguous_images: Literal["train", "review", "mask"] = setting(
-        "train", "an image with confident boxes and others scoring at least negative_max_score that are not kept: "
-                 "train on its confident boxes (the others become background), send it to review, or train on "
-                 "it with the others painted grey (neither object nor background)")
-    max_images_per_class: int | None = setting(None, "class balance: pseudo-labeled images trained on per class "
-                                                     "(of an image's best box), highest scores first (null = all)", ge=1)
-    adaptive: Literal["global", "val_precision", "pool_quantile"] = setting(
-        "global", "thresholds: the global one (and per_class), or per class from data each round: the lowest score "
-                  "reaching select.target_precision on the held-out val set, or the pool score above which "
-                  "select.keep_fraction of a class's detections lie")
-    target_precision: float = setting(0.9, "adaptive=val_precision: precision each class's threshold must reach", gt=0, le=1)
-    keep_fraction: float = setting(0.3, "adaptive=pool_quantile: share of each class's pool detections kept", gt=0, le=1)
+    min_agreement: float = setting(
+        1.0, "with label.consistency_views: share of the views that must agree with a pseudo-box", ge=0, le=1
+    )
+    max_images_per_class: int | None = setting(
+        None,
+        "class balance: pseudo-labeled images trained on per class "
+        "(of an image's best box), highest scores first (null = all)",
+        ge=1,
+    )
+    adaptive: Literal["global", "val_precision"] = setting(
+        "val_precision",
+        "thresholds: the global one (and per_class), or per class each round: the lowest score "
+        "reaching select.target_precision on the held-out val set (never below adaptive_floor, "
+        "the round's global threshold where none reaches it)",
+    )
+    target_precision: float = setting(
+        0.9, "adaptive=val_precision: precision each class's threshold must reach", gt=0, le=1
+    )
     adaptive_floor: float = setting(0.25, "adaptive thresholds never go below this score", ge=0, le=1)
 
     def __post_init__(self):
@@ -153,33 +166,39 @@ class SelectConfig:
 
 @_section
 class RefineConfig:
-    enabled: bool = setting(False, "train a box refiner on the labeled set before round 1 and move every teacher box "
-                                   "scoring at least min_score with it, before selection (docs/labeling.md)")
+    enabled: bool = setting(
+        True,
+        "train a box refiner on the labeled set before round 1 and move every teacher box "
+        "scoring at least min_score with it, before selection (docs/labeling.md)",
+    )
     min_score: float = setting(0.1, "boxes scoring below this are left as the teacher gave them", ge=0, le=1)
     blend: float = setting(0.5, "the box kept: blend x the refined box + (1 - blend) x the teacher's", ge=0, le=1)
-    passes: int = setting(1, "refiner passes per box, each from the last pass's box", ge=1)
-    tta: Literal["none", "h", "hv"] = setting(
-        "none", "average the refiner's edges over the crop and its mirror (h) or all 8 flips and transposes (hv)")
+    passes: int = setting(2, "refiner passes per box, each from the last pass's box", ge=1)
     steps: int = setting(3000, "training steps (batches of jittered labeled boxes)", ge=1)
     batch: int = setting(64, "boxes per training step", ge=1)
-    jitter: float = setting(0.06, "training: each edge of a true box moved by up to this share of its side", gt=0, lt=1)
-    flips: Literal["h", "hv"] = setting("hv", "training augmentation: mirror the crops, or also flip and transpose them")
     crop: int = setting(32, "crop side the refiner sees, pixels", ge=8)
     context: float = setting(1.6, "crop side / box side", ge=1)
     max_images: int = setting(2000, "labeled images it trains on at most (held in memory at model.imgsz)", ge=1)
-    num_cpus: float = setting(1.0, "CPUs of its training task (it trains on CPU; the inference actors apply it on "
-                                   "their own device)", gt=0)
+    num_cpus: float = setting(
+        1.0,
+        "CPUs of its training task (it trains on CPU; the inference actors apply it on their own device)",
+        gt=0,
+        operational=True,
+    )
 
 
 @_section
 class RoundsConfig:
-    max_rounds: int = setting(3, "pseudo-label rounds after round 0", ge=0)
+    max_rounds: int = setting(
+        3, "pseudo-label rounds after round 0 (raising it extends a finished run)", ge=0, operational=True
+    )
     conf_schedule: list[float] = setting([], "confidence threshold per round 1..N (empty = select.conf)")
-    patience: int = setting(1, "stop after this many rounds without held-out mAP50-95 improvement", ge=1)
-    round0: Literal["train", "evaluate"] = setting("train", "round 0 trains on the labeled set, or only evaluates model.weights")
-    student_init: str | None = setting(
-        None, "weights each round r >= 1 trains from (.yaml: from scratch; .pt, e.g. yolo26n.pt: pretrained), a new "
-              "student on labeled + pseudo-labels; null = warm start from round r-1's best.pt (train.finetune_extra)")
+    patience: int = setting(
+        1, "stop after this many rounds without held-out mAP50-95 improvement", ge=1, operational=True
+    )
+    round0: Literal["train", "evaluate"] = setting(
+        "train", "round 0 trains on the labeled set, or only evaluates model.weights"
+    )
 
     def __post_init__(self):
         for i, value in enumerate(self.conf_schedule):
@@ -198,20 +217,27 @@ class RayConfig:
     address: str | None = setting(None, "cluster to join ('auto', ray://...); null = RAY_ADDRESS or a local cluster")
     num_cpus: int | None = setting(None, "logical CPUs of a local cluster (null = twice the cores, at least 4)", ge=1)
     num_workers_soft_limit: int | None = setting(
-        None, "worker processes a local cluster keeps: idle ones beyond are stopped (null = the cores; "
-              "Ray's own default is its logical CPUs)", ge=1)
-    object_store_memory_gb: float | None = setting(None, "object store of a local cluster, GiB (null = Ray's default)",
-                                                   gt=0)
+        None,
+        "worker processes a local cluster keeps: idle ones beyond are stopped (null = the cores; "
+        "Ray's own default is its logical CPUs)",
+        ge=1,
+    )
+    object_store_memory_gb: float | None = setting(
+        None, "object store of a local cluster, GiB (null = Ray's default)", gt=0
+    )
     data_object_store_gb: float | None = setting(
-        None, "object store memory Ray Data may use while labeling, GiB (null = 16 x the images the "
-              "inference actors hold in flight, see docs/labeling.md)", gt=0)
+        None,
+        "object store memory Ray Data may use while labeling, GiB (null = 16 x the images the "
+        "inference actors hold in flight, see docs/labeling.md)",
+        gt=0,
+    )
     resource_wait_s: float = setting(1800.0, "how long a stage waits for autoscaled nodes (CPUs, GPUs) it needs", ge=0)
 
 
 @_section
 class Config:
     seed: int = setting(0, "seed for everything random", ge=0)
-    storage: StorageConfig = setting(StorageConfig(), "")
+    storage: StorageConfig = setting(StorageConfig(), "", operational=True)
     labeled: LabeledConfig = setting(LabeledConfig(), "")
     pool: PoolConfig = setting(PoolConfig(), "")
     model: ModelConfig = setting(ModelConfig(), "")
@@ -220,12 +246,8 @@ class Config:
     select: SelectConfig = setting(SelectConfig(), "")
     refine: RefineConfig = setting(RefineConfig(), "")
     rounds: RoundsConfig = setting(RoundsConfig(), "")
-    output: OutputConfig = setting(OutputConfig(), "")
-    ray: RayConfig = setting(RayConfig(), "")
-
-    def __post_init__(self):
-        if self.train.max_box_spread is not None and not self.refine.enabled:
-            raise ValueError("train.max_box_spread needs refine.enabled: the spread is the box refiner's")
+    output: OutputConfig = setting(OutputConfig(), "", operational=True)
+    ray: RayConfig = setting(RayConfig(), "", operational=True)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -281,6 +303,7 @@ def with_absolute_paths(cfg: Config) -> Config:
     them before a config travels to tasks. `s3://` and `~` paths are left as they are (`~` is
     each node's own home); so are weights that name no file here (`yolo26n.yaml`, which
     Ultralytics resolves itself)."""
+
     def absolute(path: str) -> str:
         return path if path.startswith(("s3://", "~")) else os.path.abspath(path)
 
@@ -288,9 +311,7 @@ def with_absolute_paths(cfg: Config) -> Config:
     pool = dataclasses.replace(cfg.pool, sources=[absolute(s) for s in cfg.pool.sources])
     output = dataclasses.replace(cfg.output, dir=absolute(cfg.output.dir), cache_dir=absolute(cfg.output.cache_dir))
     model = dataclasses.replace(cfg.model, weights=absolute_weights(cfg.model.weights))
-    rounds = dataclasses.replace(cfg.rounds, student_init=cfg.rounds.student_init and
-                                 absolute_weights(cfg.rounds.student_init))
-    return dataclasses.replace(cfg, labeled=labeled, pool=pool, output=output, model=model, rounds=rounds)
+    return dataclasses.replace(cfg, labeled=labeled, pool=pool, output=output, model=model)
 
 
 def absolute_weights(weights: str) -> str:

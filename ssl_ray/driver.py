@@ -4,13 +4,14 @@
     round r   label the pool with round r-1's best.pt at round r's threshold (boxes moved by
               the box refiner, trained once on the labeled set, with refine.enabled)
               -> merge labeled + selected rows (rounds/rNNN/merged.parquet)
-              -> train, warm-started from round r-1's weights (or a new student from
-                 rounds.student_init) -> held-out metrics
+              -> train, warm-started from round r-1's weights -> held-out metrics
     final     the best round's weights and dataset (final/), report (report/)
 
-Each round ends with `rounds/rNNN/metrics.json` and `_COMMITTED`, written last; a committed
-round is read back, never redone or rewritten. Inside a round, the label and train stages
-keep their own markers, so a crash resumes at the first unfinished stage.
+Every step is a unit of work (`ssl_ray.core.units`): it ends by writing its marker, keyed by
+the settings and inputs it was produced with, and a finished unit is read back, never redone
+or rewritten. A crash resumes at the first unfinished unit. A command whose settings differ
+from those a finished unit was produced with is refused, naming the setting
+(`claim_run_dir`); operational settings (resources, retries, `rounds.max_rounds`) may change.
 
 The driver does no heavy work itself: ingest (decoding every labeled image), merging, the
 final export and the report run as Ray tasks; labeling is Ray Data, training Ray Train. With
@@ -24,21 +25,21 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
-from ssl_ray import rounds as plan
 from ssl_ray.config import Config, dump_config, with_absolute_paths
+from ssl_ray.core import rounds as plan
+from ssl_ray.core.units import STEP_SETTINGS, Unit, pick, setting_difference
 from ssl_ray.errors import ConfigError
-from ssl_ray.export import export_yolo_tree, parquet_num_rows, read_parquet_rows, write_parquet
-from ssl_ray.ingest import ingest_labeled
-from ssl_ray.calibrate import val_class_thresholds
-from ssl_ray.label import LABELED_MARKER, label_pool
-from ssl_ray.refine_stage import REFINER, fit_refiner
-from ssl_ray.runtime import LazyRemote, ray_get
-from ssl_ray.storage import Store
-from ssl_ray.train import TrainSpec, evaluate_detector, train_detector
-from ssl_ray.typed import from_dict, to_dict
+from ssl_ray.io.export import export_yolo_tree, parquet_num_rows, read_parquet_rows, write_parquet
+from ssl_ray.io.storage import StaleUnitError, Store
+from ssl_ray.stages.calibrate import val_class_thresholds
+from ssl_ray.stages.ingest import ingest_labeled
+from ssl_ray.stages.label import label_pool, label_unit
+from ssl_ray.stages.refine import REFINER, fit_refiner, refiner_unit
+from ssl_ray.stages.train import TrainSpec, evaluate_detector, train_detector
+from ssl_ray.typed import result_settings
 
 log = logging.getLogger(__name__)
 
@@ -71,70 +72,88 @@ def run_rounds(cfg: Config, *, new_run: bool = False, on_round: Callable[[RunSta
         state.rounds.append(_run_round(cfg, out, r, state, n_labeled))
         if on_round:
             on_round(state)
-    _on_ray(out, _finalize, cfg, state.names, state.rounds, plan.best_round(state.scores))
+    best = plan.best_round(state.scores)
+    final = Unit("final", settings=result_settings(cfg), inputs={"rounds": len(state.rounds), "best": best})
+    try:
+        done = out.done(final)
+    except StaleUnitError:  # the run has grown (rounds.max_rounds raised): final/ and report/ anew
+        done = None
+    if done is None:
+        _on_ray(out, _finalize, cfg, state.names, state.rounds, best)
+        out.commit(final, {"best_round": best})
     return state
 
 
-def _on_ray(out: Store, task: LazyRemote, *args, **options):
-    """Run a driver-side step as a Ray task (with Ray `options`, e.g. num_cpus) and wait for
-    it; on the driver's node when the run directory is local."""
+def _on_ray(out: Store, fn, *args, num_cpus: float = 1):
+    """Run a driver-side step as a Ray task and wait for it; on the driver's node when the run
+    directory is local."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    opts = {} if out.is_s3 else {"scheduling_strategy": NodeAffinitySchedulingStrategy(
-        ray.get_runtime_context().get_node_id(), soft=False)}
-    return ray_get(task.options(**opts, **options).remote(*args))
+    from ssl_ray.adapters.runtime import ray_map
+
+    opts = (
+        {}
+        if out.is_s3
+        else {
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        }
+    )
+    (result,) = ray_map(fn, [args], num_cpus=num_cpus, **opts)
+    return result
+
+
+def finished_units(out: Store) -> list[dict]:
+    """The markers of every finished unit of the run at `out` (in its folders and their
+    sub-folders: labeled/, refiner/, rounds/rNNN/, train/NAME/, final/)."""
+    found = []
+    for top in out.names(folders=True):
+        found += out.markers(top)
+        for sub in out.names(top, folders=True):
+            found += out.markers(f"{top}/{sub}")
+    return found
 
 
 def claim_run_dir(out: Store, cfg: Config, new_run: bool) -> bool:
-    """Record the effective config; refuse a different config on an existing run. True when
-    the run directory is new (nothing was there, or --new-run replaced it). A config recorded
-    by an earlier ssl_ray lacks the settings added since: read with their defaults, it is the
-    same run, and is recorded again as this version writes it."""
-    text = dump_config(cfg)
-    if out.exists("config.yaml"):
-        old = out.read_bytes("config.yaml").decode()
-        if old == text:
-            return False
-        difference = _first_difference(old, cfg)
-        if difference is None:
-            out.write_text("config.yaml", text)
-            return False
-        if not new_run:
-            raise ConfigError(f"{out.uri} holds a run with another config ({difference}): "
-                              f"use another output.dir, or --new-run to replace that run")
+    """Record the effective config at `out`; True when the run starts anew there.
+
+    A run directory with finished work is resumed only when no finished unit was produced
+    with a setting this config changes (`ConfigError` names the first one); `new_run`
+    replaces it instead. A run that finished nothing yet (it failed or was stopped before its
+    first unit) holds nothing worth keeping: it starts anew, whatever its config was."""
+    finished = finished_units(out) if out.exists("config.yaml") else []
+    if finished and new_run:
         out.delete_prefix()
-    out.write_text("config.yaml", text)
-    return True
-
-
-def _first_difference(old_yaml: str, cfg: Config) -> str | None:
-    """The first setting where the recorded config and `cfg` differ, both as this version
-    reads them; None when they are the same."""
-    import yaml
-
-    def flat(node, prefix=""):
-        if isinstance(node, dict):
-            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
-        return {prefix.rstrip("."): node}
-
-    try:
-        old = flat(to_dict(from_dict(Config, yaml.safe_load(old_yaml) or {})))
-    except (ConfigError, yaml.YAMLError) as e:  # e.g. a setting removed since
-        return f"the recorded config.yaml does not load: {e}"
-    new = flat(to_dict(cfg))
-    key = next((k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)), None)
-    return None if key is None else f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        finished = []
+    settings = result_settings(cfg)
+    for record in finished:
+        problem = setting_difference(record, settings)
+        if problem:
+            raise ConfigError(
+                f"{out.uri} holds a run with another config ({problem}; in {record['unit']}): "
+                f"use another output.dir, or --new-run to replace that run"
+            )
+    if not finished and out.exists("config.yaml"):
+        out.delete_prefix()  # leftovers of a run that finished no unit
+    out.write_text("config.yaml", dump_config(cfg))
+    return not finished
 
 
 def _run_round(cfg: Config, out: Store, r: int, state: RunState, n_labeled: int) -> dict:
     stage = f"rounds/r{r:03d}"
-    if out.is_committed(stage):
-        return json.loads(out.read_bytes(f"{stage}/metrics.json"))
+    unit = Unit(stage, settings=result_settings(cfg))
+    if (done := out.done(unit)) is not None:
+        return done["result"]
     start = time.perf_counter()
     record: dict = {"round": r, "threshold": None, "labeled_images": n_labeled, "stage_seconds": {}}
-    spec = TrainSpec(name=f"r{r:03d}", train=["labeled/train.parquet"], val=["labeled/val.parquet"],
-                     names=state.names, weights=cfg.model.weights, stage=stage)
+    spec = TrainSpec(
+        name=f"r{r:03d}",
+        train=["labeled/train.parquet"],
+        val=["labeled/val.parquet"],
+        names=state.names,
+        weights=cfg.model.weights,
+        stage=stage,
+    )
     if r > 0:
         spec = _pseudo_label(cfg, out, r, state, spec, record)
     t0 = time.perf_counter()
@@ -146,7 +165,7 @@ def _run_round(cfg: Config, out: Store, r: int, state: RunState, n_labeled: int)
         record["stage_seconds"]["train"] = round(time.perf_counter() - t0, 1)
     record["seconds"] = round(time.perf_counter() - start, 1)
     out.write_text(f"{stage}/metrics.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
-    out.commit(stage)
+    out.commit(unit, record)
     return record
 
 
@@ -157,68 +176,72 @@ def _pseudo_label(cfg: Config, out: Store, r: int, state: RunState, spec: TrainS
     teacher = out.uri_of(f"rounds/r{r - 1:03d}/weights/best.pt")
     record["threshold"] = conf = plan.threshold_for(r, cfg.rounds, cfg.select)
     class_conf = None
-    if cfg.select.adaptive == "val_precision" and not out.exists(f"{stage}/{LABELED_MARKER}"):
+    labeled = out.done(label_unit(cfg, r, teacher, state.names, conf)) is not None
+    if cfg.select.adaptive == "val_precision" and not labeled:
         class_conf = val_class_thresholds(cfg, out, teacher, state.names, conf)
-    if cfg.refine.enabled and not out.exists(REFINER):  # trained once, by the first round that labels
+    if cfg.refine.enabled and out.done(refiner_unit(cfg)) is None:  # trained once, by the first round that labels
         t0 = time.perf_counter()
-        _on_ray(out, _fit_refiner, cfg, out, num_cpus=cfg.refine.num_cpus)
+        _on_ray(out, fit_refiner, cfg, out, num_cpus=cfg.refine.num_cpus)
         record["stage_seconds"]["refiner"] = round(time.perf_counter() - t0, 1)
     refiner = out.uri_of(REFINER) if cfg.refine.enabled else None
-    record["label"] = label_pool(cfg, out, round=r, weights=teacher, names=state.names, conf=conf,
-                                 class_conf=class_conf, refiner=refiner)
+    record["label"] = label_pool(
+        cfg, out, round=r, weights=teacher, names=state.names, conf=conf, class_conf=class_conf, refiner=refiner
+    )
     record["stage_seconds"]["label"] = record["label"]["seconds"]
-    t0 = time.perf_counter()
-    record["train_images"] = _on_ray(out, _merge, out, stage)
-    record["stage_seconds"]["merge"] = round(time.perf_counter() - t0, 1)
-    if not out.exists(f"{stage}/review_export/ranking.csv"):
+    label_settings = pick(result_settings(cfg), STEP_SETTINGS["label"])
+    merge = Unit(stage, "merge", settings=label_settings)
+    if (done := out.done(merge)) is None:
         t0 = time.perf_counter()
-        _on_ray(out, _review, cfg, out, stage, state.names)
+        record["train_images"] = _on_ray(out, _merge, out, stage)
+        record["stage_seconds"]["merge"] = round(time.perf_counter() - t0, 1)
+        out.commit(merge, record["train_images"])
+    else:
+        record["train_images"] = done["result"]
+    review = Unit(stage, "review", settings=label_settings)
+    if out.done(review) is None:
+        t0 = time.perf_counter()
+        out.commit(review, _on_ray(out, _review, cfg, out, stage, state.names))
         record["stage_seconds"]["review"] = round(time.perf_counter() - t0, 1)
-    record["labeled_copies"] = plan.labeled_copies(cfg.train.labeled_fraction, n_labeled,
-                                                   record["train_images"] - n_labeled)
-    weights, extra = plan.student_start(teacher, cfg.rounds, cfg.train.finetune_extra)
-    return dataclasses.replace(spec, train=[f"{stage}/merged.parquet"], weights=weights,
-                               labeled_copies=record["labeled_copies"], extra=extra)
+    record["labeled_copies"] = plan.labeled_copies(
+        cfg.train.labeled_fraction, n_labeled, record["train_images"] - n_labeled
+    )
+    return dataclasses.replace(
+        spec, train=[f"{stage}/merged.parquet"], weights=teacher, labeled_copies=record["labeled_copies"]
+    )
 
 
-def _ingest_impl(cfg: Config) -> tuple[list[str], int]:
+def _ingest(cfg: Config) -> tuple[list[str], int]:
     """Ingest the labeled set (or read it back); its class names and training image count."""
     labeled = ingest_labeled(cfg, Store(cfg.output.dir, cfg.storage))
     return labeled.names, len(labeled.train)
 
 
-def _merge_impl(out: Store, stage: str) -> int:
+def _merge(out: Store, stage: str) -> int:
     """`<stage>/merged.parquet`: the labeled rows plus the round's selection; its row count."""
-    if not out.exists(f"{stage}/merged.parquet"):
-        selected = read_parquet_rows(out, f"{stage}/pseudo")  # one part per finalize bucket
-        labeled = read_parquet_rows(out, "labeled/train.parquet")
-        write_parquet(out, f"{stage}/merged.parquet", plan.merge(labeled, selected))
+    selected = read_parquet_rows(out, f"{stage}/pseudo")  # one part per finalize bucket
+    labeled = read_parquet_rows(out, "labeled/train.parquet")
+    write_parquet(out, f"{stage}/merged.parquet", plan.merge(labeled, selected))
     return parquet_num_rows(out, f"{stage}/merged.parquet")
 
 
-def _finalize_impl(cfg: Config, names: list[str], rounds: list[dict], best: int) -> None:
+def _finalize(cfg: Config, names: list[str], rounds: list[dict], best: int) -> None:
     """final/: the best round's weights, its training rows as Parquet and as a YOLO tree that
     `yolo train` accepts as is; then the report."""
-    from ssl_ray.report import write_report
+    from ssl_ray.stages.report import write_report
 
     out = Store(cfg.output.dir, cfg.storage)
     stage = f"rounds/r{best:03d}"
+    out.delete_prefix("final")
     out.write_bytes("final/weights/best.pt", out.read_bytes(f"{stage}/weights/best.pt"))
     rows = read_parquet_rows(out, f"{stage}/merged.parquet" if best > 0 else "labeled/train.parquet")
     write_parquet(out, "final/dataset.parquet", rows)
-    export_yolo_tree(cfg, out, "final/yolo", {"train": rows, "val": read_parquet_rows(out, "labeled/val.parquet")},
-                     names)
+    export_yolo_tree(
+        cfg, out, "final/yolo", {"train": rows, "val": read_parquet_rows(out, "labeled/val.parquet")}, names
+    )
     write_report(out, rounds, best)
 
 
-def _review_impl(cfg: Config, out: Store, stage: str, names: list[str]) -> int:
-    from ssl_ray.review import export_review
+def _review(cfg: Config, out: Store, stage: str, names: list[str]) -> int:
+    from ssl_ray.stages.review import export_review
 
     return export_review(cfg, out, stage, names)
-
-
-_ingest = LazyRemote(_ingest_impl, num_cpus=1)
-_fit_refiner = LazyRemote(fit_refiner, num_cpus=1)
-_review = LazyRemote(_review_impl, num_cpus=1)
-_merge = LazyRemote(_merge_impl, num_cpus=1)
-_finalize = LazyRemote(_finalize_impl, num_cpus=1)

@@ -19,9 +19,14 @@ from typing import Any, Literal, Union
 from ssl_ray.errors import ConfigError
 
 
-def setting(default: Any = dataclasses.MISSING, doc: str = "", *, ge=None, gt=None, le=None, lt=None):
-    """A config field with a help line and optional numeric bounds (ge/gt/le/lt)."""
-    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "lt": lt}
+def setting(
+    default: Any = dataclasses.MISSING, doc: str = "", *, ge=None, gt=None, le=None, lt=None, operational: bool = False
+):
+    """A config field with a help line and optional numeric bounds (ge/gt/le/lt).
+
+    `operational` settings say how work runs (resources, locations, retries), not what it
+    produces: finished work never depends on them (`result_settings`)."""
+    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "lt": lt, "operational": operational}
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
         value = default
         return dataclasses.field(default_factory=lambda: copy.deepcopy(value), metadata=meta)
@@ -40,9 +45,7 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
         key = str(unknown[0])
         close = difflib.get_close_matches(key, fields, n=1) or [f for f in fields if key.startswith(f)]
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(
-            f"{_join(path, key)}: unknown setting (allowed: {', '.join(fields)}){hint}"
-        )
+        raise ConfigError(f"{_join(path, key)}: unknown setting (allowed: {', '.join(fields)}){hint}")
     kwargs = {}
     for name, f in fields.items():
         if name in data:
@@ -68,18 +71,34 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def field_docs(cls: type, path: str = "") -> list[tuple[str, str, Any]]:
-    """(dotted name, type, default, doc) rows for a config reference."""
+def result_settings(obj: Any, path: str = "") -> dict[str, Any]:
+    """Dotted name -> value of every setting of a dataclass tree that changes what a run
+    produces (operational settings and sections left out): what finished work is keyed by."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        if f.metadata.get("operational"):
+            continue
+        value, name = getattr(obj, f.name), _join(path, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(result_settings(value, name))
+        else:
+            out[name] = to_dict(value)
+    return out
+
+
+def field_docs(cls: type, path: str = "", operational: bool = False) -> list[tuple[str, str, Any, str, bool]]:
+    """(dotted name, type, default, doc, operational) rows for a config reference."""
     rows = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         name = _join(path, f.name)
         tp = hints[f.name]
+        ops = operational or bool(f.metadata.get("operational"))
         if dataclasses.is_dataclass(tp):
-            rows.extend(field_docs(tp, name))
+            rows.extend(field_docs(tp, name, ops))
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        rows.append((name, _type_name(tp), default, f.metadata.get("doc", "")))
+        rows.append((name, _type_name(tp), default, f.metadata.get("doc", ""), ops))
     return rows
 
 
@@ -108,8 +127,7 @@ def _convert(tp: Any, value: Any, path: str, meta: typing.Mapping) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, found {_show(value)}")
         return {
-            _convert(args[0], k, f"{path} key", {}): _convert(args[1], v, f"{path}.{k}", meta)
-            for k, v in value.items()
+            _convert(args[0], k, f"{path} key", {}): _convert(args[1], v, f"{path}.{k}", meta) for k, v in value.items()
         }
     if tp is Any:
         return value
@@ -139,9 +157,13 @@ def _scalar(tp: type, value: Any, path: str) -> Any:
 def _check_bounds(value: Any, path: str, meta: typing.Mapping) -> Any:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return value
-    checks = [("ge", ">=", lambda a, b: a >= b), ("gt", ">", lambda a, b: a > b),
-              ("le", "<=", lambda a, b: a <= b), ("lt", "<", lambda a, b: a < b)]
-    for key, sym, ok in checks:
+    checks = [
+        ("ge", ">=", lambda a, b: a >= b),
+        ("gt", ">", lambda a, b: a > b),
+        ("le", "<=", lambda a, b: a <= b),
+        ("lt", "<", lambda a, b: a < b),
+    ]
+    for key, _sym, ok in checks:
         bound = meta.get(key)
         if bound is not None and not ok(value, bound):
             allowed = " and ".join(f"{s} {meta[k]}" for k, s, _ in checks if meta.get(k) is not None)

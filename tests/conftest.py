@@ -50,14 +50,24 @@ def storage_cfg(s3):
 
 
 @pytest.fixture(scope="session")
-def ray_local(s3):
-    """A local Ray cluster on 127.0.0.1 with more logical CPUs than cores (see DESIGN.md).
-    Started after the S3 server so its workers inherit the S3 credentials, as on a cluster."""
-    from ssl_ray.runtime import start_ray, stop_ray
+def ray_local():
+    """A local Ray cluster on 127.0.0.1 with more logical CPUs than cores (../shared/DESIGN.md).
+    Its workers hold the test S3 server's credentials, as a cluster's nodes hold an instance
+    role's: they are known before the server starts, which only S3 tests (marker `s3`) do."""
+    from s3server import credentials_env
 
+    from ssl_ray.adapters.runtime import start_ray, stop_ray
+
+    saved = {k: os.environ.get(k) for k in credentials_env()}
+    os.environ.update(credentials_env())  # read by the cluster's processes at start
     ray = start_ray(num_cpus=8)
     yield ray
     stop_ray()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @pytest.fixture(scope="session")
@@ -82,7 +92,7 @@ def bikes_mp4():
 def teachers(tmp_path_factory):
     """Untrained YOLO26n (end-to-end head) and YOLO11n (NMS head) for the shapes' 3 classes,
     saved as .pt checkpoints (the path real users take)."""
-    from ssl_ray.runtime import prepare_ultralytics
+    from ssl_ray.adapters.runtime import prepare_ultralytics
 
     root = tmp_path_factory.mktemp("teachers")
     ultralytics = prepare_ultralytics(root / "work")
@@ -99,11 +109,24 @@ def teachers(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ray_head(s3, tmp_path_factory):
+def ray_head(tmp_path_factory):
     """A separate Ray head node started with the `ray` CLI (token auth on, 127.0.0.1), for jobs
-    submitted with `ray job submit` and drivers run as their own processes. Started after the
-    S3 server, so its processes hold the S3 credentials, as nodes with an instance role do."""
+    submitted with `ray job submit` and drivers run as their own processes. Its processes hold
+    the test S3 server's credentials, as nodes with an instance role do."""
     from rayhead import ray_head
+    from s3server import credentials_env
 
-    with ray_head(tmp_path_factory.mktemp("rayhead")) as head:
+    with ray_head(tmp_path_factory.mktemp("rayhead"), env=credentials_env()) as head:
         yield head
+
+
+# Markers isolate: a test that starts a server carries its marker, so `-m "not s3"` (or "not
+# ray") never starts one. A test that would start it unmarked is refused at collection.
+MARKED_FIXTURES = {"s3": "s3", "ray_local": "ray", "ray_head": "ray"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for fixture, marker in MARKED_FIXTURES.items():
+            if fixture in getattr(item, "fixturenames", ()) and not item.get_closest_marker(marker):
+                raise pytest.UsageError(f"{item.nodeid} uses the {fixture} fixture: mark it @pytest.mark.{marker}")

@@ -52,8 +52,16 @@ def animated_gif() -> bytes:
 
 def corpus() -> dict[str, tuple[bytes, str | None]]:
     valid_jpeg = _encode(_picture(2), "JPEG")
-    names = ["with space.jpg", "ünïcødé 画像.jpg", "$(touch pwned).jpg", "; rm -rf x; `touch pwned2`.jpg",
-             "quote'\"name.jpg", "new\nline.jpg", "-rf.jpg", "%s%n.jpg"]
+    names = [
+        "with space.jpg",
+        "ünïcødé 画像.jpg",
+        "$(touch pwned).jpg",
+        "; rm -rf x; `touch pwned2`.jpg",
+        "quote'\"name.jpg",
+        "new\nline.jpg",
+        "-rf.jpg",
+        "%s%n.jpg",
+    ]
     items: dict[str, tuple[bytes, str | None]] = {
         "zero.jpg": (b"", "empty"),
         "truncated.jpg": (valid_jpeg[: len(valid_jpeg) // 3], "corrupt"),

@@ -1,28 +1,30 @@
 """bench/label_throughput.py: which stage runs are timed beside the plain one, with what."""
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location("label_throughput",
-                                               Path(__file__).parents[1] / "bench" / "label_throughput.py")
-label_throughput = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(label_throughput)
+from bench import label_throughput
 
 FLIP = "label.consistency_views=[flip]"
 
 
-@pytest.mark.parametrize("views, also, refiner, expected", [
-    ([], [], None, {}),
-    (["flip"], [], None, {"views": ([FLIP], None)}),
-    (["flip", "scale:0.8"], [], None, {"views": (["label.consistency_views=[flip, scale:0.8]"], None)}),
-    ([], ["label.actor_calls=1"], None, {"also": (["label.actor_calls=1"], None)}),
-    # the refiner run repeats the views run with the refiner: the two differ only by it
-    (["flip"], [], "r.pt", {"views": ([FLIP], None), "refiner": ([FLIP], "r.pt")}),
-    ([], [], "r.pt", {"refiner": ([], "r.pt")}),
-    (["flip"], ["label.actor_calls=1"], "r.pt",
-     {"views": ([FLIP], None), "refiner": ([FLIP], "r.pt"), "also": (["label.actor_calls=1"], None)}),
-])
+@pytest.mark.parametrize(
+    "views, also, refiner, expected",
+    [
+        ([], [], None, {}),
+        (["flip"], [], None, {"views": ([FLIP], None)}),
+        (["flip", "scale:0.8"], [], None, {"views": (["label.consistency_views=[flip, scale:0.8]"], None)}),
+        ([], ["label.actor_calls=1"], None, {"also": (["label.actor_calls=1"], None)}),
+        # the refiner run repeats the views run with the refiner: the two differ only by it
+        (["flip"], [], "r.pt", {"views": ([FLIP], None), "refiner": ([FLIP], "r.pt")}),
+        ([], [], "r.pt", {"refiner": ([], "r.pt")}),
+        (
+            ["flip"],
+            ["label.actor_calls=1"],
+            "r.pt",
+            {"views": ([FLIP], None), "refiner": ([FLIP], "r.pt"), "also": (["label.actor_calls=1"], None)},
+        ),
+    ],
+)
 def test_side_runs(views, also, refiner, expected):
     runs = label_throughput.side_runs(views, also, refiner)
     assert runs == expected

@@ -1,14 +1,11 @@
 """bench/ssl_gain.py's child runs: a local Ray that starts too slowly is retried, nothing else is."""
-import importlib.util
+
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location("ssl_gain", Path(__file__).parents[1] / "bench" / "ssl_gain.py")
-ssl_gain = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ssl_gain)
+from bench import ssl_gain
 
 
 def _children(monkeypatch, codes: list[int]) -> list[list[str]]:
@@ -24,14 +21,17 @@ def _children(monkeypatch, codes: list[int]) -> list[list[str]]:
     return calls
 
 
-@pytest.mark.parametrize("codes, runs, fails", [
-    ([0], 1, False),
-    ([75, 0], 2, False),
-    ([75, 75, 0], 3, False),
-    ([75, 75, 75], 3, True),   # three tries, then the failure is reported
-    ([1], 1, True),            # any other failure is not retried
-    ([75, 1], 2, True),
-])
+@pytest.mark.parametrize(
+    "codes, runs, fails",
+    [
+        ([0], 1, False),
+        ([75, 0], 2, False),
+        ([75, 75, 0], 3, False),
+        ([75, 75, 75], 3, True),  # three tries, then the failure is reported
+        ([1], 1, True),  # any other failure is not retried
+        ([75, 1], 2, True),
+    ],
+)
 def test_execute_retries_only_a_ray_start_timeout(monkeypatch, tmp_path, codes, runs, fails):
     calls = _children(monkeypatch, codes)
     overrides = [f"output.dir={tmp_path / 'run'}", "seed=0"]
@@ -45,17 +45,17 @@ def test_execute_retries_only_a_ray_start_timeout(monkeypatch, tmp_path, codes, 
 
 
 def test_run_one_exits_75_only_when_ray_timed_out_starting(monkeypatch):
-    import ssl_ray.runtime
+    import ssl_ray.adapters.runtime
 
     def timed_out(**kwargs):
         raise Exception("The current node timed out during startup. This could happen because ...")
 
-    monkeypatch.setattr(ssl_ray.runtime, "start_ray", timed_out)
+    monkeypatch.setattr(ssl_ray.adapters.runtime, "start_ray", timed_out)
     assert ssl_gain.run_one(["seed=0"]) == ssl_gain.RAY_DID_NOT_START == 75
 
     def broken(**kwargs):
         raise Exception("some other failure")
 
-    monkeypatch.setattr(ssl_ray.runtime, "start_ray", broken)
+    monkeypatch.setattr(ssl_ray.adapters.runtime, "start_ray", broken)
     with pytest.raises(Exception, match="some other failure"):
         ssl_gain.run_one(["seed=0"])

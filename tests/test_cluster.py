@@ -50,8 +50,10 @@ def test_aws_launcher_file_passes_rays_validation():
     assert all(t["min_workers"] == 0 for t in workers.values())
     assert any(t["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot" for t in workers.values())
     assert config["max_workers"] >= sum(t["max_workers"] for t in workers.values())
-    assert all("RAY_AUTH_MODE=token" in c for c in config["head_start_ray_commands"][1:] +
-               config["worker_start_ray_commands"][1:])
+    assert all(
+        "RAY_AUTH_MODE=token" in c
+        for c in config["head_start_ray_commands"][1:] + config["worker_start_ray_commands"][1:]
+    )
 
 
 def test_dockerfile_builds_on_the_ray_2_60_gpu_image():
@@ -107,8 +109,10 @@ def test_runtime_env_parses():
 
 
 def test_every_job_command_in_the_docs_names_files_that_exist():
-    texts = [p.read_text() for p in [*MANIFESTS, CLUSTER / "Dockerfile", ROOT / "README.md",
-                                     *(ROOT / "docs").glob("*.md"), *JOB_CONFIGS]]
+    texts = [
+        p.read_text()
+        for p in [*MANIFESTS, CLUSTER / "Dockerfile", ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *JOB_CONFIGS]
+    ]
     named = {m for text in texts for m in re.findall(r"(?:jobs|cluster)/[\w/.-]+\.(?:ya?ml|py)", text)}
     assert "jobs/configs/fleet-video-s3.yaml" in named
     assert [n for n in sorted(named) if not (ROOT / n).exists() and "my.yaml" not in n] == []

@@ -7,28 +7,31 @@ import pytest
 import yaml
 from PIL import Image
 
-from ssl_ray import schema
-from ssl_ray.dataset import label_path_for, load_data_yaml, parse_label_text, parse_names, read_split
+from ssl_ray.core import schema
 from ssl_ray.errors import DatasetError
-from ssl_ray.storage import Store
+from ssl_ray.io.dataset import label_path_for, load_data_yaml, parse_label_text, parse_names, read_split
+from ssl_ray.io.storage import Store
 
 
-@pytest.mark.parametrize("text, n_boxes, problems", [
-    ("0 0.5 0.5 0.2 0.2\n", 1, []),
-    ("0 0.5 0.5 0.2 0.2\n1 0.1 0.1 0.1 0.1\n\n", 2, []),
-    ("", 0, []),
-    ("2 0.5 0.5 0.2 0.2", 1, []),
-    ("0 0.1 0.1 0.3 0.1 0.3 0.3 0.1 0.3", 1, []),               # polygon -> bbox
-    ("3 0.5 0.5 0.2 0.2", 0, [(1, "class id 3 outside 0..2")]),
-    ("-1 0.5 0.5 0.2 0.2", 0, [(1, "class id -1 outside 0..2")]),
-    ("0.5 0.5 0.5 0.2 0.2", 0, [(1, "class id 0.5 outside")]),
-    ("0 0.5 0.5 0.2", 0, [(1, "expected 'cls x y w h'")]),
-    ("0 1.5 0.5 0.2 0.2", 0, [(1, "coordinates outside [0, 1]")]),
-    ("0 0.95 0.5 0.2 0.2", 0, [(1, "coordinates outside [0, 1]")]),  # box pokes out
-    ("0 0.5 0.5 0 0.2", 0, [(1, "box with zero or negative width/height")]),
-    ("0 a b c d", 0, [(1, "not numbers")]),
-    ("0 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2 0.2 0.1", 1, [(2, "expected 'cls x y w h'")]),
-])
+@pytest.mark.parametrize(
+    "text, n_boxes, problems",
+    [
+        ("0 0.5 0.5 0.2 0.2\n", 1, []),
+        ("0 0.5 0.5 0.2 0.2\n1 0.1 0.1 0.1 0.1\n\n", 2, []),
+        ("", 0, []),
+        ("2 0.5 0.5 0.2 0.2", 1, []),
+        ("0 0.1 0.1 0.3 0.1 0.3 0.3 0.1 0.3", 1, []),  # polygon -> bbox
+        ("3 0.5 0.5 0.2 0.2", 0, [(1, "class id 3 outside 0..2")]),
+        ("-1 0.5 0.5 0.2 0.2", 0, [(1, "class id -1 outside 0..2")]),
+        ("0.5 0.5 0.5 0.2 0.2", 0, [(1, "class id 0.5 outside")]),
+        ("0 0.5 0.5 0.2", 0, [(1, "expected 'cls x y w h'")]),
+        ("0 1.5 0.5 0.2 0.2", 0, [(1, "coordinates outside [0, 1]")]),
+        ("0 0.95 0.5 0.2 0.2", 0, [(1, "coordinates outside [0, 1]")]),  # box pokes out
+        ("0 0.5 0.5 0 0.2", 0, [(1, "box with zero or negative width/height")]),
+        ("0 a b c d", 0, [(1, "not numbers")]),
+        ("0 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2 0.2 0.1", 1, [(2, "expected 'cls x y w h'")]),
+    ],
+)
 def test_parse_label_text(text, n_boxes, problems):
     boxes, found = parse_label_text(text, num_classes=3)
     assert len(boxes) == n_boxes
@@ -42,21 +45,27 @@ def test_polygon_becomes_its_bounding_box():
     assert (b["cls"], b["x"], b["y"], round(b["w"], 6), round(b["h"], 6)) == (1, 0.3, 0.4, 0.4, 0.4)
 
 
-@pytest.mark.parametrize("image, label", [
-    ("images/train/a.jpg", "labels/train/a.txt"),
-    ("data/images/train/sub/a.b.png", "data/labels/train/sub/a.b.txt"),
-    ("images/x/images/y.jpg", "images/x/labels/y.txt"),     # only the last /images/
-    ("train/a.jpg", "train/a.txt"),                          # no /images/: next to the image
-])
+@pytest.mark.parametrize(
+    "image, label",
+    [
+        ("images/train/a.jpg", "labels/train/a.txt"),
+        ("data/images/train/sub/a.b.png", "data/labels/train/sub/a.b.txt"),
+        ("images/x/images/y.jpg", "images/x/labels/y.txt"),  # only the last /images/
+        ("train/a.jpg", "train/a.txt"),  # no /images/: next to the image
+    ],
+)
 def test_label_path_for(image, label):
     assert label_path_for(image) == label
 
 
-@pytest.mark.parametrize("names, expected", [
-    (["a", "b"], ["a", "b"]),
-    ({0: "a", 1: "b"}, ["a", "b"]),
-    ({"1": "b", "0": "a"}, ["a", "b"]),
-])
+@pytest.mark.parametrize(
+    "names, expected",
+    [
+        (["a", "b"], ["a", "b"]),
+        ({0: "a", 1: "b"}, ["a", "b"]),
+        ({"1": "b", "0": "a"}, ["a", "b"]),
+    ],
+)
 def test_parse_names(names, expected):
     assert parse_names(names, "x") == expected
 
@@ -83,8 +92,9 @@ def make_dataset(root, labels: dict[str, str], extra_images=()):
             (root / "labels" / "train" / f"{name}.txt").write_text(text)
     for name, data in extra_images:
         (root / "images" / "train" / name).write_bytes(data)
-    (root / "data.yaml").write_text(yaml.safe_dump({"path": ".", "train": "images/train", "val": "images/train",
-                                                    "names": ["a", "b"]}))
+    (root / "data.yaml").write_text(
+        yaml.safe_dump({"path": ".", "train": "images/train", "val": "images/train", "names": ["a", "b"]})
+    )
     return str(root / "data.yaml")
 
 
@@ -111,9 +121,11 @@ def test_bad_labels_fail_with_file_and_line(tmp_path):
 
 
 def test_skip_policy_records_rejects(tmp_path):
-    data = make_dataset(tmp_path, {"good": "0 0.5 0.5 0.2 0.2\n", "bad": "0 2 2 2 2\n"},
-                        extra_images=[("zero.jpg", b""), ("text.jpg", b"hello, not an image"),
-                                      ("trunc.jpg", _jpeg()[:100])])
+    data = make_dataset(
+        tmp_path,
+        {"good": "0 0.5 0.5 0.2 0.2\n", "bad": "0 2 2 2 2\n"},
+        extra_images=[("zero.jpg", b""), ("text.jpg", b"hello, not an image"), ("trunc.jpg", _jpeg()[:100])],
+    )
     split = read_split(load_data_yaml(data, Store), "train", on_error="skip")
     assert [r["uri"].rsplit("/", 1)[1] for r in split.rows] == ["good.jpg"]
     reasons = {r["uri"].rsplit("/", 1)[1]: r["reason"] for r in split.rejects}

@@ -5,12 +5,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from ssl_ray import schema
-from ssl_ray.dataset import load_data_yaml, read_split
+from ssl_ray.core import schema
 from ssl_ray.errors import DatasetError
-from ssl_ray.export import (ImageCache, UriReader, label_lines, pseudo_box_marks, read_parquet_rows, write_parquet,
-                            write_yolo_tree)
-from ssl_ray.storage import Store
+from ssl_ray.io.dataset import load_data_yaml, read_split
+from ssl_ray.io.export import ImageCache, UriReader, label_lines, read_parquet_rows, write_parquet, write_yolo_tree
+from ssl_ray.io.storage import Store
 
 
 @pytest.mark.parametrize("bad_id", ["../../etc/passwd", "ab/../../x", "", "A" * 32, "0" * 31, "0" * 32 + "/x"])
@@ -34,46 +33,16 @@ def test_label_lines_have_no_score_column():
     assert label_lines([schema.box(2, 0.5, 0.25, 0.1, 0.2, score=0.7)]) == "2 0.500000 0.250000 0.100000 0.200000\n"
 
 
-SURE = schema.box(0, 0.1234567, 0.5, 0.2, 0.2, 0.9, spread=0.01)
-UNSURE = schema.box(2, 0.3, 0.4, 0.05, 0.0612345, 0.8, spread=0.08)
-UNMEASURED = schema.box(1, 0.7, 0.7, 0.1, 0.1, 0.05)  # under refine.min_score: no spread
-
-
-def row(source: str, image_id: str, *boxes) -> dict:
-    return {"source": source, "image_id": image_id, "boxes": list(boxes)}
-
-
-@pytest.mark.parametrize("max_spread, min_score, expected", [
-    (None, None, {"p1": None, "p2": None}),  # every box of every pseudo-labeled image with boxes
-    (0.05, None, {"p1": [[2, 0.3, 0.4, 0.05, 0.061234]]}),  # the label file's six decimals
-    (0.0, None, {"p1": [[0, 0.123457, 0.5, 0.2, 0.2], [2, 0.3, 0.4, 0.05, 0.061234]]}),
-    (0.1, None, {}),
-    (None, 0.85, {"p1": [[2, 0.3, 0.4, 0.05, 0.061234], [1, 0.7, 0.7, 0.1, 0.1]], "p2": [[1, 0.7, 0.7, 0.1, 0.1]]}),
-    (None, 0.05, {}),  # a box at the cut is not under it
-    (0.05, 0.1, {"p1": [[2, 0.3, 0.4, 0.05, 0.061234], [1, 0.7, 0.7, 0.1, 0.1]], "p2": [[1, 0.7, 0.7, 0.1, 0.1]]}),
-])
-def test_pseudo_box_marks(max_spread, min_score, expected):
-    rows = [row("labeled", "l1", SURE, UNSURE), row("pseudo", "p1", SURE, UNSURE, UNMEASURED),
-            row("pseudo", "p2", UNMEASURED), row("negative", "n1"), row("pseudo", "p3")]
-    marks = pseudo_box_marks(rows, max_spread, min_score)
-    assert marks.keys() == expected.keys()
-    for key, boxes in expected.items():
-        if boxes is None:
-            assert marks[key] is None
-            continue
-        np.testing.assert_allclose(marks[key], boxes, rtol=0, atol=1e-12)
-        listed = {tuple(v) for v in boxes}  # the listing reads as label_lines writes the same boxes
-        written = [[float(v) for v in line.split()] for line in label_lines(
-            b for b in next(r for r in rows if r["image_id"] == key)["boxes"]
-            if (b["cls"], *(round(b[k], 6) for k in "xywh")) in listed).splitlines()]
-        np.testing.assert_allclose(written, marks[key], rtol=0, atol=1e-12)
-
-
 def test_yolo_tree_negatives_get_empty_label_files(tmp_path, shapes):
     rows = read_split(load_data_yaml(str(shapes), Store), "train").rows[:4]
     rows[0] = {**rows[0], "boxes": []}
-    tree = write_yolo_tree(tmp_path / "yolo", {"train": rows, "val": rows[:1]}, ["circle", "square", "triangle"],
-                           ImageCache(tmp_path / "cache"), UriReader(Store(".").cfg))
+    tree = write_yolo_tree(
+        tmp_path / "yolo",
+        {"train": rows, "val": rows[:1]},
+        ["circle", "square", "triangle"],
+        ImageCache(tmp_path / "cache"),
+        UriReader(Store(".").cfg),
+    )
     meta = yaml.safe_load(tree.read_text())
     assert meta["train"] == "images/train" and meta["names"] == {0: "circle", 1: "square", 2: "triangle"}
     labels = sorted((tmp_path / "yolo" / "labels" / "train").iterdir())
@@ -82,8 +51,13 @@ def test_yolo_tree_negatives_get_empty_label_files(tmp_path, shapes):
     assert (tmp_path / "yolo" / "labels" / "train" / f"{rows[0]['image_id']}.txt").read_text() == ""
     # Re-running over an existing tree is safe and changes nothing.
     before = {p: p.read_bytes() for p in (tmp_path / "yolo").rglob("*") if p.is_file()}
-    write_yolo_tree(tmp_path / "yolo", {"train": rows, "val": rows[:1]}, ["circle", "square", "triangle"],
-                    ImageCache(tmp_path / "cache"), UriReader(Store(".").cfg))
+    write_yolo_tree(
+        tmp_path / "yolo",
+        {"train": rows, "val": rows[:1]},
+        ["circle", "square", "triangle"],
+        ImageCache(tmp_path / "cache"),
+        UriReader(Store(".").cfg),
+    )
     assert before == {p: p.read_bytes() for p in (tmp_path / "yolo").rglob("*") if p.is_file()}
 
 
@@ -106,17 +80,29 @@ def test_video_frames_download_each_s3_video_once(tmp_path, bikes_mp4, monkeypat
     import hashlib
 
     import cv2
-    import numpy as np
 
-    from ssl_ray.video import iter_frames
+    from ssl_ray.io.video import iter_frames
 
     reads: list[str] = []
     monkeypatch.setattr(UriReader, "read", lambda self, uri: reads.append(uri) or bikes_mp4.read_bytes())
     frames = {(video, index) for video in ("s3://b/v.mp4", "s3://b/w.mp4") for index in (0, 10, 20)}
-    rows = sorted(({"image_id": hashlib.md5(f"{v}{i}".encode()).hexdigest(), "uri": f"{v}#frame={i}", "boxes": [],
-                    "video_uri": v, "frame_index": i} for v, i in frames), key=lambda r: r["image_id"])
+    rows = sorted(
+        (
+            {
+                "image_id": hashlib.md5(f"{v}{i}".encode()).hexdigest(),
+                "uri": f"{v}#frame={i}",
+                "boxes": [],
+                "video_uri": v,
+                "frame_index": i,
+            }
+            for v, i in frames
+        ),
+        key=lambda r: r["image_id"],
+    )
     assert [r["video_uri"] for r in rows] != sorted(r["video_uri"] for r in rows)  # the videos interleave
-    write_yolo_tree(tmp_path / "yolo", {"train": rows}, ["a"], ImageCache(tmp_path / "cache"), UriReader(Store(".").cfg))
+    write_yolo_tree(
+        tmp_path / "yolo", {"train": rows}, ["a"], ImageCache(tmp_path / "cache"), UriReader(Store(".").cfg)
+    )
     assert sorted(reads) == ["s3://b/v.mp4", "s3://b/w.mp4"]
     truth = {i: cv2.cvtColor(f, cv2.COLOR_RGB2BGR) for i, _, f in iter_frames(str(bikes_mp4), 10, None) if i <= 20}
     for r in rows:
@@ -138,7 +124,7 @@ def test_parquet_round_trip_local(tmp_path, shapes):
 @pytest.mark.train
 def test_round_trip_s3_to_yolo_trains_with_ultralytics(tmp_path, shapes, s3, bucket, storage_cfg):
     """generated dataset -> Arrow rows -> Parquet on S3 -> YOLO tree on local disk -> 1 epoch."""
-    from ssl_ray.runtime import prepare_ultralytics
+    from ssl_ray.adapters.runtime import prepare_ultralytics
 
     # The dataset itself lives on S3 too: upload the generated tree.
     src = Store(f"s3://{bucket}/datasets/shapes", storage_cfg)
@@ -157,10 +143,27 @@ def test_round_trip_s3_to_yolo_trains_with_ultralytics(tmp_path, shapes, s3, buc
     back_val = read_parquet_rows(runs, "dataset/val.parquet")
     assert back_train == schema.rows_to_table(train.rows).to_pylist()
 
-    tree = write_yolo_tree(tmp_path / "yolo", {"train": back_train, "val": back_val}, train.names,
-                           ImageCache(tmp_path / "cache"), UriReader(storage_cfg))
+    tree = write_yolo_tree(
+        tmp_path / "yolo",
+        {"train": back_train, "val": back_val},
+        train.names,
+        ImageCache(tmp_path / "cache"),
+        UriReader(storage_cfg),
+    )
     ultralytics = prepare_ultralytics(tmp_path / "work")
     model = ultralytics.YOLO("yolo26n.yaml")
-    model.train(data=str(tree), epochs=1, imgsz=64, batch=8, device="cpu", workers=0, amp=False, plots=False,
-                project=str(tmp_path / "train"), name="t", exist_ok=True, verbose=False)
+    model.train(
+        data=str(tree),
+        epochs=1,
+        imgsz=64,
+        batch=8,
+        device="cpu",
+        workers=0,
+        amp=False,
+        plots=False,
+        project=str(tmp_path / "train"),
+        name="t",
+        exist_ok=True,
+        verbose=False,
+    )
     assert (tmp_path / "train" / "t" / "weights" / "last.pt").exists()

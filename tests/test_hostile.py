@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from hostile import DISPLAYED, corpus, exif_rotated_jpeg
+
 from ssl_ray.config import load_config
-from ssl_ray.storage import Store
+from ssl_ray.io.storage import Store
 
 ROOT = Path(__file__).parents[1]
 DEMO = ROOT / "ssl_ray" / "configs" / "demo.yaml"
@@ -20,7 +20,7 @@ NAMES = ["circle", "square", "triangle"]
 def test_exif_rotated_image_reaches_the_model_upright():
     """The model sees the displayed image, so its boxes are in displayed coordinates."""
     from ssl_ray.config import PoolConfig
-    from ssl_ray.pool import LoadOptions, load_items
+    from ssl_ray.io.pool import LoadOptions, load_items
 
     data = exif_rotated_jpeg(0)  # stored 64x48, red block at x 4..30, y 4..20; orientation 6
     (item,) = load_items("mem://exif.jpg", len(data), LoadOptions(imgsz=64, pool=PoolConfig()), lambda uri: data)
@@ -45,18 +45,28 @@ def rows(store: Store, rel: str) -> list[dict]:
 
 
 def label(pool_uri: str, tmp_path: Path, weights: str, extra=()):
-    from ssl_ray.label import label_pool
+    from ssl_ray.stages.label import label_pool
 
-    cfg = load_config(DEMO, [f"pool.sources=[{pool_uri}]", f"output.dir={tmp_path / 'run'}",
-                             f"output.cache_dir={tmp_path / 'cache'}", "pool.max_reject_fraction=0.9",
-                             "label.score_floor=0.0", "model.imgsz=64", "select.negative_max_score=0.001", *extra])
+    cfg = load_config(
+        DEMO,
+        [
+            f"pool.sources=[{pool_uri}]",
+            f"output.dir={tmp_path / 'run'}",
+            f"output.cache_dir={tmp_path / 'cache'}",
+            "pool.max_reject_fraction=0.9",
+            "label.score_floor=0.0",
+            "model.imgsz=64",
+            "select.negative_max_score=0.001",
+            *extra,
+        ],
+    )
     out = Store(cfg.output.dir, cfg.storage)
     return cfg, out, label_pool(cfg, out, round=1, weights=weights, names=NAMES)
 
 
 @pytest.mark.ray
 def test_hostile_pool_on_local_disk(ray_local, teachers, tmp_path, monkeypatch):
-    from ssl_ray.export import ImageCache, UriReader, write_yolo_tree
+    from ssl_ray.io.export import ImageCache, UriReader, write_yolo_tree
 
     items = corpus()
     pool = tmp_path / "pool"
@@ -85,10 +95,13 @@ def test_hostile_pool_on_local_disk(ray_local, teachers, tmp_path, monkeypatch):
 
     # hostile names also go through a YOLO export: files are named by content, inside the tree
     tree = tmp_path / "run" / "yolo"
-    write_yolo_tree(tree, {"train": list(preds.values())}, NAMES, ImageCache(tmp_path / "cache" / "images"),
-                    UriReader(cfg.storage))
+    write_yolo_tree(
+        tree, {"train": list(preds.values())}, NAMES, ImageCache(tmp_path / "cache" / "images"), UriReader(cfg.storage)
+    )
     exported = files_under(tree / "images" / "train")
-    assert len(exported) == len(preds) and all(Path(f).stem in {p["image_id"] for p in preds.values()} for f in exported)
+    assert len(exported) == len(preds) and all(
+        Path(f).stem in {p["image_id"] for p in preds.values()} for f in exported
+    )
 
     written = files_under(tmp_path) - before
     assert written and all(f.startswith(("run/", "cache/")) for f in written), sorted(written)[:5]
@@ -106,8 +119,13 @@ def test_hostile_s3_keys(ray_local, teachers, tmp_path, bucket, storage_cfg, s3)
 
     generate(tmp_path / "src", SynthSpec(n_train=1, n_val=1, n_pool=5, imgsz=64))
     images = sorted((tmp_path / "src" / "images" / "pool").iterdir())
-    keys = ["pool//empty-segment.jpg", "/pool/leading-slash.jpg", "pool/..x/dots-in-a-name.jpg",
-            "pool/$(touch pwned) ; `id`.jpg", "pool/ünï cødé.jpg"]
+    keys = [
+        "pool//empty-segment.jpg",
+        "/pool/leading-slash.jpg",
+        "pool/..x/dots-in-a-name.jpg",
+        "pool/$(touch pwned) ; `id`.jpg",
+        "pool/ünï cødé.jpg",
+    ]
     client = s3.client()
     for key, image in zip(keys, images):
         client.put_object(Bucket=bucket, Key=key, Body=image.read_bytes())
@@ -129,19 +147,21 @@ def test_hostile_s3_keys(ray_local, teachers, tmp_path, bucket, storage_cfg, s3)
 
 
 def schema_id(data: bytes) -> str:
-    from ssl_ray.schema import image_id_of_bytes
+    from ssl_ray.core.schema import image_id_of_bytes
 
     return image_id_of_bytes(data)
 
 
-@pytest.mark.parametrize("key", ["pool/a/../../../../etc/passwd.jpg", "pool/./../x.jpg", "/abs/../x.jpg",
-                                 "pool/..", "pool/clip.mp4/../../x.mp4"])
+@pytest.mark.parametrize(
+    "key",
+    ["pool/a/../../../../etc/passwd.jpg", "pool/./../x.jpg", "/abs/../x.jpg", "pool/..", "pool/clip.mp4/../../x.mp4"],
+)
 def test_keys_with_dot_segments_never_become_local_paths(tmp_path, key):
     """Whatever a key says, it is only ever an address to read: items keep it as their uri,
     cached and exported files are named by content, videos go through a fresh temp file."""
     from ssl_ray.config import PoolConfig
-    from ssl_ray.export import ImageCache, write_yolo_tree
-    from ssl_ray.pool import LoadOptions, load_items
+    from ssl_ray.io.export import ImageCache, write_yolo_tree
+    from ssl_ray.io.pool import LoadOptions, load_items
 
     data = corpus()["gray.jpg"][0]
     uri = f"s3://bucket/{key}"
@@ -156,7 +176,16 @@ def test_keys_with_dot_segments_never_become_local_paths(tmp_path, key):
     assert items[0]["reject_reason"] in {"", "unsupported_format", "video_unreadable"}  # no extension / not a video
     row = {k: items[0].get(k) for k in ("image_id", "uri", "width", "height", "video_uri", "frame_index")}
     tree = tmp_path / "tree"
-    write_yolo_tree(tree, {"train": [{**row, "boxes": []}] if not items[0]["reject_reason"] else []}, NAMES,
-                    ImageCache(tmp_path / "cache"), lambda r: data)
+    write_yolo_tree(
+        tree,
+        {"train": [{**row, "boxes": []}] if not items[0]["reject_reason"] else []},
+        NAMES,
+        ImageCache(tmp_path / "cache"),
+        lambda r: data,
+    )
     assert {p.parent for p in tmp_path.rglob("*") if p.is_file()} <= {
-        tmp_path / "cache" / (row["image_id"] or "")[:2], tree, tree / "images" / "train", tree / "labels" / "train"}
+        tmp_path / "cache" / (row["image_id"] or "")[:2],
+        tree,
+        tree / "images" / "train",
+        tree / "labels" / "train",
+    }

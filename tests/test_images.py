@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssl_ray.images import BadImage, decode_rgb, inspect_image, sniff_ext
+from ssl_ray.io.images import BadImage, decode_rgb, inspect_image, sniff_ext
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -22,34 +22,45 @@ RGB = Image.new("RGB", (40, 30), (10, 200, 30))
 def png_claiming(width: int, height: int) -> bytes:
     data = bytearray(encode(Image.new("L", (1, 1)), "PNG"))
     data[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")  # IHDR width, height
-    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")    # with a valid CRC
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")  # with a valid CRC
     return bytes(data)
 
 
-@pytest.mark.parametrize("data, reason", [
-    (b"", "empty"),
-    (b"this is text, not an image", "not_image"),
-    (encode(RGB, "JPEG")[:120], "corrupt"),
-    (encode(RGB, "GIF"), "unsupported_format"),
-    (png_claiming(100_000, 100_000), "too_large"),
-    (b"\x00\x00\x00\x18ftypheic" + bytes(32), "unsupported_format"),
-    (b"\x89PNG\r\n\x1a\n" + bytes(40), "corrupt"),          # a PNG signature, then garbage
-    (b"BMW owners' club newsletter, issue 7", "not_image"),  # "BM" text is not a BMP
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty"),
+        (b"this is text, not an image", "not_image"),
+        (encode(RGB, "JPEG")[:120], "corrupt"),
+        (encode(RGB, "GIF"), "unsupported_format"),
+        (png_claiming(100_000, 100_000), "too_large"),
+        (b"\x00\x00\x00\x18ftypheic" + bytes(32), "unsupported_format"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(40), "corrupt"),  # a PNG signature, then garbage
+        (b"BMW owners' club newsletter, issue 7", "not_image"),  # "BM" text is not a BMP
+    ],
+)
 def test_bad_bytes_have_a_reason(data, reason):
     import ultralytics  # noqa: F401  registers extra PIL plugins: classification must not change
+
     with pytest.raises(BadImage) as err:
         inspect_image(data, max_pixels=10_000_000)
     assert err.value.reason == reason
 
 
-@pytest.mark.parametrize("img, fmt, ext", [
-    (RGB, "JPEG", "jpg"), (RGB, "PNG", "png"), (RGB, "BMP", "bmp"), (RGB, "WEBP", "webp"), (RGB, "TIFF", "tif"),
-    (Image.new("L", (40, 30), 99), "PNG", "png"),
-    (Image.new("RGBA", (40, 30), (1, 2, 3, 100)), "PNG", "png"),
-    (Image.new("CMYK", (40, 30), (1, 2, 3, 4)), "JPEG", "jpg"),
-    (Image.new("I;16", (40, 30), 60000), "PNG", "png"),
-])
+@pytest.mark.parametrize(
+    "img, fmt, ext",
+    [
+        (RGB, "JPEG", "jpg"),
+        (RGB, "PNG", "png"),
+        (RGB, "BMP", "bmp"),
+        (RGB, "WEBP", "webp"),
+        (RGB, "TIFF", "tif"),
+        (Image.new("L", (40, 30), 99), "PNG", "png"),
+        (Image.new("RGBA", (40, 30), (1, 2, 3, 100)), "PNG", "png"),
+        (Image.new("CMYK", (40, 30), (1, 2, 3, 4)), "JPEG", "jpg"),
+        (Image.new("I;16", (40, 30), 60000), "PNG", "png"),
+    ],
+)
 def test_valid_images_decode_to_rgb(img, fmt, ext):
     data = encode(img, fmt)
     assert inspect_image(data) == (40, 30, ext)

@@ -20,13 +20,21 @@ POOL = 200  # the synthetic dataset's pool (SynthSpec defaults): 40 train, 32 va
 
 def overrides(tmp_path: Path, *extra: str) -> list[str]:
     data = tmp_path / "data"
-    return [f"labeled.data={data / 'data.yaml'}", f"pool.sources=[{data / 'images' / 'pool'}]",
-            f"output.dir={tmp_path / 'run'}", f"output.cache_dir={tmp_path / 'cache'}", *extra]
+    return [
+        f"labeled.data={data / 'data.yaml'}",
+        f"pool.sources=[{data / 'images' / 'pool'}]",
+        f"output.dir={tmp_path / 'run'}",
+        f"output.cache_dir={tmp_path / 'cache'}",
+        *extra,
+    ]
 
 
 def digests(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def check_round(run: Path, r: int, n_labeled: int = 40) -> dict:
@@ -49,10 +57,26 @@ def test_smoke_job_through_ray_job_submit_leaks_no_secret(ray_head, s3, bucket, 
     secret key nor the Ray token may appear in the job's output, any Ray log, the run's
     objects (Parquet, reports, saved config, weights) or any local file the job wrote."""
     run = f"s3://{bucket}/smoke"
-    cmd = ["ray", "job", "submit", "--address", ray_head.dashboard, "--working-dir", str(ROOT),
-           "--runtime-env", str(ROOT / "cluster" / "runtime_env.yaml"), "--",
-           "python", "-m", "jobs.ssl_rounds", "--config", "jobs/configs/smoke.yaml", "--synth", str(tmp_path / "data"),
-           *overrides(tmp_path, f"output.dir={run}", f"storage.endpoint_url={s3.endpoint}", "storage.region=us-east-1")]
+    cmd = [
+        "ray",
+        "job",
+        "submit",
+        "--address",
+        ray_head.dashboard,
+        "--working-dir",
+        str(ROOT),
+        "--runtime-env",
+        str(ROOT / "cluster" / "runtime_env.yaml"),
+        "--",
+        "python",
+        "-m",
+        "jobs.ssl_rounds",
+        "--config",
+        "jobs/configs/smoke.yaml",
+        "--synth",
+        str(tmp_path / "data"),
+        *overrides(tmp_path, f"output.dir={run}", f"storage.endpoint_url={s3.endpoint}", "storage.region=us-east-1"),
+    ]
     env = {k: v for k, v in ray_head.env.items() if k != "RAY_ADDRESS"}
     result = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -61,10 +85,20 @@ def test_smoke_job_through_ray_job_submit_leaks_no_secret(ray_head, s3, bucket, 
 
     client = s3.client()
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="smoke/")
-    objects = {o["Key"][len("smoke/"):]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
-               for page in pages for o in page.get("Contents", [])}
-    for key in ("rounds/r001/_COMMITTED", "final/weights/best.pt", "final/dataset.parquet", "final/yolo/data.yaml",
-                "report/report.md", "report/score_histogram.png", "config.yaml"):
+    objects = {
+        o["Key"][len("smoke/") :]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+        for page in pages
+        for o in page.get("Contents", [])
+    }
+    for key in (
+        "rounds/r001/_COMMITTED",
+        "final/weights/best.pt",
+        "final/dataset.parquet",
+        "final/yolo/data.yaml",
+        "report/report.md",
+        "report/score_histogram.png",
+        "config.yaml",
+    ):
         assert objects.get(key), key
     metrics = json.loads(objects["rounds/r001/metrics.json"])
     lab = metrics["label"]
@@ -74,8 +108,10 @@ def test_smoke_job_through_ray_job_submit_leaks_no_secret(ray_head, s3, bucket, 
     assert rows == (metrics["train_images"] if best == 1 else 40)
 
     secrets = {"S3 secret key": s3.secret_key.encode(), "Ray token": ray_head.token.encode()}
-    places = {"job output": (result.stdout + result.stderr).encode(), **{f"s3://{bucket}/smoke/{k}": v
-                                                                          for k, v in objects.items()}}
+    places = {
+        "job output": (result.stdout + result.stderr).encode(),
+        **{f"s3://{bucket}/smoke/{k}": v for k, v in objects.items()},
+    }
     for root in (ray_head.temp_dir, tmp_path):  # every Ray log and session file; every local file
         for path in root.rglob("*"):
             if "working_dir_files" in path.parts:
@@ -114,7 +150,7 @@ def test_driver_killed_mid_round_resumes_exactly(ray_head, tmp_path):
             assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-4000:]
             assert time.monotonic() < deadline, "round 1 never checkpointed an epoch"
             time.sleep(0.1)
-        assert (run / "rounds" / "r001" / "_LABELED").exists()
+        assert (run / "rounds" / "r001" / "_COMMITTED.label").exists()
         assert not (run / "rounds" / "r001" / "_COMMITTED").exists(), "round 1 finished before the kill"
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)

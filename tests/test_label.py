@@ -11,13 +11,19 @@ import pyarrow.parquet as pq
 import pytest
 
 from ssl_ray.config import load_config
-from ssl_ray.storage import Store
+from ssl_ray.io.storage import Store
 
 DEMO = Path(__file__).parents[1] / "ssl_ray" / "configs" / "demo.yaml"
 NAMES = ["circle", "square", "triangle"]
 EVERY_N = 50
-BROKEN = {"zero.jpg": "empty", "text posing as image.jpg": "not_image", "notes.txt": "unsupported_format",
-          "truncated.jpg": "corrupt", "zz copy of pool 1 (ünï).jpg": "duplicate", "broken.mp4": "video_unreadable"}
+BROKEN = {
+    "zero.jpg": "empty",
+    "text posing as image.jpg": "not_image",
+    "notes.txt": "unsupported_format",
+    "truncated.jpg": "corrupt",
+    "zz copy of pool 1 (ünï).jpg": "duplicate",
+    "broken.mp4": "video_unreadable",
+}
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +51,22 @@ def expected_frames(path) -> tuple[int, float]:
 
 
 def run_stage(pool_uri, out_uri, weights, extra=()):
-    from ssl_ray.label import label_pool
+    from ssl_ray.stages.label import label_pool
 
-    cfg = load_config(DEMO, [f"pool.sources=[{pool_uri}]", f"output.dir={out_uri}", f"pool.video_every_n={EVERY_N}",
-                             "pool.max_reject_fraction=0.5", "label.score_floor=0.0", "select.conf=0.5",
-                             "select.negative_max_score=0.001", "model.imgsz=64", *extra])
+    cfg = load_config(
+        DEMO,
+        [
+            f"pool.sources=[{pool_uri}]",
+            f"output.dir={out_uri}",
+            f"pool.video_every_n={EVERY_N}",
+            "pool.max_reject_fraction=0.5",
+            "label.score_floor=0.0",
+            "select.conf=0.5",
+            "select.negative_max_score=0.001",
+            "model.imgsz=64",
+            *extra,
+        ],
+    )
     out = Store(cfg.output.dir, cfg.storage)
     return cfg, out, label_pool(cfg, out, round=1, weights=weights, names=NAMES)
 
@@ -78,7 +95,8 @@ def check_accounting(out: Store, summary: dict, n_frames: int, fps: float):
     stills = [p for p in preds if not p["video_uri"]]
     assert all(p["frame_index"] is None and p["timestamp_s"] is None for p in stills)
     assert all(p["teacher"] and p["round"] == 1 for p in preds)
-    assert stage.exists("_LABELED") and json.loads(stage.read_bytes("label_summary.json"))["items"] == summary["items"]
+    assert stage.exists("_COMMITTED.label")
+    assert json.loads(stage.read_bytes("label_summary.json"))["items"] == summary["items"]
 
 
 @pytest.mark.ray
@@ -98,6 +116,16 @@ def test_label_local_pool(ray_local, pool_dir, teachers, tmp_path, bikes_mp4):
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file()}
     _, _, again = run_stage(str(pool_dir), str(tmp_path / "run"), teachers["yolo26n"])
     assert again == summary
+    assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    # Nor is it silently reused with other settings: refused, naming the setting, unless redone.
+    from ssl_ray.io.storage import StaleUnitError
+
+    with pytest.raises(
+        StaleUnitError,
+        match=r"rounds/r001 \(label\) produced with other settings "
+        r"\(model.imgsz: 64 -> 96\)",
+    ):
+        run_stage(str(pool_dir), str(tmp_path / "run"), teachers["yolo26n"], ["model.imgsz=96"])
     assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file()}
 
 
@@ -119,25 +147,31 @@ def test_label_s3_pool(ray_local, pool_dir, teachers, bucket, storage_cfg, bikes
 
 @pytest.mark.ray
 def test_too_many_rejects_fail_the_stage_without_commit(ray_local, tmp_path, teachers):
-    from ssl_ray.label import LabelError, label_pool
+    from ssl_ray.stages.label import LabelError, label_pool
 
     pool = tmp_path / "pool"
     pool.mkdir()
     for i in range(3):
         (pool / f"bad{i}.jpg").write_bytes(b"junk")
-    cfg = load_config(DEMO, [f"pool.sources=[{pool}]", f"output.dir={tmp_path / 'run'}", "pool.max_reject_fraction=0.5"])
+    cfg = load_config(
+        DEMO, [f"pool.sources=[{pool}]", f"output.dir={tmp_path / 'run'}", "pool.max_reject_fraction=0.5"]
+    )
     with pytest.raises(LabelError, match=r"3 of 3 pool items \(100.0%\) were quarantined"):
         label_pool(cfg, Store(cfg.output.dir), round=1, weights=teachers["yolo26n"], names=NAMES)
     stage = tmp_path / "run" / "rounds" / "r001"
-    assert not (stage / "_LABELED").exists() and (stage / "rejects").exists()
+    assert not (stage / "_COMMITTED.label").exists() and (stage / "rejects").exists()
 
 
 def test_job_entrypoint_reports_config_errors_as_one_line(tmp_path):
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "jobs.label", "--config", str(DEMO), "select.conf=3"],
-                            capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.label", "--config", str(DEMO), "select.conf=3"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: select.conf: 3.0 is out of range, allowed: > 0 and <= 1"]
 
@@ -148,11 +182,21 @@ def test_relative_local_paths_are_made_absolute_on_the_driver(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     (tmp_path / "w").mkdir()
     (tmp_path / "w" / "best.pt").write_bytes(b"")
-    cfg = with_absolute_paths(load_config(None, ["pool.sources=[pool, s3://b/p]", "output.cache_dir=cache",
-                                                 "labeled.data=d/data.yaml", "output.dir=run",
-                                                 "model.weights=w/best.pt", "rounds.student_init=yolo26n.yaml"]))
+    cfg = with_absolute_paths(
+        load_config(
+            None,
+            [
+                "pool.sources=[pool, s3://b/p]",
+                "output.cache_dir=cache",
+                "labeled.data=d/data.yaml",
+                "output.dir=run",
+                "model.weights=w/best.pt",
+            ],
+        )
+    )
     # weights: a file here is made absolute; an Ultralytics name stays one
-    assert (cfg.model.weights, cfg.rounds.student_init) == (str(tmp_path / "w" / "best.pt"), "yolo26n.yaml")
+    assert cfg.model.weights == str(tmp_path / "w" / "best.pt")
+    assert with_absolute_paths(load_config(None, ["model.weights=yolo26n.yaml"])).model.weights == "yolo26n.yaml"
     assert cfg.pool.sources == [str(tmp_path / "pool"), "s3://b/p"]
     assert cfg.output.cache_dir == str(tmp_path / "cache")
     assert (cfg.labeled.data, cfg.output.dir) == (str(tmp_path / "d" / "data.yaml"), str(tmp_path / "run"))
@@ -163,7 +207,7 @@ def test_relative_local_paths_are_made_absolute_on_the_driver(tmp_path, monkeypa
 @pytest.mark.ray
 def test_missing_pool_source_is_one_clear_error_and_no_output(ray_local, tmp_path, teachers):
     from ssl_ray.errors import StorageError
-    from ssl_ray.label import label_pool
+    from ssl_ray.stages.label import label_pool
 
     cfg = load_config(DEMO, [f"pool.sources=[{tmp_path / 'nowhere'}]", f"output.dir={tmp_path / 'run'}"])
     with pytest.raises(StorageError, match=r"pool source .*nowhere does not exist"):
@@ -182,7 +226,7 @@ def test_killing_an_inference_actor_mid_pool_loses_and_duplicates_nothing(ray_lo
 
     import psutil
 
-    from ssl_ray.label import label_pool
+    from ssl_ray.stages.label import label_pool
 
     pool = tmp_path / "pool"
     pool.mkdir()
@@ -190,9 +234,18 @@ def test_killing_an_inference_actor_mid_pool_loses_and_duplicates_nothing(ray_lo
     for i in range(240):  # 6 copies of the 40 pool images, each made unique by a trailing byte
         src = sources[i % len(sources)]
         (pool / f"img_{i:04d}.jpg").write_bytes(src.read_bytes() + bytes([i // len(sources)]))
-    cfg = load_config(DEMO, [f"pool.sources=[{pool}]", f"output.dir={tmp_path / 'run'}", "model.imgsz=128",
-                             "label.batch_size=4", "label.score_floor=0.0", "select.negative_max_score=0.001",
-                             "label.finalize_rows=50"])  # retried copies meet their originals in 5 buckets
+    cfg = load_config(
+        DEMO,
+        [
+            f"pool.sources=[{pool}]",
+            f"output.dir={tmp_path / 'run'}",
+            "model.imgsz=128",
+            "label.batch_size=4",
+            "label.score_floor=0.0",
+            "select.negative_max_score=0.001",
+            "label.finalize_rows=50",
+        ],
+    )  # retried copies meet their originals in 5 buckets
     killed = []
 
     def kill_actor_once_it_works():

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ssl_ray.config import load_config
-from ssl_ray.storage import Store
+from ssl_ray.io.storage import Store
 
 DEMO = Path(__file__).parents[1] / "ssl_ray" / "configs" / "demo.yaml"
 NAMES = ["circle", "square", "triangle"]
@@ -24,16 +24,27 @@ def test_s3_server_down_mid_label_stage(ray_local, s3, teachers, shapes, tmp_pat
     stage either rides it out on retries or fails with an error; either way the stage is
     never marked done with files missing, and running it again completes with exact counts."""
     from s3server import seaweedfs
-    from ssl_ray.label import label_pool
+
+    from ssl_ray.stages.label import label_pool
 
     with seaweedfs(tmp_path / "weed") as server:  # its own server: the session's stays up
         client = server.client()
         client.create_bucket(Bucket="outage")
-        cfg = load_config(DEMO, [f"pool.sources=[{shapes.parent / 'images' / 'pool'}]", "output.dir=s3://outage/run",
-                                 f"output.cache_dir={tmp_path / 'cache'}", f"storage.endpoint_url={server.endpoint}",
-                                 "storage.region=us-east-1", "storage.connect_timeout_s=1", f"storage.retries={retries}",
-                                 "model.imgsz=64",
-                                 "label.score_floor=0.0", "select.negative_max_score=0.001"])
+        cfg = load_config(
+            DEMO,
+            [
+                f"pool.sources=[{shapes.parent / 'images' / 'pool'}]",
+                "output.dir=s3://outage/run",
+                f"output.cache_dir={tmp_path / 'cache'}",
+                f"storage.endpoint_url={server.endpoint}",
+                "storage.region=us-east-1",
+                "storage.connect_timeout_s=1",
+                f"storage.retries={retries}",
+                "model.imgsz=64",
+                "label.score_floor=0.0",
+                "select.negative_max_score=0.001",
+            ],
+        )
         out = Store(cfg.output.dir, cfg.storage)
         events = []
 
@@ -60,13 +71,16 @@ def test_s3_server_down_mid_label_stage(ray_local, s3, teachers, shapes, tmp_pat
         thread.join(timeout=120)
         assert [name for name, _ in events] == ["down", "up"], "the outage never happened"
         stage = out.child("rounds/r001")
-        if stage.exists("_LABELED"):
+        if stage.exists("_COMMITTED.label"):
             assert all(stage.exists(name) for name in OUTPUTS), f"committed with files missing after: {first}"
 
         summary = label_pool(cfg, out, round=1, weights=teachers["yolo26n"], names=NAMES)
-        assert summary["items"] == 40 == summary["pseudo"] + summary["negative"] + summary["uncertain"] + \
-            summary["rejected"]
-        assert stage.exists("_LABELED") and all(stage.exists(name) for name in OUTPUTS)
+        assert (
+            summary["items"]
+            == 40
+            == summary["pseudo"] + summary["negative"] + summary["uncertain"] + summary["rejected"]
+        )
+        assert stage.exists("_COMMITTED.label") and all(stage.exists(name) for name in OUTPUTS)
         print(f"first attempt: {first}")  # shown with -s: which of the two outcomes happened
 
 
@@ -75,13 +89,16 @@ def test_store_with_the_server_down_fails_fast_with_a_clean_error(s3, tmp_path):
     """Below the stages, one storage call with the server down: a StorageError naming the
     object, in bounded time, without echoing the request; the same call works once it is back."""
     from s3server import seaweedfs
+
     from ssl_ray.config import StorageConfig
     from ssl_ray.errors import StorageError
 
     with seaweedfs(tmp_path / "weed") as server:
         server.client().create_bucket(Bucket="flaky")
-        store = Store("s3://flaky/run", StorageConfig(endpoint_url=server.endpoint, region="us-east-1", retries=1,
-                                                      connect_timeout_s=1))
+        store = Store(
+            "s3://flaky/run",
+            StorageConfig(endpoint_url=server.endpoint, region="us-east-1", retries=1, connect_timeout_s=1),
+        )
         store.write_text("before.txt", "ok")
         server.kill()
         start = time.monotonic()
@@ -116,14 +133,17 @@ def _malformed_yaml(shapes, tmp_path) -> Path:
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("case, expected", [
-    ("invalid_config", r"select\.conf: 3\.0 is out of range"),
-    ("missing_data_yaml", r"^error: labeled\.data: \S+/nowhere does not exist"),
-    ("malformed_data_yaml", r"data/data\.yaml: not valid YAML"),
-    ("bad_label_line", r"labels/train/train_000003\.txt:\d+: "),
-    ("unreachable_endpoint", r"^error: output\.dir: .*the S3 endpoint is unreachable"),
-    ("unwritable_output", r"^error: output\.dir: .*cannot write there"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("invalid_config", r"select\.conf: 3\.0 is out of range"),
+        ("missing_data_yaml", r"^error: labeled\.data: \S+/nowhere does not exist"),
+        ("malformed_data_yaml", r"data/data\.yaml: not valid YAML"),
+        ("bad_label_line", r"labels/train/train_000003\.txt:\d+: "),
+        ("unreachable_endpoint", r"^error: output\.dir: .*the S3 endpoint is unreachable"),
+        ("unwritable_output", r"^error: output\.dir: .*cannot write there"),
+    ],
+)
 def test_run_refuses_bad_input_with_one_line_before_any_output(case, expected, shapes, tmp_path):
     """`ssl-ray run` with one thing wrong: exit status 2, one `error:` line naming the field,
     file or endpoint, and no run directory left behind (nothing committed, nothing half-made)."""
@@ -132,11 +152,18 @@ def test_run_refuses_bad_input_with_one_line_before_any_output(case, expected, s
 
     from s3server import free_port
 
-    data = {"bad_label_line": _bad_label_line, "malformed_data_yaml": _malformed_yaml}.get(
-        case, lambda *_: shapes)(shapes, tmp_path)
+    data = {"bad_label_line": _bad_label_line, "malformed_data_yaml": _malformed_yaml}.get(case, lambda *_: shapes)(
+        shapes, tmp_path
+    )
     out = tmp_path / "run"
-    args = [f"labeled.data={data}", f"pool.sources=[{shapes.parent / 'images' / 'pool'}]", f"output.dir={out}",
-            f"output.cache_dir={tmp_path / 'cache'}", "storage.retries=0", "storage.connect_timeout_s=1"]
+    args = [
+        f"labeled.data={data}",
+        f"pool.sources=[{shapes.parent / 'images' / 'pool'}]",
+        f"output.dir={out}",
+        f"output.cache_dir={tmp_path / 'cache'}",
+        "storage.retries=0",
+        "storage.connect_timeout_s=1",
+    ]
     if case == "invalid_config":
         args.append("select.conf=3")
     elif case == "missing_data_yaml":
@@ -148,8 +175,14 @@ def test_run_refuses_bad_input_with_one_line_before_any_output(case, expected, s
         (tmp_path / "a-file").write_text("x")
         args[2] = f"output.dir={tmp_path / 'a-file' / 'run'}"
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "not-a-real-secret"}
-    result = subprocess.run([sys.executable, "-m", "ssl_ray.cli", "run", str(DEMO), *args, "ray.num_cpus=4"],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "ssl_ray.cli", "run", str(DEMO), *args, "ray.num_cpus=4"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env,
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and re.search(expected, errors[0]), result.stderr[-3000:]

@@ -5,20 +5,42 @@ import json
 
 from PIL import Image
 
-from ssl_ray.report import COLUMNS, table_rows, write_report
-from ssl_ray.storage import Store
+from ssl_ray.io.storage import Store
+from ssl_ray.stages.report import COLUMNS, table_rows, write_report
 
 
 def rounds():
     held = lambda m: {"mAP50": m + 0.1, "mAP50-95": m, "per_class": {}}  # noqa: E731
-    label = {"items": 40, "pseudo": 12, "negative": 5, "negative_used": 3, "uncertain": 20, "rejected": 3,
-             "pseudo_boxes_per_class": {"circle": 9, "square": 4}, "seconds": 7.5,
-             "score_histogram": [30, 10, 5, 2, 0, 0, 1, 0, 4, 9]}
+    label = {
+        "items": 40,
+        "pseudo": 12,
+        "negative": 5,
+        "negative_used": 3,
+        "uncertain": 20,
+        "rejected": 3,
+        "pseudo_boxes_per_class": {"circle": 9, "square": 4},
+        "seconds": 7.5,
+        "score_histogram": [30, 10, 5, 2, 0, 0, 1, 0, 4, 9],
+    }
     return [
-        {"round": 0, "threshold": None, "labeled_images": 24, "held_out": held(0.2), "seconds": 30.0,
-         "stage_seconds": {"train": 29.0}},
-        {"round": 1, "threshold": 0.6, "labeled_images": 24, "train_images": 39, "held_out": held(0.3),
-         "seconds": 50.0, "label": label, "stage_seconds": {"label": 7.5, "merge": 0.4, "train": 40.0}},
+        {
+            "round": 0,
+            "threshold": None,
+            "labeled_images": 24,
+            "held_out": held(0.2),
+            "seconds": 30.0,
+            "stage_seconds": {"train": 29.0},
+        },
+        {
+            "round": 1,
+            "threshold": 0.6,
+            "labeled_images": 24,
+            "train_images": 39,
+            "held_out": held(0.3),
+            "seconds": 50.0,
+            "label": label,
+            "stage_seconds": {"label": 7.5, "merge": 0.4, "train": 40.0},
+        },
     ]
 
 

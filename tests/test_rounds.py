@@ -3,12 +3,19 @@
 import pytest
 
 from ssl_ray.config import RoundsConfig, SelectConfig
-from ssl_ray.rounds import best_round, merge, should_stop, student_start, threshold_for
+from ssl_ray.core.rounds import best_round, merge, should_stop, threshold_for
 
 
-@pytest.mark.parametrize("schedule, round, expected", [
-    ([], 1, 0.85), ([], 5, 0.85), ([0.9, 0.8], 1, 0.9), ([0.9, 0.8], 2, 0.8), ([0.9, 0.8], 3, 0.8),
-])
+@pytest.mark.parametrize(
+    "schedule, round, expected",
+    [
+        ([], 1, 0.85),
+        ([], 5, 0.85),
+        ([0.9, 0.8], 1, 0.9),
+        ([0.9, 0.8], 2, 0.8),
+        ([0.9, 0.8], 3, 0.8),
+    ],
+)
 def test_threshold_for(schedule, round, expected):
     assert threshold_for(round, RoundsConfig(conf_schedule=schedule), SelectConfig()) == expected
 
@@ -18,15 +25,18 @@ def test_round_zero_has_no_threshold():
         threshold_for(0, RoundsConfig(), SelectConfig())
 
 
-@pytest.mark.parametrize("scores, patience, stop", [
-    ([0.1], 1, False),
-    ([0.1, 0.2], 1, False),          # improved
-    ([0.1, 0.2, 0.2], 1, True),      # equal is not better
-    ([0.1, 0.2, 0.15], 1, True),
-    ([0.1, 0.2, 0.15], 2, False),    # one bad round, patience 2
-    ([0.1, 0.2, 0.15, 0.19], 2, True),
-    ([0.1, 0.2, 0.15, 0.25], 2, False),
-])
+@pytest.mark.parametrize(
+    "scores, patience, stop",
+    [
+        ([0.1], 1, False),
+        ([0.1, 0.2], 1, False),  # improved
+        ([0.1, 0.2, 0.2], 1, True),  # equal is not better
+        ([0.1, 0.2, 0.15], 1, True),
+        ([0.1, 0.2, 0.15], 2, False),  # one bad round, patience 2
+        ([0.1, 0.2, 0.15, 0.19], 2, True),
+        ([0.1, 0.2, 0.15, 0.25], 2, False),
+    ],
+)
 def test_should_stop(scores, patience, stop):
     assert should_stop(scores, patience) is stop
 
@@ -38,32 +48,33 @@ def test_best_round_is_the_best_not_the_last(scores, best):
 
 def test_merge_keeps_labels_and_one_row_per_image():
     labeled = [{"image_id": "a", "source": "labeled"}, {"image_id": "b", "source": "labeled"}]
-    selected = [{"image_id": "b", "source": "pseudo"}, {"image_id": "c", "source": "pseudo"},
-                {"image_id": "c", "source": "negative"}, {"image_id": "d", "source": "negative"}]
+    selected = [
+        {"image_id": "b", "source": "pseudo"},
+        {"image_id": "c", "source": "pseudo"},
+        {"image_id": "c", "source": "negative"},
+        {"image_id": "d", "source": "negative"},
+    ]
     merged = merge(labeled, selected)
     assert [(r["image_id"], r["source"]) for r in merged] == [
-        ("a", "labeled"), ("b", "labeled"), ("c", "pseudo"), ("d", "negative")]
+        ("a", "labeled"),
+        ("b", "labeled"),
+        ("c", "pseudo"),
+        ("d", "negative"),
+    ]
 
 
-@pytest.mark.parametrize("fraction, n_labeled, n_other, copies", [
-    (None, 40, 600, 1),     # off
-    (0.5, 40, 600, 15),     # 40 x 15 = 600: half of each epoch labeled
-    (0.25, 40, 600, 5),     # 200 of 800
-    (0.1, 40, 600, 2),      # 80 of 680 (rounded)
-    (0.5, 40, 0, 1),        # nothing to balance against
-    (0.01, 40, 600, 1),     # never below one copy
-])
+@pytest.mark.parametrize(
+    "fraction, n_labeled, n_other, copies",
+    [
+        (None, 40, 600, 1),  # off
+        (0.5, 40, 600, 15),  # 40 x 15 = 600: half of each epoch labeled
+        (0.25, 40, 600, 5),  # 200 of 800
+        (0.1, 40, 600, 2),  # 80 of 680 (rounded)
+        (0.5, 40, 0, 1),  # nothing to balance against
+        (0.01, 40, 600, 1),  # never below one copy
+    ],
+)
 def test_labeled_copies(fraction, n_labeled, n_other, copies):
-    from ssl_ray.rounds import labeled_copies
+    from ssl_ray.core.rounds import labeled_copies
 
     assert labeled_copies(fraction, n_labeled, n_other) == copies
-
-
-@pytest.mark.parametrize("student_init, expected", [
-    (None, ("runs/ssl/rounds/r001/weights/best.pt", {"lr0": 0.0005})),  # warm start, fine-tuning arguments
-    ("yolo26n.yaml", ("yolo26n.yaml", {})),  # a new student from scratch: a schedule of its own
-    ("s3://models/yolo26n.pt", ("s3://models/yolo26n.pt", {})),  # a new pretrained student
-])
-def test_student_start(student_init, expected):
-    rounds = RoundsConfig(student_init=student_init)
-    assert student_start("runs/ssl/rounds/r001/weights/best.pt", rounds, {"lr0": 0.0005}) == expected

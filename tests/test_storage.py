@@ -7,15 +7,22 @@ from pathlib import Path
 import pytest
 
 from ssl_ray.config import StorageConfig
+from ssl_ray.core.units import Unit
 from ssl_ray.errors import StorageError
-from ssl_ray.storage import Store, preflight, safe_join
+from ssl_ray.io.storage import StaleUnitError, Store, preflight, safe_join
 
 DEMO = Path(__file__).parents[1] / "ssl_ray" / "configs" / "demo.yaml"
 
 
-@pytest.mark.parametrize("rel, expected", [
-    ("a/b.txt", "/r/a/b.txt"), ("./a//b", "/r/a/b"), ("", "/r"), ("a\\b", "/r/a/b"),
-])
+@pytest.mark.parametrize(
+    "rel, expected",
+    [
+        ("a/b.txt", "/r/a/b.txt"),
+        ("./a//b", "/r/a/b"),
+        ("", "/r"),
+        ("a\\b", "/r/a/b"),
+    ],
+)
 def test_safe_join(rel, expected):
     assert safe_join("/r", rel) == expected
 
@@ -37,11 +44,22 @@ def exercise(store: Store):
     assert [(e.rel, e.size) for e in store.list()] == [("a/b/y.txt", 2), ("a/x.bin", 5), ("c.bin", 0)]
     assert [e.rel for e in store.child("a").list()] == ["b/y.txt", "x.bin"]
     assert store.child("a").read_bytes("b/y.txt") == b"yy"
-    assert not store.is_committed("a")
-    store.commit("a", {"rows": 3})
-    assert store.is_committed("a")
+    unit = Unit("a", "step", settings={"select.conf": 0.5})
+    assert store.done(unit) is None and store.markers("a") == []
+    store.commit(unit, {"rows": 3})
+    assert store.done(unit)["result"] == {"rows": 3}
+    assert [m["unit"] for m in store.markers("a")] == ["a/_COMMITTED.step"] and store.names("a") == [
+        "_COMMITTED.step",
+        "b",
+        "x.bin",
+    ]
+    with pytest.raises(
+        StaleUnitError, match=r"holds a \(step\) produced with other settings \(select.conf: 0.5 -> 0.7\)"
+    ):
+        store.done(Unit("a", "step", settings={"select.conf": 0.7}))
     store.delete_prefix("a")
-    assert not store.exists("a/x.bin") and not store.is_committed("a")
+    # (SeaweedFS keeps empty folders as prefixes after their objects are gone: no files is what counts)
+    assert not store.exists("a/x.bin") and store.done(unit) is None and store.names("a", folders=False) == []
     assert [e.rel for e in store.list()] == ["c.bin"]
     store.delete_prefix("nothing/here")  # no error
     with pytest.raises(StorageError, match="does not exist"):
@@ -80,16 +98,24 @@ def test_preflight_ok(bucket, storage_cfg):
 def run_cli(args, env=None):
     import os
 
-    return subprocess.run([sys.executable, "-m", "ssl_ray.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "ssl_ray.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
 
 
 @pytest.mark.s3
-@pytest.mark.parametrize("case, expected", [
-    ("wrong_secret", "the credentials were rejected"),
-    ("missing_bucket", "bucket 'no-such-bucket-here' does not exist"),
-    ("closed_port", "the S3 endpoint is unreachable"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("wrong_secret", "the credentials were rejected"),
+        ("missing_bucket", "bucket 'no-such-bucket-here' does not exist"),
+        ("closed_port", "the S3 endpoint is unreachable"),
+    ],
+)
 def test_s3_misconfiguration_is_one_clear_error_and_no_output(case, expected, s3, shapes, tmp_path):
     from s3server import free_port
 
@@ -98,8 +124,18 @@ def test_s3_misconfiguration_is_one_clear_error_and_no_output(case, expected, s3
     if case != "missing_bucket":
         s3.client().create_bucket(Bucket=bucket)
     env = {"AWS_SECRET_ACCESS_KEY": "wrong-secret-value"} if case == "wrong_secret" else {}
-    result = run_cli(["ingest", str(DEMO), f"labeled.data={shapes}", f"output.dir=s3://{bucket}/run",
-                      f"storage.endpoint_url={endpoint}", "storage.retries=0", "storage.connect_timeout_s=1"], env)
+    result = run_cli(
+        [
+            "ingest",
+            str(DEMO),
+            f"labeled.data={shapes}",
+            f"output.dir=s3://{bucket}/run",
+            f"storage.endpoint_url={endpoint}",
+            "storage.retries=0",
+            "storage.connect_timeout_s=1",
+        ],
+        env,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
@@ -110,9 +146,10 @@ def test_s3_misconfiguration_is_one_clear_error_and_no_output(case, expected, s3
 
 def test_local_preflight(tmp_path):
     preflight(str(tmp_path / "new" / "dir"), StorageConfig(), write=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # checked, not created: nothing before any work
     with pytest.raises(StorageError, match="does not exist"):
         preflight(str(tmp_path / "absent"), StorageConfig())
     # Unwritable even for root (CI runs as root, which ignores permission bits): a file in the way.
     (tmp_path / "a-file").write_text("x")
-    with pytest.raises(StorageError, match="cannot write there"):
+    with pytest.raises(StorageError, match="a-file is a file, not a folder"):
         preflight(str(tmp_path / "a-file" / "run"), StorageConfig(), write=True)

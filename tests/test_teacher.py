@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
+from ssl_ray.adapters.teacher import Teacher, load_yolo
+from ssl_ray.core.geometry import pad_to_stride
 from ssl_ray.errors import ConfigError
-from ssl_ray.teacher import Teacher, load_yolo, pad_to_stride
 
 
 @pytest.mark.parametrize("name", ["yolo26n", "yolo11n"])
@@ -13,22 +14,25 @@ def test_teacher_predicts_on_letterboxed_batches(teachers, tmp_path, name):
     assert teacher.names == ["circle", "square", "triangle"]
     batch = np.random.default_rng(0).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
     dets = teacher.predict(batch, score_floor=0.0)
-    assert len(dets) == 3 and all(d.ndim == 2 and d.shape[1] == 6 for d in dets)
-    assert all((d[:, 4] >= 0).all() for d in dets)
+    assert len(dets) == 3 and all(d.xyxy.shape == (len(d), 4) for d in dets)
+    assert all((d.score >= 0).all() and (d.cls >= 0).all() and (d.cls < 3).all() for d in dets)
 
 
 def test_teacher_takes_a_canvas_off_its_stride(teachers, tmp_path):
-    """A zoomed view (96 px * 1.5 = 144) is not a multiple of the model's stride of 32."""
+    """A canvas of 144 px (model.imgsz 144) is not a multiple of the model's stride of 32."""
     teacher = Teacher(teachers["yolo26n"], str(tmp_path), threads=1)
     batch = np.random.default_rng(0).integers(0, 255, (2, 144, 144, 3), dtype=np.uint8)
     assert len(teacher.predict(batch, score_floor=0.0)) == 2
 
 
-@pytest.mark.parametrize("shape, stride, padded", [
-    ((1, 64, 64, 3), 32, (1, 64, 64, 3)),   # fits: the same array
-    ((2, 144, 144, 3), 32, (2, 160, 160, 3)),
-    ((1, 65, 100, 3), 8, (1, 72, 104, 3)),
-])
+@pytest.mark.parametrize(
+    "shape, stride, padded",
+    [
+        ((1, 64, 64, 3), 32, (1, 64, 64, 3)),  # fits: the same array
+        ((2, 144, 144, 3), 32, (2, 160, 160, 3)),
+        ((1, 65, 100, 3), 8, (1, 72, 104, 3)),
+    ],
+)
 def test_pad_to_stride_pads_bottom_and_right_in_grey(shape, stride, padded):
     images = np.full(shape, 7, np.uint8)
     out = pad_to_stride(images, stride)
@@ -36,16 +40,16 @@ def test_pad_to_stride_pads_bottom_and_right_in_grey(shape, stride, padded):
     if padded == shape:
         assert out is images
     else:
-        assert (out[:, :shape[1], :shape[2]] == 7).all()  # the image stays where it was
-        assert (out[:, shape[1]:] == 114).all() and (out[:, :, shape[2]:] == 114).all()
+        assert (out[:, : shape[1], : shape[2]] == 7).all()  # the image stays where it was
+        assert (out[:, shape[1] :] == 114).all() and (out[:, :, shape[2] :] == 114).all()
 
 
 @pytest.mark.s3
 def test_s3_weights_are_cached_by_content_stamp(teachers, tmp_path, bucket, storage_cfg):
     from pathlib import Path
 
-    from ssl_ray.storage import Store
-    from ssl_ray.teacher import resolve_weights
+    from ssl_ray.adapters.teacher import resolve_weights
+    from ssl_ray.io.storage import Store
 
     store = Store(f"s3://{bucket}/w", storage_cfg)
     store.write_bytes("best.pt", Path(teachers["yolo26n"]).read_bytes())
@@ -60,18 +64,3 @@ def test_s3_weights_are_cached_by_content_stamp(teachers, tmp_path, bucket, stor
 def test_missing_checkpoint_is_a_clear_config_error(tmp_path):
     with pytest.raises(ConfigError, match="model.weights: cannot load"):
         load_yolo(str(tmp_path / "nope.pt"), str(tmp_path))
-
-
-@pytest.mark.ray
-def test_teacher_with_other_classes_is_refused_before_work(ray_local, tmp_path, shapes):
-    from pathlib import Path
-
-    from ssl_ray.config import load_config
-    from ssl_ray.label import LabelError, label_pool
-    from ssl_ray.storage import Store
-
-    demo = Path(__file__).parents[1] / "ssl_ray" / "configs" / "demo.yaml"
-    cfg = load_config(demo, [f"pool.sources=[{shapes.parent / 'images' / 'pool'}]", f"output.dir={tmp_path / 'run'}"])
-    with pytest.raises(LabelError, match=r"the teacher yolo26n.yaml predicts classes \['0', '1'"):
-        label_pool(cfg, Store(cfg.output.dir), round=1, weights="yolo26n.yaml", names=["circle", "square", "triangle"])
-    assert not [p for p in (tmp_path / "run").rglob("*") if not p.is_dir()]  # nothing labeled, nothing written

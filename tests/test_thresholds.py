@@ -2,17 +2,19 @@
 
 import pytest
 
-from ssl_ray.schema import box
-from ssl_ray.thresholds import match_detections, precision_thresholds, quantile_thresholds
+from ssl_ray.core.schema import box
+from ssl_ray.core.thresholds import match_detections, precision_thresholds
 
 
 def test_match_detections_greedy_by_score_same_class_iou():
     truth = {"a": [box(0, 0.25, 0.25, 0.2, 0.2), box(1, 0.75, 0.75, 0.2, 0.2)], "b": [box(0, 0.5, 0.5, 0.4, 0.4)]}
     preds = {
-        "a": [box(0, 0.25, 0.25, 0.2, 0.2, 0.9),   # TP
-              box(0, 0.26, 0.25, 0.2, 0.2, 0.8),   # duplicate of a matched truth: FP
-              box(0, 0.75, 0.75, 0.2, 0.2, 0.7)],  # right place, wrong class: FP
-        "c": [box(1, 0.5, 0.5, 0.1, 0.1, 0.6)],    # an image without truth: FP
+        "a": [
+            box(0, 0.25, 0.25, 0.2, 0.2, 0.9),  # TP
+            box(0, 0.26, 0.25, 0.2, 0.2, 0.8),  # duplicate of a matched truth: FP
+            box(0, 0.75, 0.75, 0.2, 0.2, 0.7),
+        ],  # right place, wrong class: FP
+        "c": [box(1, 0.5, 0.5, 0.1, 0.1, 0.6)],  # an image without truth: FP
     }
     scored, n_truth = match_detections(preds, truth, n_classes=2)
     assert sorted(scored[0], reverse=True) == [(0.9, True), (0.8, False), (0.7, False)]
@@ -25,28 +27,19 @@ def pairs(*spec):
     return [(float(s[:-1]), s[-1] == "+") for s in spec]
 
 
-@pytest.mark.parametrize("scored, target, expected", [
-    # precision by threshold: 0.9: 1/1, 0.8: 2/2, 0.7: 3/3, 0.6: 3/4, 0.5: 4/5 (not monotonic)
-    ([pairs("0.9+", "0.8+", "0.7+", "0.6-", "0.5+")], 0.75, [0.5]),
-    ([pairs("0.9+", "0.8+", "0.7+", "0.6-", "0.5+")], 0.85, [0.7]),
-    ([pairs("0.9+", "0.8+", "0.7+", "0.6-", "0.5+")], 0.8, [0.5]),
-    ([pairs("0.9-", "0.8-", "0.7+")], 0.9, [0.55]),                  # never precise enough: fallback
-    ([pairs("0.9+", "0.8+")], 0.5, [0.55]),                          # too few true positives: fallback
-    ([[]], 0.9, [0.55]),                                             # class never detected: fallback
-    ([pairs("0.95+", "0.9+", "0.8+", "0.7+", "0.7-", "0.7-")], 0.75, [0.8]),  # ties: all of 0.7 or none
-    ([pairs("0.2+", "0.2+", "0.2+")], 0.9, [0.3]),                   # clamped to the floor
-])
+@pytest.mark.parametrize(
+    "scored, target, expected",
+    [
+        # precision by threshold: 0.9: 1/1, 0.8: 2/2, 0.7: 3/3, 0.6: 3/4, 0.5: 4/5 (not monotonic)
+        ([pairs("0.9+", "0.8+", "0.7+", "0.6-", "0.5+")], 0.75, [0.5]),
+        ([pairs("0.9+", "0.8+", "0.7+", "0.6-", "0.5+")], 0.85, [0.7]),
+        ([pairs("0.9+", "0.8+", "0.7+", "0.6-", "0.5+")], 0.8, [0.5]),
+        ([pairs("0.9-", "0.8-", "0.7+")], 0.9, [0.55]),  # never precise enough: fallback
+        ([pairs("0.9+", "0.8+")], 0.5, [0.55]),  # too few true positives: fallback
+        ([[]], 0.9, [0.55]),  # class never detected: fallback
+        ([pairs("0.95+", "0.9+", "0.8+", "0.7+", "0.7-", "0.7-")], 0.75, [0.8]),  # ties: all of 0.7 or none
+        ([pairs("0.2+", "0.2+", "0.2+")], 0.9, [0.3]),  # clamped to the floor
+    ],
+)
 def test_precision_thresholds(scored, target, expected):
     assert precision_thresholds(scored, target, fallback=0.55, floor=0.3) == pytest.approx(expected)
-
-
-@pytest.mark.parametrize("scores_by_class, keep, expected", [
-    ({0: [0.9, 0.8, 0.7, 0.6]}, 0.5, [0.8, 0.5]),        # top half of class 0; class 1 never seen: fallback
-    ({0: [0.9, 0.8, 0.7, 0.6], 1: [0.5, 0.4]}, 0.5, [0.8, 0.5]),
-    ({0: [0.9, 0.8, 0.7, 0.6], 1: [0.35, 0.31]}, 1.0, [0.6, 0.31]),
-    ({0: [0.2, 0.1]}, 0.5, [0.5, 0.5]),                  # below the floor: not counted at all
-])
-def test_quantile_thresholds(scores_by_class, keep, expected):
-    rows = [{"boxes": [box(c, 0.5, 0.5, 0.1, 0.1, s) for c, ss in scores_by_class.items() for s in ss]},
-            {"boxes": None}]
-    assert quantile_thresholds(rows, 2, keep, fallback=0.5, floor=0.3) == pytest.approx(expected)

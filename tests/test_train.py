@@ -11,24 +11,39 @@ from pathlib import Path
 import pytest
 
 from ssl_ray.config import load_config
-from ssl_ray.storage import Store
+from ssl_ray.io.storage import Store
 
 DEMO = Path(__file__).parents[1] / "ssl_ray" / "configs" / "demo.yaml"
 # nbs = total batch: one optimizer step per batch, so every epoch changes the weights.
-TINY = ["model.imgsz=64", "train.num_workers=2", "train.batch=4", "train.cpus_per_worker=1",
-        "train.extra={amp: false, nbs: 8, warmup_epochs: 0, mosaic: 0.0}"]
+TINY = [
+    "model.imgsz=64",
+    "train.num_workers=2",
+    "train.batch=4",
+    "train.cpus_per_worker=1",
+    "train.extra={amp: false, nbs: 8, warmup_epochs: 0, mosaic: 0.0}",
+]
 
 
 def run_training(shapes, tmp_path, out_uri, extra=(), epochs=2, name="t", weights="yolo26n.yaml"):
-    from ssl_ray.ingest import ingest_labeled
-    from ssl_ray.train import TrainSpec, train_detector
+    from ssl_ray.stages.ingest import ingest_labeled
+    from ssl_ray.stages.train import TrainSpec, train_detector
 
-    cfg = load_config(DEMO, [f"labeled.data={shapes}", f"output.dir={out_uri}", f"output.cache_dir={tmp_path / 'cache'}",
-                             f"train.epochs={epochs}", *TINY, *extra])
+    cfg = load_config(
+        DEMO,
+        [
+            f"labeled.data={shapes}",
+            f"output.dir={out_uri}",
+            f"output.cache_dir={tmp_path / 'cache'}",
+            f"train.epochs={epochs}",
+            *TINY,
+            *extra,
+        ],
+    )
     out = Store(cfg.output.dir, cfg.storage)
     labeled = ingest_labeled(cfg, out)
-    spec = TrainSpec(name=name, train=["labeled/train.parquet"], val=["labeled/val.parquet"], names=labeled.names,
-                     weights=weights)
+    spec = TrainSpec(
+        name=name, train=["labeled/train.parquet"], val=["labeled/val.parquet"], names=labeled.names, weights=weights
+    )
     return cfg, out, train_detector(cfg, out, spec), labeled
 
 
@@ -62,7 +77,7 @@ def check_ddp(records, n_train, epochs):
 
 
 def check_outputs(out: Store, names, tmp_path):
-    from ssl_ray.runtime import prepare_ultralytics
+    from ssl_ray.adapters.runtime import prepare_ultralytics
 
     stage = out.child("train/t")
     metrics = json.loads(stage.read_bytes("train_metrics.json"))
@@ -80,7 +95,13 @@ def check_outputs(out: Store, names, tmp_path):
 @pytest.mark.ray
 @pytest.mark.train
 def test_ddp_on_two_cpu_workers_local(ray_local, shapes, tmp_path):
-    _, out, metrics, labeled = run_training(shapes, tmp_path, str(tmp_path / "run"))
+    """Two ranks train in step, and a local run listens on loopback only: no rendezvous or
+    gloo socket of the group on any other address (Ray's default TCPStore listens on all)."""
+    from listening import ListenerWatch
+
+    with ListenerWatch() as watch:
+        _, out, metrics, labeled = run_training(shapes, tmp_path, str(tmp_path / "run"))
+    assert watch.samples > 20 and watch.found == set(), watch.found
     check_ddp(audit(tmp_path), len(labeled.train), epochs=2)
     check_outputs(out, labeled.names, tmp_path)
     assert metrics["epochs"] == 2
@@ -89,12 +110,14 @@ def test_ddp_on_two_cpu_workers_local(ray_local, shapes, tmp_path):
 @pytest.mark.ray
 @pytest.mark.train
 @pytest.mark.s3
-def test_ddp_checkpoints_on_s3_warm_started_from_an_s3_checkpoint(ray_local, shapes, tmp_path, bucket, storage_cfg,
-                                                                   teachers):
+def test_ddp_checkpoints_on_s3_warm_started_from_an_s3_checkpoint(
+    ray_local, shapes, tmp_path, bucket, storage_cfg, teachers
+):
     Store(f"s3://{bucket}/models", storage_cfg).write_bytes("start.pt", Path(teachers["yolo26n"]).read_bytes())
     extra = [f"storage.endpoint_url={storage_cfg.endpoint_url}", "storage.region=us-east-1"]
-    _, out, _, labeled = run_training(shapes, tmp_path, f"s3://{bucket}/run", extra,
-                                      weights=f"s3://{bucket}/models/start.pt")
+    _, out, _, labeled = run_training(
+        shapes, tmp_path, f"s3://{bucket}/run", extra, weights=f"s3://{bucket}/models/start.pt"
+    )
     check_ddp(audit(tmp_path), len(labeled.train), epochs=2)
     check_outputs(out, labeled.names, tmp_path)
 
@@ -147,6 +170,19 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_local, shapes, tmp_path):
     assert metrics["epoch"] == epochs
 
 
+def test_the_listener_watch_sees_a_socket_on_every_interface():
+    import socket
+
+    from listening import ListenerWatch
+
+    with socket.socket(socket.AF_INET) as sock, ListenerWatch(period=0.05) as watch:
+        sock.bind(("0.0.0.0", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        time.sleep(0.3)
+    assert ("0.0.0.0", port) in {(ip, port) for ip, port, _ in watch.found}
+
+
 class _FakeParam:
     def __init__(self, device_type):
         self.device = type("Device", (), {"type": device_type})()
@@ -160,18 +196,21 @@ class _FakeModel:
         return iter([self._param])
 
 
-@pytest.mark.parametrize("device, weights_local, calls_original, expected", [
-    ("cpu", False, True, False),    # CPU: Ultralytics answers False at once, no download
-    ("cuda", True, True, False),    # reference weights already local: the real check decides
-    ("cuda", False, False, True),   # offline GPU node: no download attempt, AMP stays on
-])
+@pytest.mark.parametrize(
+    "device, weights_local, calls_original, expected",
+    [
+        ("cpu", False, True, False),  # CPU: Ultralytics answers False at once, no download
+        ("cuda", True, True, False),  # reference weights already local: the real check decides
+        ("cuda", False, False, True),  # offline GPU node: no download attempt, AMP stays on
+    ],
+)
 def test_amp_check_never_downloads(tmp_path, monkeypatch, device, weights_local, calls_original, expected):
-    from ssl_ray.runtime import prepare_ultralytics
+    from ssl_ray.adapters.runtime import prepare_ultralytics
 
     prepare_ultralytics(tmp_path)
     import ultralytics.utils
 
-    from ssl_ray.ray_trainer import offline_check_amp
+    from ssl_ray.adapters.trainer import offline_check_amp
 
     monkeypatch.setattr(ultralytics.utils, "WEIGHTS_DIR", tmp_path)
     if weights_local:
@@ -186,7 +225,7 @@ def test_runs_sharing_a_cache_never_share_a_training_folder(tmp_path):
     """Two runs with one output.cache_dir (the default is per user) both have a round r001:
     each trains on its own tree, and a re-run of a run finds its own folder again."""
     from ssl_ray.config import load_config
-    from ssl_ray.train import work_dir
+    from ssl_ray.stages.train import work_dir
 
     cfg = load_config(None, [f"output.cache_dir={tmp_path / 'cache'}"])
     a, b = Store(str(tmp_path / "run-a")), Store(str(tmp_path / "run-b"))

@@ -1,0 +1,151 @@
+"""Decode and check encoded images: the one place that decides what counts as a bad image.
+
+`inspect_image` and `decode_rgb` raise `BadImage(reason, detail)`; the reasons are the fixed
+vocabulary of `ssl_ray.core.schema.REASONS` that quarantine records and reports use.
+`letterbox` places a decoded image on the square canvas the teacher sees.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ssl_ray.core.geometry import PAD_VALUE, Letterbox, letterbox_params
+from ssl_ray.core.schema import REASONS
+
+# PIL format name -> file extension used in caches and YOLO trees.
+FORMATS = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp", "WEBP": "webp", "TIFF": "tif"}
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv"})
+
+
+class BadImage(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        assert reason in REASONS, reason
+        super().__init__(f"{reason}: {detail or REASONS[reason]}")
+        self.reason = reason
+        self.detail = detail or REASONS[reason]
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    if not data:
+        raise BadImage("empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # Only our formats: other plugins (e.g. HEIF, registered by some libraries) stay out.
+            img = _pillow_open()(io.BytesIO(data), formats=list(FORMATS))
+    except UnidentifiedImageError:
+        ours = _our_format_by_signature(data)
+        if ours:  # the right signature, but Pillow could not even read its header
+            raise BadImage("corrupt", f"{ours} signature, unreadable header (e.g. a bad chunk checksum)") from None
+        other = _known_other_format(data)
+        if other:
+            raise BadImage("unsupported_format", f"format {other}") from None
+        raise BadImage("not_image", "not a recognized image format") from None
+    except Image.DecompressionBombError as e:
+        raise BadImage("too_large", str(e)[:200]) from None
+    except (OSError, ValueError, SyntaxError) as e:
+        if _our_format_by_signature(data) is None:  # a loose plugin match (e.g. text starting "BM")
+            raise BadImage("not_image", f"not a recognized image format ({str(e)[:150]})") from None
+        raise BadImage("corrupt", str(e)[:200]) from None
+    if img.format not in FORMATS:
+        raise BadImage("unsupported_format", f"format {img.format}")
+    w, h = img.size
+    if w * h > max_pixels:
+        raise BadImage("too_large", f"{w}x{h} pixels > limit {max_pixels}")
+    if w <= 0 or h <= 0:
+        raise BadImage("corrupt", f"size {w}x{h}")
+    return img
+
+
+def _pillow_open():
+    """Pillow's own `Image.open`. Importing Ultralytics replaces it with a wrapper that, on an
+    unidentified file, tries to pip-install and register a HEIF plugin: not in a labeling loop."""
+    patches = sys.modules.get("ultralytics.utils.patches")
+    if patches is not None and Image.open is getattr(patches, "image_open", None):
+        return patches._image_open
+    return Image.open
+
+
+_OTHER_MAGIC = {
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"8BPS": "PSD",
+    b"\x00\x00\x01\x00": "ICO",
+    b"\x00\x00\x00\x0cjP  ": "JPEG2000",
+    b"\xffO\xffQ": "JPEG2000",
+    b"%PDF": "PDF",
+}
+
+
+_OUR_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
+
+
+def _our_format_by_signature(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[:2] == b"BM" and data[6:10] == bytes(4):  # BMP: "BM", file size, two reserved zero words
+        return "BMP"
+    return next((name for magic, name in _OUR_MAGIC.items() if data.startswith(magic)), None)
+
+
+def _known_other_format(data: bytes) -> str | None:
+    if data[4:8] == b"ftyp":
+        return f"ISO media ({data[8:12].decode('latin-1').strip()}, e.g. HEIC/AVIF)"
+    return next((name for magic, name in _OTHER_MAGIC.items() if data.startswith(magic)), None)
+
+
+def _load(img: Image.Image) -> Image.Image:
+    """Decode fully and apply the EXIF orientation (labels refer to the displayed image)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img.load()
+            return ImageOps.exif_transpose(img)
+    except Image.DecompressionBombError as e:
+        raise BadImage("too_large", str(e)[:200]) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise BadImage("corrupt", str(e)[:200]) from None
+
+
+def inspect_image(data: bytes, max_pixels: int = 64_000_000) -> tuple[int, int, str]:
+    """Fully decode `data`; return (displayed width, displayed height, extension)."""
+    img = _open(data, max_pixels)
+    ext = FORMATS[img.format]
+    shown = _load(img)
+    return shown.width, shown.height, ext
+
+
+def decode_rgb(data: bytes, max_pixels: int = 64_000_000) -> np.ndarray:
+    """Decode to an HxWx3 uint8 RGB array in displayed orientation (any mode: L, I;16, CMYK, RGBA)."""
+    img = _load(_open(data, max_pixels))
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float32)
+        scale = 257.0 if arr.max(initial=0) > 255 else 1.0
+        img = Image.fromarray(np.clip(arr / scale, 0, 255).astype(np.uint8), "L")
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img)
+
+
+def sniff_ext(data: bytes) -> str:
+    """Extension for cached copies, from the bytes (never from a key or file name)."""
+    return FORMATS[_open(data, max_pixels=1 << 62).format]
+
+
+def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """Resize keeping aspect ratio into a size x size canvas, centred (as Ultralytics does)."""
+    import cv2
+
+    h, w = image.shape[:2]
+    nw, nh, lb = letterbox_params(w, h, size)
+    resized = image if (nw, nh) == (w, h) else cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    canvas = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
+    top, left = int(lb.pad_y), int(lb.pad_x)
+    canvas[top : top + nh, left : left + nw] = resized
+    return canvas, lb

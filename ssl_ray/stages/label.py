@@ -1,0 +1,270 @@
+"""Stage: label the pool with a teacher on Ray (the thin Ray adapter over `io.pool`, the
+teacher, `core.consistency`, `core.raw` and the finalize passes).
+
+    listing (streaming Ray task -> Arrow blocks)  ->  decode + letterbox (CPU tasks)
+      ->  batched inference (actor pool, GPUs from config)  ->  raw Parquet (at-least-once)
+      ->  finalize (`stages.finalize`: parallel Ray tasks over hash buckets of the raw rows):
+          dedupe, select, write the round's Parquet, summary
+
+Outputs under `<out>/rounds/rNNN/`: predictions/, rejects/, pseudo/ (training rows:
+pseudo + capped negatives), review/ (most uncertain first), selection/ (every pool image with
+its outcome), label_summary.json and the unit's marker `_COMMITTED.label`, written last. A
+finished stage is read back; an interrupted one is cleared and redone; one finished with
+other settings is refused (or, with `redo`, redone).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from ssl_ray.adapters.runtime import LazyRemote, ensure_resources, ray_get
+from ssl_ray.config import Config, absolute_weights, with_absolute_paths
+from ssl_ray.core import accounting
+from ssl_ray.core.accounting import significant
+from ssl_ray.core.detections import Detections
+from ssl_ray.core.raw import raw_table
+from ssl_ray.core.resources import label_data_budget
+from ssl_ray.core.units import STEP_SETTINGS, Unit, pick
+from ssl_ray.errors import SslRayError
+from ssl_ray.io.storage import StaleUnitError, Store, file_identity
+from ssl_ray.stages.finalize import finalize, ray_mapper
+from ssl_ray.typed import result_settings
+
+log = logging.getLogger(__name__)
+
+LISTING_PART = 128  # pool entries per listing block: one decode task each, small enough to pipeline
+DECODE_MEMORY = 2**30  # bytes reserved per decode task (a worker measured ~430 MiB)
+OUTPUT_DIRS = ("raw", "scatter", "predictions", "rejects", "pseudo", "review", "review_export", "selection")
+RAW_ROWS_PER_FILE = 10_000  # raw/ holds pool / this files, not one per inference batch
+
+
+class LabelError(SslRayError):
+    """The label stage ran but its result is not acceptable (e.g. too many rejects)."""
+
+
+def label_unit(cfg: Config, round: int, weights: str, names: list[str], conf: float | None) -> Unit:
+    """The label stage of `round` as a unit of work: what its output depends on."""
+    return Unit(
+        f"rounds/r{round:03d}",
+        "label",
+        settings=pick(result_settings(cfg), STEP_SETTINGS["label"]),
+        inputs={
+            "teacher": file_identity(absolute_weights(weights), cfg.storage),
+            "names": list(names),
+            "conf": cfg.select.conf if conf is None else conf,
+        },
+    )
+
+
+def label_pool(
+    cfg: Config,
+    out: Store,
+    *,
+    round: int,
+    weights: str,
+    names: list[str],
+    conf: float | None = None,
+    class_conf: list[float] | None = None,
+    refiner: str | None = None,
+    redo: bool = False,
+) -> dict:
+    """Run (or read back) the label stage of `round`; return its summary.
+
+    `names` are the classes of the labeled set, which the teacher must predict. `conf` is the
+    round's global threshold; `class_conf` (e.g. from `val_class_thresholds`) one threshold
+    per class instead. `refiner` is a saved box refiner (`stages.refine.fit_refiner`) that
+    moves the teacher's boxes before selection. With `redo`, a stage finished with other
+    settings is redone instead of refused.
+    """
+    import ray
+
+    cfg, weights = with_absolute_paths(cfg), absolute_weights(weights)
+    unit = label_unit(cfg, round, weights, names, conf)
+    try:
+        if (done := out.done(unit)) is not None:
+            log.info("round %d already labeled", round)
+            return done["result"]
+    except StaleUnitError:
+        if not redo:
+            raise
+        out.delete_prefix(unit.marker)
+    stage = out.child(unit.folder)
+    ensure_resources(cfg, "label")
+    start = time.perf_counter()
+    listing = _list_pool.remote(cfg.pool.sources, cfg.storage)
+    parts = list(listing)  # references only: the listing itself stays in the object store
+    if not parts:
+        raise LabelError(f"pool.sources: no files under {', '.join(cfg.pool.sources)}")
+    ray_get(parts[-1])  # a failed listing (e.g. a missing source) ends with its error
+    for sub in OUTPUT_DIRS:
+        stage.delete_prefix(sub)
+
+    ds = ray.data.from_arrow_refs(parts)  # one block per listing part: decode and inference overlap
+    options = ds.context.execution_options  # this dataset's own copy: the budget binds this stage only
+    options.resource_limits = options.resource_limits.copy(object_store_memory=label_data_budget(cfg))
+    listed = ds.count()  # from block metadata, no execution
+    # Decoding runs in its own CPU tasks, in parallel with inference, at most
+    # label.decode_tasks at a time (each is a worker process: this bounds memory). Its memory
+    # request also makes its remote args differ from the actors', which keeps Ray Data from
+    # fusing decoding into the inference actors.
+    ds = ds.map_batches(
+        _load_batch,
+        fn_kwargs={"cfg": cfg},
+        batch_size=8,
+        num_cpus=1,
+        memory=DECODE_MEMORY,
+        compute=ray.data.TaskPoolStrategy(size=cfg.label.decode_tasks),
+    )
+    ds = ds.map_batches(
+        _Predict,
+        fn_constructor_kwargs={"weights": weights, "cfg": cfg, "names": names, "refiner": refiner},
+        compute=ray.data.ActorPoolStrategy(
+            min_size=cfg.label.min_actors,
+            max_size=cfg.label.max_actors,
+            max_concurrent_calls_per_actor=cfg.label.actor_calls,
+        ),
+        num_gpus=cfg.label.num_gpus_per_actor,
+        num_cpus=cfg.label.num_cpus_per_actor,
+        batch_size=cfg.label.batch_size,
+        batch_format="numpy",
+    )
+    ds.write_parquet(stage.path("raw"), filesystem=stage.fs, min_rows_per_file=RAW_ROWS_PER_FILE)
+    summary = finalize(cfg, stage, names, round, weights, conf, listed, class_conf, ray_mapper(cfg))
+    summary["seconds"] = significant(time.perf_counter() - start)
+    summary["items_per_s"] = significant(summary["items"] / max(summary["seconds"], 1e-9))
+    span = _inference_span(ds)  # the stage's rate once running: start-up (listing, actors' load) excluded
+    summary["inference_seconds"] = span and significant(span)
+    summary["inference_items_per_s"] = span and significant(summary["items"] / span)
+    stage.delete_prefix("raw")
+    stage.write_text("label_summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    problem = accounting.reject_fraction_error(summary["rejected"], summary["items"], cfg.pool.max_reject_fraction)
+    if problem:
+        raise LabelError(problem)
+    out.commit(unit, summary)
+    return summary
+
+
+def check_classes(weights: str, names: list[str], teacher_names: list[str]) -> None:
+    """The teacher must predict exactly the labeled set's classes, in order."""
+    if list(names) != list(teacher_names):
+        raise LabelError(
+            f"model.weights: the teacher {weights} predicts classes {teacher_names[:10]}, "
+            f"but the labeled set has {names}: train the teacher on the labeled set first"
+        )
+
+
+def _inference_span(ds) -> float | None:
+    """Seconds from the first inference batch's start to the last one's end, from Ray Data's
+    execution stats; None when they are missing. Ray Data stamps each batch with its node's
+    monotonic clock: across nodes the span is only as good as their clocks' agreement."""
+    try:
+        stack = [ds.get_stats_summary()]
+    except Exception as e:  # a DeveloperAPI: a figure for the summary, never a failed stage
+        log.warning("no inference timing from Ray Data's stats: %s", e)
+        return None
+    while stack:
+        stats = stack.pop()
+        for op in stats.operators_stats:
+            if "_Predict" in op.operator_name and op.earliest_start_time is not None:
+                return max(op.latest_end_time - op.earliest_start_time, 1e-9)
+        stack.extend(stats.parents)
+    return None
+
+
+def _list_pool_impl(sources: list[str], storage):
+    """Streaming generator task: the pool listing as Arrow tables of LISTING_PART entries."""
+    from ssl_ray.io.pool import iter_pool
+
+    part: list[tuple[str, int]] = []
+    for entry in iter_pool(sources, storage):
+        part.append(entry)
+        if len(part) == LISTING_PART:
+            yield _listing_table(part)
+            part = []
+    if part:
+        yield _listing_table(part)
+
+
+def _listing_table(part: list[tuple[str, int]]) -> pa.Table:
+    return pa.table({"uri": [u for u, _ in part], "size": pa.array([s for _, s in part], pa.int64())})
+
+
+_list_pool = LazyRemote(_list_pool_impl, num_cpus=1, num_returns="streaming")
+
+
+def _load_batch(batch: dict, cfg: Config):
+    """Decode + letterbox a batch of listing entries; yields item batches of at most 16."""
+    from ssl_ray.io.export import UriReader
+    from ssl_ray.io.pool import LoadOptions, load_items
+
+    reader = UriReader(cfg.storage)
+    opts = LoadOptions(imgsz=cfg.model.imgsz, pool=cfg.pool)
+    rows: list[dict] = []
+    for uri, size in zip(batch["uri"], batch["size"]):
+        for item in load_items(str(uri), int(size), opts, reader.read):
+            rows.append(item)
+            if len(rows) == 16:
+                yield columns(rows)
+                rows = []
+    if rows:
+        yield columns(rows)
+
+
+def columns(rows: list[dict]) -> dict:
+    """Item dicts -> typed numpy columns. Missing provenance travels as ''/-1/NaN, not None
+    (object columns of None come back from Arrow as NaN); `raw_table` turns them back."""
+
+    def col(k):
+        return [r[k] for r in rows]
+
+    return {
+        "image_id": np.array(col("image_id")),
+        "uri": np.array(col("uri")),
+        "width": np.array(col("width"), np.int32),
+        "height": np.array(col("height"), np.int32),
+        "video_uri": np.array([v or "" for v in col("video_uri")]),
+        "frame_index": np.array([-1 if v is None else v for v in col("frame_index")], np.int64),
+        "timestamp_s": np.array([np.nan if v is None else v for v in col("timestamp_s")], np.float64),
+        "ratio": np.array(col("ratio"), np.float64),
+        "pad_x": np.array(col("pad_x"), np.float64),
+        "pad_y": np.array(col("pad_y"), np.float64),
+        "reject_reason": np.array(col("reject_reason")),
+        "reject_detail": np.array(col("reject_detail")),
+        "image": np.stack(col("image")),
+    }
+
+
+class _Predict:
+    """Inference actor: one teacher per actor, a batched forward over the canvases and their
+    consistency views, detections fused and mapped back, then the optional box refiner."""
+
+    def __init__(self, weights: str, cfg: Config, names: list[str], refiner: str | None = None):
+        from ssl_ray.adapters.teacher import Teacher, resolve_weights
+        from ssl_ray.core.consistency import parse_views
+        from ssl_ray.stages.refine import load_refiner
+
+        threads = max(1, int(cfg.label.num_cpus_per_actor)) if cfg.label.num_gpus_per_actor == 0 else None
+        local = resolve_weights(weights, cfg.output.cache_dir, cfg.storage)
+        self.teacher = Teacher(local, cfg.output.cache_dir, threads=threads)
+        check_classes(weights, names, self.teacher.names)
+        self.floor = cfg.label.score_floor
+        self.views = parse_views(cfg.label.consistency_views, cfg.model.imgsz)
+        self.iou = cfg.label.consistency_iou
+        self.refiner = load_refiner(refiner, cfg.storage, str(self.teacher.device), cfg.refine) if refiner else None
+
+    def detect(self, images: np.ndarray) -> list[Detections]:
+        """Each canvas's detections, fused over the views, refined when a refiner is loaded."""
+        from ssl_ray.core.consistency import detect_with_views
+        from ssl_ray.stages.refine import refine_detections
+
+        found = detect_with_views(lambda batch: self.teacher.predict(batch, self.floor), images, self.views, self.iou)
+        return found if self.refiner is None else refine_detections(self.refiner, images, found)
+
+    def __call__(self, batch: dict) -> pa.Table:
+        ok = np.array([not r for r in batch["reject_reason"]], dtype=bool)
+        return raw_table(batch, self.detect(batch["image"][ok]) if ok.any() else [])

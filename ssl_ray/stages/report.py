@@ -1,0 +1,158 @@
+"""The run report: report.json, report.md (the per-round table) and PNG plots under
+<out>/report/. Plots use matplotlib's Agg backend, in memory, then go to any store."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from ssl_ray.io.storage import Store
+
+COLUMNS = [
+    "round",
+    "threshold",
+    "pool items",
+    "pseudo",
+    "negative (used)",
+    "uncertain",
+    "rejected",
+    "pseudo boxes per class",
+    "train images",
+    "mAP50",
+    "mAP50-95",
+    "label s",
+    "train s",
+    "round s",
+]
+
+
+def table_rows(rounds: list[dict]) -> list[list]:
+    rows = []
+    for r in rounds:
+        lab = r.get("label") or {}
+        times = r.get("stage_seconds", {})
+        per_class = ", ".join(f"{k} {v}" for k, v in lab.get("pseudo_boxes_per_class", {}).items()) or "-"
+        rows.append(
+            [
+                r["round"],
+                "-" if r["threshold"] is None else f"{r['threshold']:.2f}",
+                lab.get("items", "-"),
+                lab.get("pseudo", "-"),
+                f"{lab['negative']} ({lab['negative_used']})" if lab else "-",
+                lab.get("uncertain", "-"),
+                lab.get("rejected", "-"),
+                per_class,
+                r.get("train_images", r["labeled_images"]),
+                f"{r['held_out']['mAP50']:.3f}",
+                f"{r['held_out']['mAP50-95']:.3f}",
+                times.get("label", "-"),
+                times.get("train", "-"),
+                r["seconds"],
+            ]
+        )
+    return rows
+
+
+def markdown(rounds: list[dict], best: int) -> str:
+    lines = [
+        "# ssl_ray run report",
+        "",
+        f"Best round: **{best}** (its weights are final/weights/best.pt).",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    lines += ["| " + " | ".join(str(x) for x in row) + " |" for row in table_rows(rounds)]
+    lines += [
+        "",
+        "![held-out mAP per round](map_per_round.png)",
+        "",
+        "![pseudo-labels per class](pseudo_per_class.png)",
+        "",
+        "![teacher score histogram](score_histogram.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(out: Store, rounds: list[dict], best: int) -> None:
+    report = out.child("report")
+    report.write_text(
+        "report.json", json.dumps({"best_round": best, "rounds": rounds}, indent=2, sort_keys=True) + "\n"
+    )
+    report.write_bytes("map_per_round.png", _plot_map(rounds))
+    report.write_bytes("pseudo_per_class.png", _plot_per_class(rounds))
+    report.write_bytes("score_histogram.png", _plot_scores(rounds))
+    report.write_text("report.md", markdown(rounds, best))
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt, *plt.subplots(figsize=(6, 3.5))
+
+
+def _png(plt, fig) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _plot_map(rounds: list[dict]) -> bytes:
+    plt, fig, ax = _figure()
+    xs = [r["round"] for r in rounds]
+    for key in ("mAP50", "mAP50-95"):
+        ax.plot(xs, [r["held_out"][key] for r in rounds], marker="o", label=key)
+    ax.axhline(rounds[0]["held_out"]["mAP50-95"], color="grey", linestyle="--", label="round 0 mAP50-95")
+    ax.set(xlabel="round", ylabel="held-out mAP", xticks=xs, title="Held-out mAP per round")
+    ax.legend()
+    return _png(plt, fig)
+
+
+def _plot_per_class(rounds: list[dict]) -> bytes:
+    plt, fig, ax = _figure()
+    labeled = [r for r in rounds if r.get("label")]
+    classes = sorted({c for r in labeled for c in r["label"]["pseudo_boxes_per_class"]})
+    width = 0.8 / max(len(classes), 1)
+    for i, name in enumerate(classes):  # one group of bars centred on each round
+        offset = (i - (len(classes) - 1) / 2) * width
+        ax.bar(
+            [r["round"] + offset for r in labeled],
+            [r["label"]["pseudo_boxes_per_class"][name] for r in labeled],
+            width,
+            label=name,
+        )
+    ax.set(
+        xlabel="round",
+        ylabel="pseudo-label boxes",
+        title="Pseudo-labels per class",
+        xticks=[r["round"] for r in labeled],
+    )
+    if classes:
+        ax.legend()
+    return _png(plt, fig)
+
+
+def _plot_scores(rounds: list[dict]) -> bytes:
+    """Per round: how the teacher's kept detection scores spread, and where the threshold cut."""
+    plt, fig, ax = _figure()
+    for r in (r for r in rounds if r.get("label", {}).get("score_histogram")):
+        counts = r["label"]["score_histogram"]
+        edges = [i / len(counts) for i in range(len(counts) + 1)]
+        line = ax.stairs(counts, edges, label=f"round {r['round']}")
+        ax.axvline(r["threshold"], color=line.get_edgecolor(), linestyle="--", linewidth=1)
+    ax.set(
+        xlabel="detection score (dashed: the round's threshold)",
+        ylabel="detections",
+        xlim=(0, 1),
+        title="Teacher scores on the pool",
+    )
+    ax.set_yscale("symlog")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    return _png(plt, fig)

@@ -1,0 +1,308 @@
+"""Stage: train the detector with Ray Train (TorchTrainer; DDP over `train.num_workers` ranks).
+
+Input is contract Parquet on storage (training rows: labeled + pseudo + negatives; held-out
+validation rows). Each node materializes it once into a node-local YOLO tree whose images
+come from the content-addressed cache (reused across rounds). Every rank runs Ultralytics'
+own trainer (`ray_trainer.RayDetectionTrainer`).
+
+Checkpoints: after every epoch rank 0 reports `last.pt` (+ `best.pt`) with `ray.train.report`
+to `<out>/<stage>/ray/` (local or S3); after a worker dies, Ray restarts the group
+(`train.max_failures`) and training resumes from that checkpoint through Ultralytics' own
+resume, so finished epochs are not repeated. Outputs: `<out>/<stage>/weights/best.pt`,
+`<out>/<stage>/train_metrics.json` (precision, recall, mAP50, mAP50-95, per class) and the
+unit's marker `<out>/<stage>/_COMMITTED.train`, written last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ssl_ray.adapters.runtime import ensure_resources
+from ssl_ray.config import Config
+from ssl_ray.core.units import STEP_SETTINGS, Unit, pick
+from ssl_ray.io.storage import Store, file_identity
+from ssl_ray.typed import result_settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    name: str  # unique within a run: Ray Train's run name (resume key); names its cache folder (see work_dir)
+    train: list[str]  # Parquet files of training rows, relative to the run directory
+    val: list[str]  # Parquet files of held-out rows
+    names: list[str]  # class names
+    weights: str  # start: a .yaml (from scratch), a .pt, or the previous round's best.pt
+    stage: str = field(default="")  # output folder under the run directory (default: train/<name>)
+    labeled_copies: int = 1  # each labeled training image appears this many times (oversampling)
+
+    @property
+    def folder(self) -> str:
+        return self.stage or f"train/{self.name}"
+
+
+def spec_unit(cfg: Config, spec: TrainSpec, step: str) -> Unit:
+    """A training (or evaluation) as a unit of work: its settings, its data and its start."""
+    return Unit(
+        spec.folder,
+        step,
+        settings=pick(result_settings(cfg), STEP_SETTINGS["train"]),
+        inputs={
+            "train": spec.train,
+            "val": spec.val,
+            "names": spec.names,
+            "labeled_copies": spec.labeled_copies,
+            "weights": file_identity(spec.weights, cfg.storage),
+        },
+    )
+
+
+def train_detector(cfg: Config, out: Store, spec: TrainSpec) -> dict:
+    """Train (or, when already done, read back) and return the final metrics."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    unit = spec_unit(cfg, spec, "train")
+    if (done := out.done(unit)) is not None:
+        return done["result"]
+    stage = out.child(spec.folder)
+    ensure_resources(cfg, "train")
+    resources = {"CPU": cfg.train.cpus_per_worker}
+    from ssl_ray.adapters.ddp import local_ddp_config
+
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config={"cfg": cfg, "out": out, "spec": spec},
+        torch_config=local_ddp_config(),  # the group listens only on loopback / the node's Ray address
+        scaling_config=ScalingConfig(
+            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=spec.name,
+            storage_path=stage.path("ray"),
+            storage_filesystem=stage.fs,
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as folder:
+        best = Path(folder) / "best.pt"
+        metrics = json.loads((Path(folder) / "metrics.json").read_text())
+        stage.write_bytes("weights/best.pt", best.read_bytes())
+    stage.write_text("train_metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    out.commit(unit, metrics)
+    return metrics
+
+
+def _train_loop(config: dict) -> None:
+    """One Ray Train worker: materialize data, run Ultralytics' trainer as this rank."""
+    import ray.train
+    import torch.distributed as dist
+
+    from ssl_ray.adapters.runtime import prepare_ultralytics
+
+    cfg: Config = config["cfg"]
+    out: Store = config["out"]
+    spec: TrainSpec = config["spec"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    work = work_dir(cfg, out, "train", spec.name)
+    data_yaml = work / "data" / "data.yaml"
+    if ctx.get_local_rank() == 0:
+        _materialize(cfg, out, spec, work / "data")
+    if dist.is_initialized():
+        dist.barrier()  # the node's tree is complete before any rank reads it
+
+    prepare_ultralytics(cfg.output.cache_dir, threads=max(1, int(cfg.train.cpus_per_worker)))
+    from ssl_ray.adapters.teacher import resolve_weights
+    from ssl_ray.adapters.trainer import make_trainer
+
+    overrides = {
+        "model": resolve_weights(spec.weights, cfg.output.cache_dir, cfg.storage),
+        "data": str(data_yaml),
+        "epochs": cfg.train.epochs,
+        "batch": cfg.train.batch * world,
+        "imgsz": cfg.model.imgsz,
+        "device": "cpu" if not cfg.train.use_gpu else str(ray.train.torch.get_device().index),
+        "workers": cfg.train.dataloader_workers,
+        "patience": cfg.train.patience,
+        "seed": cfg.seed,
+        "project": str(work),
+        "name": "run",
+        "exist_ok": True,
+        "plots": False,
+        "verbose": rank == 0,
+        **cfg.train.extra,
+    }
+    best: dict = {}  # held-out metrics of the best epoch so far (rank 0)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:  # a restarted group: continue from the last reported epoch
+        with checkpoint.as_directory() as folder:
+            saved = json.loads((Path(folder) / "metrics.json").read_text())
+            if saved["epoch"] >= saved["epochs"]:  # it failed after its last epoch: just finish
+                _report_final(Path(folder) / "best.pt", saved, rank)
+                return
+            resume = work / "resume" / "last.pt"
+            resume.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(folder) / "last.pt", resume)
+            # The best epoch so far stays the best unless beaten: its weights where Ultralytics
+            # keeps best.pt (this node may not have them) and its metrics.
+            if (Path(folder) / "best.pt").exists():
+                weights = work / "run" / "weights"
+                weights.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(Path(folder) / "best.pt", weights / "best.pt")
+                best.update(saved)
+        overrides["resume"] = str(resume)
+
+    trainer = make_trainer(world, overrides)
+    trainer.add_callback("on_fit_epoch_end", lambda t: _report_epoch(t, rank, spec.names, best))
+    trainer.train()
+    _report_final(trainer.best if trainer.best.exists() else trainer.last, best, rank)
+
+
+def work_dir(cfg: Config, out: Store, kind: str, name: str) -> Path:
+    """The node-local folder of one training or evaluation (its YOLO tree, its Ultralytics
+    project): in the shared cache, but keyed by the run directory as well as the stage name,
+    so that two runs sharing `output.cache_dir`, one after the other or side by side on one
+    node, never train on each other's trees."""
+    run = hashlib.blake2b(out.uri.encode(), digest_size=8).hexdigest()
+    return Path(cfg.output.cache_dir).expanduser() / kind / f"{name}-{run}"
+
+
+def _materialize(cfg: Config, out: Store, spec: TrainSpec, folder: Path) -> None:
+    """The node's YOLO tree of the training and held-out rows."""
+    from ssl_ray.io.export import ImageCache, UriReader, read_parquet_rows, write_yolo_tree
+
+    train = [row for rel in spec.train for row in read_parquet_rows(out, rel)]
+    val = [row for rel in spec.val for row in read_parquet_rows(out, rel)]
+    cache = ImageCache(Path(cfg.output.cache_dir).expanduser() / "images")
+    write_yolo_tree(
+        folder,
+        {"train": train, "val": val},
+        spec.names,
+        cache,
+        UriReader(cfg.storage),
+        repeat=lambda row: spec.labeled_copies if row["source"] == "labeled" else 1,
+    )
+
+
+def _report_epoch(trainer, rank: int, names: list[str], best: dict) -> None:
+    """Every rank reports once per epoch (Ray Train needs matching calls); rank 0 attaches
+    the epoch's checkpoint (saved by Ultralytics just before this callback) and the held-out
+    metrics of the best epoch so far."""
+    import ray.train
+
+    trainer.write_audit()
+    metrics = {"epoch": trainer.epoch + 1, **{k: float(v) for k, v in (trainer.metrics or {}).items()}}
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    if not best or trainer.fitness is not None and trainer.fitness >= best["fitness"]:
+        best.clear()
+        best.update(
+            validation_metrics(trainer.validator.metrics, names),
+            fitness=float(trainer.fitness or 0.0),
+            best_epoch=trainer.epoch + 1,
+        )
+    best.update(epoch=trainer.epoch + 1, epochs=trainer.epochs)
+    with tempfile.TemporaryDirectory() as folder:
+        for src in (trainer.last, trainer.best):
+            if src.exists():
+                shutil.copyfile(src, Path(folder) / src.name)
+        (Path(folder) / "metrics.json").write_text(json.dumps(best))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def _report_final(best_pt: Path, best: dict, rank: int) -> None:
+    """The last report of every rank; rank 0 attaches best.pt and its held-out metrics."""
+    import ray.train
+
+    if rank != 0:
+        ray.train.report({"final": 1})
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        shutil.copyfile(best_pt, Path(folder) / "best.pt")
+        (Path(folder) / "metrics.json").write_text(json.dumps(best))
+        scalars = {k: v for k, v in best.items() if isinstance(v, (int, float))}
+        ray.train.report({"final": 1, **scalars}, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def validation_metrics(det_metrics, names: list[str]) -> dict:
+    """Ultralytics' DetMetrics -> plain numbers, overall and per class."""
+    box = det_metrics.box
+    per_class = {
+        names[int(c)]: {
+            "precision": float(box.p[i]),
+            "recall": float(box.r[i]),
+            "mAP50": float(box.ap50[i]),
+            "mAP50-95": float(box.ap[i]),
+        }
+        for i, c in enumerate(det_metrics.ap_class_index)
+    }
+    return {
+        "precision": float(box.mp),
+        "recall": float(box.mr),
+        "mAP50": float(box.map50),
+        "mAP50-95": float(box.map),
+        "per_class": per_class,
+    }
+
+
+def evaluate_detector(cfg: Config, out: Store, spec: TrainSpec) -> dict:
+    """No training: `spec.weights` become the stage's weights/best.pt, scored on the held-out
+    rows (`rounds.round0: evaluate`). A Ray task, on a GPU when training uses one."""
+    from ssl_ray.adapters.runtime import ray_map
+
+    unit = spec_unit(cfg, spec, "evaluate")
+    if (done := out.done(unit)) is not None:
+        return done["result"]
+    (metrics,) = ray_map(
+        _evaluate_impl, [(cfg, out, spec)], num_cpus=cfg.train.cpus_per_worker, num_gpus=1 if cfg.train.use_gpu else 0
+    )
+    out.child(spec.folder).write_text("eval_metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    out.commit(unit, metrics)
+    return metrics
+
+
+def _evaluate_impl(cfg: Config, out: Store, spec: TrainSpec) -> dict:
+    from ssl_ray.adapters.runtime import prepare_ultralytics
+    from ssl_ray.adapters.teacher import load_yolo, resolve_weights
+    from ssl_ray.io.export import ImageCache, UriReader, read_parquet_rows, write_yolo_tree
+
+    work = work_dir(cfg, out, "eval", spec.name)
+    val = [row for rel in spec.val for row in read_parquet_rows(out, rel)]
+    cache = ImageCache(Path(cfg.output.cache_dir).expanduser() / "images")
+    # Ultralytics' dataset check wants a train entry even to validate: an empty one.
+    data_yaml = write_yolo_tree(work / "data", {"train": [], "val": val}, spec.names, cache, UriReader(cfg.storage))
+    prepare_ultralytics(cfg.output.cache_dir, threads=max(1, int(cfg.train.cpus_per_worker)))
+    weights = resolve_weights(spec.weights, cfg.output.cache_dir, cfg.storage)
+    model = load_yolo(weights, cfg.output.cache_dir)
+    if [model.names[i] for i in sorted(model.names)] != list(spec.names):
+        from ssl_ray.errors import ConfigError
+
+        raise ConfigError(
+            f"model.weights: {spec.weights} predicts {list(model.names.values())[:10]}, "
+            f"but the labeled set has {spec.names}"
+        )
+    results = model.val(
+        data=str(data_yaml),
+        imgsz=cfg.model.imgsz,
+        batch=cfg.train.batch,
+        split="val",
+        device="0" if cfg.train.use_gpu else "cpu",
+        workers=0,
+        plots=False,
+        verbose=False,
+        project=str(work),
+        name="val",
+        exist_ok=True,
+    )
+    out.child(spec.folder).write_bytes("weights/best.pt", Path(weights).read_bytes())
+    return {**validation_metrics(results, spec.names), "evaluated": spec.weights}
