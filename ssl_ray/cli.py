@@ -8,7 +8,9 @@ a Ray worker, prints its one-line cause and exits 1; the traceback goes to the l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,9 +24,7 @@ log = logging.getLogger("ssl_ray")
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    _console_logging(args.verbose)
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:
@@ -44,6 +44,17 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _console_logging(verbose: bool) -> None:
+    """The console shows ssl_ray's own log records (warnings; with -v, progress too); a
+    command that starts Ray sends every other record to its log file (`adapters.logs`)."""
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    console.setLevel(logging.INFO if verbose else logging.WARNING)
+    console.addFilter(lambda record: record.name == "ssl_ray" or record.name.startswith("ssl_ray."))
+    logging.getLogger().addHandler(console)
+    logging.getLogger("ssl_ray").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def _first_line(e: BaseException) -> str:
@@ -173,46 +184,96 @@ def cmd_label(args) -> None:
     names = preflight_locations(cfg, labeled=bool(cfg.labeled.data), pool=True)
     weights = args.weights or cfg.model.weights
     teacher_names = preflight_weights(cfg, weights, names, role="teacher")
-    start_ray_for(cfg)
     out = Store(cfg.output.dir, cfg.storage)
-    summary = label_pool(cfg, out, round=args.round, weights=weights, names=names or teacher_names, redo=args.redo)
+    with command_log(args, cfg, "label") as logfile:
+        start_ray_for(cfg, logfile)
+        summary = label_pool(cfg, out, round=args.round, weights=weights, names=names or teacher_names, redo=args.redo)
     print_label_summary(summary)
     print(f"-> {out.uri_of(f'rounds/r{args.round:03d}')}")
 
 
 def cmd_run(args) -> None:
-    run_job(_load(args), new_run=args.new_run)
+    run_job(_load(args), new_run=args.new_run, args=args)
 
 
-def run_job(cfg: Config, *, new_run: bool = False) -> None:
+def run_job(cfg: Config, *, new_run: bool = False, args=None) -> None:
     """Preflight, local or joined Ray, the rounds; prints the table as rounds finish."""
     from ssl_ray.adapters.runtime import start_ray_for
     from ssl_ray.adapters.teacher import preflight_weights
-    from ssl_ray.core.rounds import best_round
+    from ssl_ray.core.rounds import best_round, eta_seconds
     from ssl_ray.driver import run_rounds
-    from ssl_ray.stages.report import COLUMNS, table_rows
+    from ssl_ray.io.storage import Store
+    from ssl_ray.stages.report import COLUMNS, columns, table_rows, verdict
 
     if not cfg.labeled.data or not cfg.pool.sources:
         raise SslRayError("labeled.data and pool.sources are both required for a run")
     names = preflight_locations(cfg, labeled=True, pool=True)
     preflight_weights(cfg, cfg.model.weights, names, role="teacher" if cfg.rounds.round0 == "evaluate" else "init")
-    start_ray_for(cfg)
+    out = Store(cfg.output.dir, cfg.storage)
+    print(f"run directory: {out.uri}", flush=True)
+    if (
+        not out.is_s3
+        and not Path(cfg.output.dir).expanduser().is_absolute()
+        and (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+    ):
+        log.warning(
+            "output.dir %r is relative: on a cluster it lands in the job's working directory on the "
+            "head node, which is not durable; use s3://bucket/prefix",
+            cfg.output.dir,
+        )
     start = time.perf_counter()
-    total = cfg.rounds.max_rounds + 1
 
     def progress(state) -> None:
-        done = len(state.rounds)
         elapsed = time.perf_counter() - start
-        eta = elapsed / done * (total - done)
         print()
         _table(COLUMNS, table_rows(state.rounds))
-        print(f"round {done - 1} done: {elapsed / 60:.1f} min elapsed, at most {eta / 60:.1f} min to go", flush=True)
+        eta = eta_seconds(state.rounds, cfg.rounds.max_rounds, control=cfg.rounds.control)
+        when = (
+            f"about {eta / 60:.1f} min to go (later rounds take about as long as the last)"
+            if eta is not None
+            else "an estimate follows round 1 (rounds 1.. train on the pseudo-labels too)"
+        )
+        print(f"round {state.rounds[-1]['round']} done: {elapsed / 60:.1f} min elapsed, {when}", flush=True)
 
-    state = run_rounds(cfg, new_run=new_run, on_round=progress)
-    out = cfg.output.dir.rstrip("/")
+    with command_log(args, cfg, "run") as logfile:
+        start_ray_for(cfg, logfile)
+        state = run_rounds(cfg, new_run=new_run, on_round=progress)
+    if state.control:
+        print()
+        _table(columns(state.control), table_rows(state.rounds, state.control))
+        print("\n".join(["", *verdict(state.rounds, state.control)]))
     print(
-        f"\nbest round: {best_round(state.scores)}; weights {out}/final/weights/best.pt; report {out}/report/report.md"
+        f"\nbest round: {best_round(state.scores)}; weights {out.uri_of('final/weights/best.pt')}; "
+        f"report {out.uri_of('report/report.md')}"
     )
+
+
+@contextlib.contextmanager
+def command_log(args, cfg: Config, command: str):
+    """The command's log file (`adapters.logs.LogFile`): written on this node under
+    output.cache_dir, copied into `<output.dir>/logs/` when the command ends and a run
+    directory exists (a run that was refused or cleaned up gets none)."""
+    from ssl_ray.adapters.logs import LogFile
+    from ssl_ray.io.storage import Store
+
+    name = f"{command}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.log"
+    local = Path(cfg.output.cache_dir).expanduser().resolve() / "logs" / name
+    logfile = LogFile(local)
+    if args is not None:
+        args.log_file = str(local)
+    print(f"log: {local}", flush=True)
+    try:
+        yield logfile
+    finally:
+        logfile.close()
+        out = Store(cfg.output.dir, cfg.storage)
+        try:
+            if out.exists():
+                out.write_bytes(f"logs/{name}", local.read_bytes())
+                if args is not None:
+                    args.log_file = out.uri_of(f"logs/{name}")
+        except SslRayError as e:  # the log stays where it is
+            log.warning("the log stays at %s: %s", local, e)
 
 
 def preflight_locations(cfg: Config, *, labeled: bool = False, pool: bool = False) -> list[str] | None:
@@ -247,7 +308,6 @@ def cmd_train(args) -> None:
     preflight_weights(cfg, cfg.model.weights, names, role="init")
     out = Store(cfg.output.dir, cfg.storage)
     labeled = ingest_labeled(cfg, out)
-    start_ray_for(cfg)
     spec = TrainSpec(
         name=args.name,
         train=["labeled/train.parquet"],
@@ -255,7 +315,9 @@ def cmd_train(args) -> None:
         names=labeled.names,
         weights=cfg.model.weights,
     )
-    metrics = train_detector(cfg, out, spec)
+    with command_log(args, cfg, "train") as logfile:
+        start_ray_for(cfg, logfile)
+        metrics = train_detector(cfg, out, spec)
     print_train_metrics(metrics)
     print(f"-> {out.uri_of(f'train/{args.name}/weights/best.pt')}")
 
@@ -286,6 +348,9 @@ def print_label_summary(s: dict) -> None:
     print("pseudo boxes per class: " + (", ".join(per_class) or "none"))
     if s["rejected_by_reason"]:
         print("rejected: " + ", ".join(f"{k} {v}" for k, v in sorted(s["rejected_by_reason"].items())))
+    if s.get("skipped_not_media"):
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(s["skipped_by_extension"].items()))
+        print(f"skipped, not images or videos: {s['skipped_not_media']} ({kinds})")
 
 
 def cmd_demo(args) -> None:
@@ -303,7 +368,7 @@ def cmd_demo(args) -> None:
             f"pool.sources=[{out / 'data' / 'images' / 'pool'}]",
         ],
     )
-    run_job(cfg)
+    run_job(cfg, args=args)
 
 
 def _table(header: list[str], rows: list[list]) -> None:

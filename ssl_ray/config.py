@@ -66,6 +66,12 @@ class ModelConfig:
 @_section
 class TrainConfig:
     epochs: int = setting(100, "epochs per training run", ge=1)
+    round0_epochs: int | None = setting(
+        None,
+        "epochs of round 0 (null = train.epochs): it trains on the labeled set alone, which usually needs more "
+        "epochs than the rounds' larger sets",
+        ge=1,
+    )
     batch: int = setting(16, "images per worker per step", ge=1)
     num_workers: int = setting(1, "Ray Train workers (DDP ranks)", ge=1)
     use_gpu: bool = setting(True, "one GPU per worker", operational=True)
@@ -198,6 +204,13 @@ class RoundsConfig:
     )
     round0: Literal["train", "evaluate"] = setting(
         "train", "round 0 trains on the labeled set, or only evaluates model.weights"
+    )
+    control: float = setting(
+        0.0,
+        "also train a labeled-only control from round 0's weights, one segment per round with this multiple of "
+        "the round's training steps, and report every round against it (0 = off; 1 = as long as the rounds)",
+        ge=0,
+        le=10,
     )
 
     def __post_init__(self):

@@ -5,6 +5,9 @@
               the box refiner, trained once on the labeled set, with refine.enabled)
               -> merge labeled + selected rows (rounds/rNNN/merged.parquet)
               -> train, warm-started from round r-1's weights -> held-out metrics
+    control   with rounds.control: per round r >= 1, the labeled set alone trained from the
+              last control segment (round 0's weights for the first) for as many steps as
+              round r trained (times rounds.control), in rounds/rNNN/control/
     final     the best round's weights and dataset (final/), report (report/)
 
 Every step is a unit of work (`ssl_ray.core.units`): it ends by writing its marker, keyed by
@@ -30,7 +33,7 @@ from dataclasses import dataclass, field
 
 from ssl_ray.config import Config, dump_config, with_absolute_paths
 from ssl_ray.core import rounds as plan
-from ssl_ray.core.units import STEP_SETTINGS, Unit, pick, setting_difference
+from ssl_ray.core.units import ROUND_OMITS, STEP_SETTINGS, Unit, omit, pick, setting_difference
 from ssl_ray.errors import ConfigError
 from ssl_ray.io.export import export_yolo_tree, parquet_num_rows, read_parquet_rows, write_parquet
 from ssl_ray.io.storage import StaleUnitError, Store
@@ -48,6 +51,7 @@ log = logging.getLogger(__name__)
 class RunState:
     names: list[str]
     rounds: list[dict] = field(default_factory=list)  # metrics.json of each finished round
+    control: list[dict] = field(default_factory=list)  # rounds.control: one segment per round >= 1
 
     @property
     def scores(self) -> list[float]:
@@ -72,16 +76,50 @@ def run_rounds(cfg: Config, *, new_run: bool = False, on_round: Callable[[RunSta
         state.rounds.append(_run_round(cfg, out, r, state, n_labeled))
         if on_round:
             on_round(state)
+    if cfg.rounds.control:
+        state.control = _run_control(cfg, out, state)
     best = plan.best_round(state.scores)
-    final = Unit("final", settings=result_settings(cfg), inputs={"rounds": len(state.rounds), "best": best})
+    final = Unit(
+        "final",
+        settings=omit(result_settings(cfg), ROUND_OMITS),
+        inputs={"rounds": len(state.rounds), "best": best, "control": cfg.rounds.control},
+    )
     try:
         done = out.done(final)
-    except StaleUnitError:  # the run has grown (rounds.max_rounds raised): final/ and report/ anew
+    except StaleUnitError:  # the run has grown (more rounds, a control): final/ and report/ anew
         done = None
     if done is None:
-        _on_ray(out, _finalize, cfg, state.names, state.rounds, best)
+        _on_ray(out, _finalize, cfg, state.names, state.rounds, best, state.control)
         out.commit(final, {"best_round": best})
     return state
+
+
+def _run_control(cfg: Config, out: Store, state: RunState) -> list[dict]:
+    """The labeled-only control (`rounds.control`): one training segment per round >= 1, each
+    from the last one's best weights (the first from round 0's), as many epochs as that round
+    ran, its labeled images repeated so that every epoch has at least `rounds.control` times
+    the round's images. Same start, same restarts, (at least) the same steps: what the labels
+    alone reach when trained as long as the rounds."""
+    segments, weights = [], out.uri_of("rounds/r000/weights/best.pt")
+    batch = cfg.train.batch * cfg.train.num_workers
+    for record in state.rounds[1:]:
+        r = record["round"]
+        steps = plan.control_plan(record, cfg.rounds.control, batch)
+        spec = TrainSpec(
+            name=f"c{r:03d}",
+            train=["labeled/train.parquet"],
+            val=["labeled/val.parquet"],
+            names=state.names,
+            weights=weights,
+            stage=f"rounds/r{r:03d}/control",
+            labeled_copies=steps["labeled_copies"],
+            epochs=steps["epochs"],
+            patience=steps["epochs"],
+        )
+        held_out = train_detector(cfg, out, spec, also=ROUND_OMITS)
+        segments.append({"round": r, **steps, "held_out": held_out})
+        weights = out.uri_of(f"{spec.folder}/weights/best.pt")
+    return segments
 
 
 def _on_ray(out: Store, fn, *args, num_cpus: float = 1):
@@ -141,7 +179,7 @@ def claim_run_dir(out: Store, cfg: Config, new_run: bool) -> bool:
 
 def _run_round(cfg: Config, out: Store, r: int, state: RunState, n_labeled: int) -> dict:
     stage = f"rounds/r{r:03d}"
-    unit = Unit(stage, settings=result_settings(cfg))
+    unit = Unit(stage, settings=omit(result_settings(cfg), ROUND_OMITS))
     if (done := out.done(unit)) is not None:
         return done["result"]
     start = time.perf_counter()
@@ -153,6 +191,7 @@ def _run_round(cfg: Config, out: Store, r: int, state: RunState, n_labeled: int)
         names=state.names,
         weights=cfg.model.weights,
         stage=stage,
+        epochs=cfg.train.round0_epochs if r == 0 else None,
     )
     if r > 0:
         spec = _pseudo_label(cfg, out, r, state, spec, record)
@@ -224,7 +263,7 @@ def _merge(out: Store, stage: str) -> int:
     return parquet_num_rows(out, f"{stage}/merged.parquet")
 
 
-def _finalize(cfg: Config, names: list[str], rounds: list[dict], best: int) -> None:
+def _finalize(cfg: Config, names: list[str], rounds: list[dict], best: int, control: list[dict]) -> None:
     """final/: the best round's weights, its training rows as Parquet and as a YOLO tree that
     `yolo train` accepts as is; then the report."""
     from ssl_ray.stages.report import write_report
@@ -238,7 +277,7 @@ def _finalize(cfg: Config, names: list[str], rounds: list[dict], best: int) -> N
     export_yolo_tree(
         cfg, out, "final/yolo", {"train": rows, "val": read_parquet_rows(out, "labeled/val.parquet")}, names
     )
-    write_report(out, rounds, best)
+    write_report(out, rounds, best, control)
 
 
 def _review(cfg: Config, out: Store, stage: str, names: list[str]) -> int:

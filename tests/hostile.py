@@ -45,8 +45,8 @@ def exif_rotated_jpeg(seed: int) -> bytes:
     return _encode(_picture(seed), "JPEG", exif=exif)
 
 
-def animated_gif() -> bytes:
-    frames = [_picture(i) for i in range(3)]
+def animated_gif(first: int = 0) -> bytes:
+    frames = [_picture(first + i) for i in range(3)]
     return _encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
 
 
@@ -72,8 +72,8 @@ def corpus() -> dict[str, tuple[bytes, str | None]]:
         "cmyk.jpg": (_encode(_picture(5, mode="CMYK"), "JPEG"), None),
         "sixteen-bit.png": (_encode(Image.new("I;16", (64, 48), 40000 + 7), "PNG"), None),
         "exif-rotated.jpg": (exif_rotated_jpeg(6), None),
-        "animated.gif": (animated_gif(), "unsupported_format"),
-        "animated-gif-named.jpg": (animated_gif()[:-1] + b";", "unsupported_format"),
+        "animated.gif": (animated_gif(), None),  # an image: its first frame
+        "animated-gif-named.jpg": (animated_gif(first=7), None),  # the bytes decide, not the name
         "bomb.png": (png_claiming(100_000, 100_000), "too_large"),
         "corrupt.mp4": (b"\x00\x00\x00\x18ftypmp42" + bytes(200), "video_unreadable"),
         "zero-length.mp4": (b"", "video_unreadable"),

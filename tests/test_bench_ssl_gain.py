@@ -1,4 +1,5 @@
-"""bench/ssl_gain.py's child runs: a local Ray that starts too slowly is retried, nothing else is."""
+"""bench/ssl_gain.py: its child runs (a local Ray that starts too slowly is retried, nothing
+else is), the gap it reports and how it scores the pseudo-labels against the truth."""
 
 import json
 from types import SimpleNamespace
@@ -12,7 +13,7 @@ def _children(monkeypatch, codes: list[int]) -> list[list[str]]:
     """Make each child run exit with the next of `codes`; returns the command lines run."""
     calls, codes = [], list(codes)
 
-    def run(cmd, stdout, stderr):
+    def run(cmd, stdout, stderr, **kwargs):
         calls.append(cmd)
         return SimpleNamespace(returncode=codes.pop(0))
 
@@ -39,7 +40,7 @@ def test_execute_retries_only_a_ray_start_timeout(monkeypatch, tmp_path, codes, 
         with pytest.raises(RuntimeError, match="run failed"):
             ssl_gain.execute(overrides, tmp_path / "logs" / "run.log")
     else:
-        assert ssl_gain.execute(overrides, tmp_path / "logs" / "run.log") == []
+        assert ssl_gain.execute(overrides, tmp_path / "logs" / "run.log") == tmp_path / "run"
     assert len(calls) == runs
     assert all(json.loads(c[-1]) == overrides for c in calls)
 
@@ -59,3 +60,53 @@ def test_run_one_exits_75_only_when_ray_timed_out_starting(monkeypatch):
     monkeypatch.setattr(ssl_ray.adapters.runtime, "start_ray", broken)
     with pytest.raises(Exception, match="some other failure"):
         ssl_gain.run_one(["seed=0"])
+
+
+@pytest.mark.parametrize(
+    "ssl, control, oracle, expected",
+    [
+        (0.6, 0.5, 0.7, 0.5),
+        (0.5, 0.5, 0.7, 0.0),
+        (0.45, 0.5, 0.7, -0.25),  # worse than the labels alone
+        (0.6, 0.5, 0.5, None),  # no gap to recover: no figure
+    ],
+)
+def test_gap(ssl, control, oracle, expected):
+    assert ssl_gain.gap(ssl, control, oracle) == expected
+
+
+def test_spread():
+    assert ssl_gain.spread([0.2, 0.4, None]) == {"mean": 0.3, "min": 0.2, "max": 0.4, "stdev": 0.141}
+    assert ssl_gain.spread([None]) == {"mean": None}
+
+
+def test_pseudo_quality_scores_kept_boxes_against_the_truth(tmp_path):
+    import pyarrow.parquet as pq
+
+    from ssl_ray.core.schema import box, make_row, rows_to_table
+
+    truth = {"a" * 32: [box(0, 0.5, 0.5, 0.2, 0.2), box(1, 0.2, 0.2, 0.1, 0.1)], "b" * 32: [box(0, 0.5, 0.5, 0.4, 0.4)]}
+    rows = [
+        make_row(
+            image_id="a" * 32,
+            uri="a",
+            width=100,
+            height=100,
+            source="pseudo",
+            round=1,
+            boxes=[box(0, 0.5, 0.5, 0.2, 0.2, 0.9), box(1, 0.8, 0.8, 0.1, 0.1, 0.8)],
+        ),  # one hit, one miss
+        make_row(image_id="b" * 32, uri="b", width=100, height=100, source="negative", round=1),  # an object missed
+        make_row(
+            image_id="c" * 32,
+            uri="c",
+            width=100,
+            height=100,
+            source="labeled",
+            round=0,
+            boxes=[box(0, 0.5, 0.5, 0.2, 0.2)],
+        ),  # labeled rows are not scored
+    ]
+    pq.write_table(rows_to_table(rows), tmp_path / "merged.parquet")
+    quality = ssl_gain.pseudo_quality(tmp_path / "merged.parquet", truth)
+    assert quality == {"images": 2, "boxes": 2, "precision": 0.5, "recall": 0.333, "mean_iou": 1.0}

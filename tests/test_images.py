@@ -32,7 +32,6 @@ def png_claiming(width: int, height: int) -> bytes:
         (b"", "empty"),
         (b"this is text, not an image", "not_image"),
         (encode(RGB, "JPEG")[:120], "corrupt"),
-        (encode(RGB, "GIF"), "unsupported_format"),
         (png_claiming(100_000, 100_000), "too_large"),
         (b"\x00\x00\x00\x18ftypheic" + bytes(32), "unsupported_format"),
         (b"\x89PNG\r\n\x1a\n" + bytes(40), "corrupt"),  # a PNG signature, then garbage
@@ -55,6 +54,7 @@ def test_bad_bytes_have_a_reason(data, reason):
         (RGB, "BMP", "bmp"),
         (RGB, "WEBP", "webp"),
         (RGB, "TIFF", "tif"),
+        (RGB, "GIF", "gif"),  # its first frame
         (Image.new("L", (40, 30), 99), "PNG", "png"),
         (Image.new("RGBA", (40, 30), (1, 2, 3, 100)), "PNG", "png"),
         (Image.new("CMYK", (40, 30), (1, 2, 3, 4)), "JPEG", "jpg"),
@@ -81,3 +81,45 @@ def test_pixel_limit_is_configurable():
     data = encode(RGB, "PNG")
     with pytest.raises(BadImage, match="too_large"):
         inspect_image(data, max_pixels=100)
+
+
+@pytest.mark.parametrize("max_pixels", [10_000_000, 64_000_000])
+def test_a_bomb_is_refused_by_the_configured_limit_before_decoding(max_pixels):
+    """Above Pillow's own limit (2 x 89 M pixels) as below it, the reject names pool.max_pixels."""
+    from PIL import Image as PILImage
+
+    for side in (5_000, 100_000):  # 25 M pixels, and 10 G: past Pillow's error threshold
+        with pytest.raises(BadImage) as err:
+            inspect_image(png_claiming(side, side), max_pixels=max_pixels)
+        if side * side > max_pixels:
+            assert err.value.reason == "too_large"
+            assert err.value.detail == f"{side}x{side} = {side * side} pixels, more than pool.max_pixels ({max_pixels})"
+    assert PILImage.MAX_IMAGE_PIXELS == 89_478_485  # Pillow's own setting is left as it was
+
+
+def test_training_trees_hold_a_gif_as_a_png_of_its_first_frame():
+    from ssl_ray.io.images import for_training
+
+    data, ext = for_training(encode(RGB, "GIF"))
+    assert ext == "png" and sniff_ext(data) == "png" and decode_rgb(data).shape == (30, 40, 3)
+    jpeg = encode(RGB, "JPEG")
+    assert for_training(jpeg) == (jpeg, "jpg")  # anything else: the same bytes
+
+
+@pytest.mark.parametrize(
+    "name, header, kind",
+    [
+        ("a/b.JPG", None, "image"),
+        ("clip.mov", None, "video"),
+        ("labels/x.txt", b"\xff\xd8\xff", None),  # a known non-media extension: never read
+        ("frame_0001", encode(RGB, "PNG")[:16], "image"),  # no extension: the bytes say
+        ("object-key", b"\x00\x00\x00\x18ftypmp42" + bytes(4), "video"),
+        ("photo.heic", b"\x00\x00\x00\x18ftypheic" + bytes(4), None),  # ISO media, but not a video
+        ("README", b"just text here..", None),
+        ("empty", b"", None),
+    ],
+)
+def test_what_a_pool_file_is(name, header, kind):
+    from ssl_ray.io.pool import kind_of
+
+    assert kind_of(name, lambda: header) == kind

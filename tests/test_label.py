@@ -19,11 +19,18 @@ EVERY_N = 50
 BROKEN = {
     "zero.jpg": "empty",
     "text posing as image.jpg": "not_image",
-    "notes.txt": "unsupported_format",
     "truncated.jpg": "corrupt",
     "zz copy of pool 1 (ünï).jpg": "duplicate",
     "broken.mp4": "video_unreadable",
 }
+# Files beside the media that are not media (a dataset root's labels, its yaml, notes): skipped.
+SKIPPED = {
+    "notes.txt": b"not media",
+    "labels/pool_1.txt": b"0 0.5 0.5 0.1 0.1\n",
+    "data.yaml": b"names: [a]\n",
+    "README": b"no extension, not media",
+}
+EXTRA_IMAGES = 2  # an image without an extension (found by its bytes) and a single-frame GIF
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +41,13 @@ def pool_dir(shapes, bikes_mp4, tmp_path_factory):
         shutil.copy(p, root / p.name)
     (root / "zero.jpg").write_bytes(b"")
     (root / "text posing as image.jpg").write_text("hello")
-    (root / "notes.txt").write_text("not media")
+    for name, data in SKIPPED.items():
+        (root / name).parent.mkdir(exist_ok=True)
+        (root / name).write_bytes(data)
+    from PIL import Image
+
+    Image.open(images[2]).save(root / "frame_without_extension", format="PNG")
+    Image.open(images[3]).convert("P").save(root / "single.gif")
     (root / "truncated.jpg").write_bytes(images[0].read_bytes()[:200])
     shutil.copy(images[1], root / "zz copy of pool 1 (ünï).jpg")
     (root / "videos").mkdir()
@@ -80,9 +93,14 @@ def check_accounting(out: Store, summary: dict, n_frames: int, fps: float):
     preds = read_dir(stage, "predictions")
     rejects = read_dir(stage, "rejects")
     selection = read_dir(stage, "selection")
-    assert summary["files_listed"] == 20 + len(BROKEN) + 1  # images + broken files + the good video
-    assert summary["items"] == 20 + n_frames + len(BROKEN)
-    assert len(preds) == 20 + n_frames == len({p["image_id"] for p in preds})
+    n_images = 20 + EXTRA_IMAGES
+    assert summary["files_listed"] == n_images + len(BROKEN) + 1  # images + broken files + the good video
+    assert summary["items"] == n_images + n_frames + len(BROKEN)
+    assert summary["skipped_not_media"] == len(SKIPPED)
+    assert summary["skipped_by_extension"] == {".txt": 2, ".yaml": 1, "(none)": 1}
+    assert len(preds) == n_images + n_frames == len({p["image_id"] for p in preds})
+    stills = {p["uri"].rsplit("/", 1)[1]: p for p in preds if not p["video_uri"]}
+    assert (stills["single.gif"]["width"], stills["frame_without_extension"]["width"]) == (96, 96)
     assert {r["uri"].rsplit("/", 1)[1]: r["reason"] for r in rejects} == BROKEN
     assert all(r["detail"] for r in rejects)
     assert sorted(r["image_id"] for r in selection) == sorted(p["image_id"] for p in preds)

@@ -141,7 +141,7 @@ def _malformed_yaml(shapes, tmp_path) -> Path:
         ("malformed_data_yaml", r"data/data\.yaml: not valid YAML"),
         ("bad_label_line", r"labels/train/train_000003\.txt:\d+: "),
         ("unreachable_endpoint", r"^error: output\.dir: .*the S3 endpoint is unreachable"),
-        ("unwritable_output", r"^error: output\.dir: .*cannot write there"),
+        ("unwritable_output", r"^error: output\.dir: .*is a file, not a folder"),
     ],
 )
 def test_run_refuses_bad_input_with_one_line_before_any_output(case, expected, shapes, tmp_path):

@@ -65,3 +65,33 @@ def test_write_report(tmp_path):
         assert f"]({name})" in md
         with Image.open(io.BytesIO((report / name).read_bytes())) as im:
             assert im.format == "PNG" and im.size[0] >= 400
+
+
+CONTROL = [
+    {
+        "round": 1,
+        "labeled_copies": 2,
+        "epochs": 3,
+        "iterations": 9,
+        "round_iterations": 9,
+        "held_out": {"mAP50": 0.35, "mAP50-95": 0.25, "per_class": {}},
+    }
+]
+
+
+def test_the_report_sets_every_round_beside_its_control(tmp_path):
+    from ssl_ray.stages.report import columns, gains
+
+    g = gains(rounds(), CONTROL)[1]
+    assert abs(g["gain_mAP50-95"] - 0.05) < 1e-9 and abs(g["gain_mAP50"] - 0.05) < 1e-9
+    r0, r1 = table_rows(rounds(), CONTROL)
+    head = columns(CONTROL)
+    assert dict(zip(head, r1))["control mAP50-95"] == "0.250" and dict(zip(head, r1))["over control"] == "+0.050"
+    assert dict(zip(head, r0))["over control"] == "-"  # round 0 is the control's start
+    out = Store(str(tmp_path / "run"))
+    write_report(out, rounds(), best=1, control=CONTROL)
+    md = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert "| control mAP50-95 | over control |" in md
+    assert "- round 1: +0.050 mAP50-95 (+0.050 mAP50) over training as long on your labels alone" in md
+    body = json.loads((tmp_path / "run" / "report" / "report.json").read_text())
+    assert body["control"] == CONTROL and body["over_control"]["1"]["control_mAP50-95"] == 0.25

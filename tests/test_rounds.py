@@ -78,3 +78,50 @@ def test_labeled_copies(fraction, n_labeled, n_other, copies):
     from ssl_ray.core.rounds import labeled_copies
 
     assert labeled_copies(fraction, n_labeled, n_other) == copies
+
+
+def round_record(labeled=24, train_images=124, copies=3, epochs=5, round=1):
+    return {
+        "round": round,
+        "labeled_images": labeled,
+        "train_images": train_images,
+        "labeled_copies": copies,
+        "held_out": {"epoch": epochs},
+        "seconds": 100.0,
+        "stage_seconds": {"train": 80.0},
+    }
+
+
+@pytest.mark.parametrize(
+    "record, multiple, batch, expected",
+    [
+        # 24 x 3 + 100 = 172 images per round epoch: 8 copies of 24 (192) cover it; 5 epochs of both
+        (round_record(), 1.0, 16, {"labeled_copies": 8, "epochs": 5, "iterations": 60, "round_iterations": 55}),
+        (round_record(), 2.0, 16, {"labeled_copies": 15, "epochs": 5, "iterations": 115, "round_iterations": 55}),
+        # the round stopped early at epoch 2: so does the control's budget
+        (round_record(epochs=2), 1.0, 8, {"labeled_copies": 8, "epochs": 2, "iterations": 48, "round_iterations": 44}),
+        # nothing pseudo-labeled: the control is the round's own epoch
+        (
+            round_record(train_images=24, copies=1),
+            1.0,
+            16,
+            {"labeled_copies": 1, "epochs": 5, "iterations": 10, "round_iterations": 10},
+        ),
+    ],
+)
+def test_the_control_trains_at_least_as_many_steps_as_its_round(record, multiple, batch, expected):
+    from ssl_ray.core.rounds import control_plan
+
+    plan = control_plan(record, multiple, batch)
+    assert plan == expected and plan["iterations"] >= multiple * plan["round_iterations"]
+
+
+def test_eta_from_the_last_round():
+    from ssl_ray.core.rounds import eta_seconds
+
+    r0 = {"round": 0, "seconds": 30.0, "stage_seconds": {"train": 30.0}}
+    assert eta_seconds([r0], max_rounds=3) is None  # the pool's size is not known yet
+    done = [r0, round_record()]
+    assert eta_seconds(done, max_rounds=3) == 2 * 100.0
+    assert eta_seconds(done, max_rounds=3, control=1.0) == 2 * 100.0 + 80.0 * 3  # the control: the rounds' training
+    assert eta_seconds([*done, round_record(round=2), round_record(round=3)], max_rounds=3) == 0.0

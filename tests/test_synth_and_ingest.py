@@ -30,7 +30,10 @@ def test_synth_is_seeded(tmp_path):
     assert len(list((tmp_path / "a" / "images" / "pool").iterdir())) == 3
 
 
-@pytest.mark.parametrize("kw", [{"n_classes": 0}, {"n_classes": 7}, {"min_size": 0.5, "max_size": 0.2}])
+@pytest.mark.parametrize(
+    "kw",
+    [{"n_classes": 0}, {"n_classes": 9}, {"domain": "other"}, {"max_overlap": 1.0}, {"min_size": 0.5, "max_size": 0.2}],
+)
 def test_synth_spec_validates(kw):
     with pytest.raises(ValueError):
         SynthSpec(**kw)

@@ -59,14 +59,27 @@ def _install_font(config_dir: Path) -> None:
         log.warning("no local font for Ultralytics plots: %s", e)
 
 
-def start_ray_for(cfg):
-    """`start_ray` with the `ray` section of a config."""
-    return start_ray(
+def start_ray_for(cfg, log=None):
+    """`start_ray` with the `ray` section of a config; with `log` (an `adapters.logs.LogFile`)
+    Ray's and the workers' output go to that file, their progress lines to the console."""
+    if log is not None:
+        os.environ.update(_LOCAL_RAY_ENV)
+        import ray  # noqa: F401 - importing Ray sets up its loggers; they are redirected next
+
+        from ssl_ray.adapters.logs import capture_logging, route_worker_logs
+
+        capture_logging(log)  # before Ray starts: what it logs at start goes to the file too
+    ray = start_ray(
         cfg.ray.address,
         cfg.ray.num_cpus,
         object_store_gb=cfg.ray.object_store_memory_gb,
         workers_soft_limit=cfg.ray.num_workers_soft_limit,
+        configure_logging=log is None,
     )
+    if log is not None:
+        route_worker_logs(log)
+        ray.data.DataContext.get_current().enable_progress_bars = False  # the stage prints its own progress
+    return ray
 
 
 def start_ray(
@@ -76,6 +89,7 @@ def start_ray(
     object_store_gb: float | None = None,
     workers_soft_limit: int | None = None,
     log_to_driver: bool = True,
+    configure_logging: bool = True,
 ):
     """Join `address` (or RAY_ADDRESS), else start a local cluster on 127.0.0.1.
 
@@ -93,7 +107,7 @@ def start_ray(
         return ray
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=log_to_driver)
+        ray.init(address=address, log_to_driver=log_to_driver, configure_logging=configure_logging)
         log.info("joined Ray cluster at %s", address)
         return ray
     global _local_cluster
@@ -106,7 +120,7 @@ def start_ray(
         _system_config={"num_workers_soft_limit": workers_soft_limit or cores},
         include_dashboard=False,
         log_to_driver=log_to_driver,
-        configure_logging=True,
+        configure_logging=configure_logging,
         logging_level=logging.WARNING,
     )
     return ray

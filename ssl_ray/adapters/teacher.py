@@ -107,7 +107,12 @@ def preflight_weights(cfg, weights: str, names: list[str] | None, role: str) -> 
             f"{where}: {weights} is not a file here, and ssl_ray downloads nothing at run time: "
             f"download it once (e.g. Ultralytics' release assets) and give its path or an s3:// URI"
         )
-    model = load_yolo(resolve_weights(weights, cfg.output.cache_dir, cfg.storage), cfg.output.cache_dir)
+    quiet = os.environ.get("YOLO_VERBOSE")
+    os.environ["YOLO_VERBOSE"] = "False"  # this process's Ultralytics logs errors only (read at its import)
+    try:
+        model = load_yolo(resolve_weights(weights, cfg.output.cache_dir, cfg.storage), cfg.output.cache_dir)
+    finally:
+        os.environ.pop("YOLO_VERBOSE") if quiet is None else os.environ.update(YOLO_VERBOSE=quiet)
     if model.task != "detect":
         raise ConfigError(f"{where}: {weights} is a {model.task} model; ssl_ray trains detectors")
     found = [model.names[i] for i in sorted(model.names)]

@@ -3,6 +3,8 @@ merge of labeled and pseudo-labeled rows. The driver (`ssl_ray.driver`) does the
 
 from __future__ import annotations
 
+import math
+
 from ssl_ray.config import RoundsConfig, SelectConfig
 
 
@@ -47,3 +49,44 @@ def labeled_copies(fraction: float | None, n_labeled: int, n_other: int) -> int:
     if fraction is None or n_labeled == 0 or n_other == 0:
         return 1
     return max(1, round(fraction / (1 - fraction) * n_other / n_labeled))
+
+
+def iterations(images: int, batch: int, epochs: int) -> int:
+    """Training iterations (batches) of `epochs` epochs over `images` images."""
+    return math.ceil(images / batch) * epochs
+
+
+def epoch_images(record: dict) -> int:
+    """Images a round trained on per epoch: its labeled images repeated `labeled_copies` times
+    plus its pseudo-labeled and negative images (round 0: the labeled images)."""
+    n_labeled = record["labeled_images"]
+    return n_labeled * record.get("labeled_copies", 1) + record.get("train_images", n_labeled) - n_labeled
+
+
+def control_plan(record: dict, multiple: float, batch: int) -> dict:
+    """The labeled-only control segment matching round `record` (`rounds.control`): the labeled
+    images repeated so that an epoch has at least `multiple` times the round's epoch's images,
+    for as many epochs as the round ran (no early stopping), so its iterations are at least
+    `multiple` times the round's. Returns copies, epochs and both iteration counts."""
+    n_labeled, images, epochs = record["labeled_images"], epoch_images(record), record["held_out"]["epoch"]
+    copies = max(1, math.ceil(multiple * images / n_labeled))
+    return {
+        "labeled_copies": copies,
+        "epochs": epochs,
+        "iterations": iterations(n_labeled * copies, batch, epochs),
+        "round_iterations": iterations(images, batch, epochs),
+    }
+
+
+def eta_seconds(rounds: list[dict], max_rounds: int, control: float = 0.0) -> float | None:
+    """Seconds the run still needs at most (early stopping may end it sooner): each round left
+    as long as the last finished round >= 1 (they train on about the same images for the same
+    epochs), and the control's segments as long as `control` times the rounds' training.
+    None before round 1 is done: until then the pool's size is not known."""
+    later = [r for r in rounds if r["round"] >= 1]
+    if not later:
+        return None
+    left = max(0, max_rounds + 1 - len(rounds))
+    last = later[-1]
+    train = sum(r["stage_seconds"].get("train", 0.0) for r in later) + left * last["stage_seconds"].get("train", 0.0)
+    return left * last["seconds"] + control * train

@@ -51,6 +51,12 @@ def pick(settings: dict[str, Any], prefixes: tuple[str, ...]) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if any(k == p or p.endswith(".") and k.startswith(p) for p in prefixes)}
 
 
+def omit(settings: dict[str, Any], prefixes: tuple[str, ...]) -> dict[str, Any]:
+    """The settings not named in `prefixes` (as `pick` names them)."""
+    named = pick(settings, prefixes)
+    return {k: v for k, v in settings.items() if k not in named}
+
+
 def difference(recorded: dict, wanted: Unit) -> str | None:
     """The first way a marker's record differs from `wanted`'s key, for a person; None when
     they are the same."""
@@ -78,10 +84,12 @@ def setting_difference(recorded: dict, settings: dict[str, Any]) -> str | None:
 
 
 # What each stage's output depends on, as setting prefixes (`pick`). A round's own units
-# depend on every setting before them, so the driver keys them by all result settings.
+# depend on every setting before them, so the driver keys them by all result settings but
+# the control's (`ROUND_OMITS`): a control can be added to a finished run.
 STEP_SETTINGS = {
     "ingest": ("labeled.", "pool.max_pixels"),
     "refiner": ("labeled.", "pool.max_pixels", "model.imgsz", "refine.", "seed"),
     "label": ("labeled.", "pool.", "model.imgsz", "label.", "select.", "refine.", "seed"),
     "train": ("labeled.", "pool.max_pixels", "model.", "train.", "seed"),
 }
+ROUND_OMITS = ("rounds.control",)

@@ -23,7 +23,7 @@ import yaml
 from ssl_ray.config import StorageConfig
 from ssl_ray.core import schema
 from ssl_ray.errors import DatasetError
-from ssl_ray.io.images import sniff_ext
+from ssl_ray.io.images import for_training
 from ssl_ray.io.storage import Store
 
 _IMAGE_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -69,9 +69,9 @@ class ImageCache:
         for hit in folder.glob(f"{image_id}.*"):
             if not hit.name.endswith(".tmp"):
                 return hit
-        data = fetch()
+        data, ext = for_training(fetch())
         folder.mkdir(parents=True, exist_ok=True)
-        target = folder / f"{image_id}.{sniff_ext(data)}"
+        target = folder / f"{image_id}.{ext}"
         tmp = folder / f"{image_id}.{uuid.uuid4().hex}.tmp"
         tmp.write_bytes(data)
         os.replace(tmp, target)  # concurrent writers of the same id write the same bytes

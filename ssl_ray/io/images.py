@@ -18,8 +18,8 @@ from ssl_ray.core.geometry import PAD_VALUE, Letterbox, letterbox_params
 from ssl_ray.core.schema import REASONS
 
 # PIL format name -> file extension used in caches and YOLO trees.
-FORMATS = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp", "WEBP": "webp", "TIFF": "tif"}
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+FORMATS = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp", "WEBP": "webp", "TIFF": "tif", "GIF": "gif"}
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv"})
 
 
@@ -34,7 +34,11 @@ class BadImage(Exception):
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise BadImage("empty")
+    limit = Image.MAX_IMAGE_PIXELS
     try:
+        # Opening reads the header only. Pillow's own bomb check is off for it: the size is
+        # checked against pool.max_pixels below, before anything is decoded.
+        Image.MAX_IMAGE_PIXELS = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             # Only our formats: other plugins (e.g. HEIF, registered by some libraries) stay out.
@@ -53,11 +57,13 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         if _our_format_by_signature(data) is None:  # a loose plugin match (e.g. text starting "BM")
             raise BadImage("not_image", f"not a recognized image format ({str(e)[:150]})") from None
         raise BadImage("corrupt", str(e)[:200]) from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
     if img.format not in FORMATS:
         raise BadImage("unsupported_format", f"format {img.format}")
     w, h = img.size
     if w * h > max_pixels:
-        raise BadImage("too_large", f"{w}x{h} pixels > limit {max_pixels}")
+        raise BadImage("too_large", f"{w}x{h} = {w * h} pixels, more than pool.max_pixels ({max_pixels})")
     if w <= 0 or h <= 0:
         raise BadImage("corrupt", f"size {w}x{h}")
     return img
@@ -73,8 +79,6 @@ def _pillow_open():
 
 
 _OTHER_MAGIC = {
-    b"GIF87a": "GIF",
-    b"GIF89a": "GIF",
     b"8BPS": "PSD",
     b"\x00\x00\x01\x00": "ICO",
     b"\x00\x00\x00\x0cjP  ": "JPEG2000",
@@ -83,7 +87,14 @@ _OTHER_MAGIC = {
 }
 
 
-_OUR_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
+_OUR_MAGIC = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+}
 
 
 def _our_format_by_signature(data: bytes) -> str | None:
@@ -136,6 +147,29 @@ def decode_rgb(data: bytes, max_pixels: int = 64_000_000) -> np.ndarray:
 def sniff_ext(data: bytes) -> str:
     """Extension for cached copies, from the bytes (never from a key or file name)."""
     return FORMATS[_open(data, max_pixels=1 << 62).format]
+
+
+def for_training(data: bytes) -> tuple[bytes, str]:
+    """(bytes, extension) of an image as training trees hold it: as it is, except a GIF
+    (Ultralytics reads .gif as a video), which becomes a PNG of its first frame."""
+    ext = sniff_ext(data)
+    if ext != "gif":
+        return data, ext
+    buf = io.BytesIO()
+    Image.fromarray(decode_rgb(data, max_pixels=1 << 62)).save(buf, format="PNG")
+    return buf.getvalue(), "png"
+
+
+def media_kind(header: bytes) -> str | None:
+    """'image' or 'video' when the first bytes of a file are a format the pool reads, else
+    None (for files whose name says nothing)."""
+    if _our_format_by_signature(header):
+        return "image"
+    if header[4:8] == b"ftyp" and header[8:12] not in (b"heic", b"heix", b"avif", b"mif1"):  # mp4 / mov
+        return "video"
+    if header[:4] == b"RIFF" and header[8:12] == b"AVI " or header[:4] == b"\x1a\x45\xdf\xa3":  # avi / mkv
+        return "video"
+    return None
 
 
 def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:

@@ -1,9 +1,12 @@
 """The unlabeled pool: streamed listing and decoding into inference-ready items (no Ray here).
 
-`iter_pool` lists sources lazily (S3 pages or one directory at a time). `load_items` turns a
-listing entry into zero or more items: an image gives one, a video one per sampled frame,
-anything broken or unsupported one reject with a reason. Items are letterboxed to `imgsz`
-so inference batches are plain stacked arrays.
+`iter_pool` lists sources lazily (S3 pages or one directory at a time) and says what each
+file is: an image or a video by its extension, or (a name that says nothing, such as an S3
+key without one) by its first bytes. Files that are neither (a dataset root's label files,
+YAML, notes) are skipped and counted by extension, never quarantined. `load_items` turns a
+listed file into zero or more items: an image gives one, a video one per sampled frame,
+anything broken one reject with a reason. Items are letterboxed to `imgsz` so inference
+batches are plain stacked arrays.
 """
 
 from __future__ import annotations
@@ -20,19 +23,70 @@ from ssl_ray.config import PoolConfig, StorageConfig
 from ssl_ray.core import schema
 from ssl_ray.core.schema import REASONS
 from ssl_ray.errors import StorageError
-from ssl_ray.io.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, BadImage, decode_rgb, letterbox
+from ssl_ray.io.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, BadImage, decode_rgb, letterbox, media_kind
 from ssl_ray.io.storage import Store
 from ssl_ray.io.video import iter_frames, local_copy
 
+# Extensions that are never media: skipped without reading a byte.
+NOT_MEDIA = frozenset(
+    {
+        ".txt",
+        ".yaml",
+        ".yml",
+        ".json",
+        ".jsonl",
+        ".csv",
+        ".tsv",
+        ".md",
+        ".xml",
+        ".html",
+        ".log",
+        ".parquet",
+        ".cache",
+        ".py",
+        ".sh",
+        ".pt",
+        ".pth",
+        ".onnx",
+        ".zip",
+        ".tar",
+        ".gz",
+        ".npy",
+    }
+)
 
-def iter_pool(sources: list[str], storage: StorageConfig) -> Iterator[tuple[str, int]]:
-    """(uri, size) of every file under every source, streamed, in a stable order."""
+
+def kind_of(name: str, header=None) -> str | None:
+    """'image', 'video' or None (not media) for a file name; `header()` gives its first bytes
+    when the extension is not one the pool knows either way."""
+    ext = posixpath.splitext(name)[1].lower()
+    if ext in IMAGE_EXTENSIONS:
+        return "image"
+    if ext in VIDEO_EXTENSIONS:
+        return "video"
+    if ext in NOT_MEDIA or header is None:
+        return None
+    return media_kind(header())
+
+
+def iter_pool(
+    sources: list[str], storage: StorageConfig, skipped: dict[str, int] | None = None
+) -> Iterator[tuple[str, int, str]]:
+    """(uri, size, kind) of every image and video under every source, streamed, in a stable
+    order; every other file is counted in `skipped` by its extension."""
     for source in sources:
         store = Store(source, storage)
         if not store.exists():
             raise StorageError(f"pool source {store.uri} does not exist")
         for entry in store.list():
-            yield store.uri_of(entry.rel), entry.size
+            head = (lambda s=store, e=entry: s.read_head(e.rel, 16)) if entry.size else None
+            kind = kind_of(entry.rel, head)
+            if kind is None:
+                if skipped is not None:
+                    ext = posixpath.splitext(entry.rel)[1].lower() or "(none)"
+                    skipped[ext] = skipped.get(ext, 0) + 1
+                continue
+            yield store.uri_of(entry.rel), entry.size, kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,14 +133,16 @@ def reject_row(uri: str, reason: str, detail: str, imgsz: int) -> dict:
     }
 
 
-def load_items(uri: str, size: int, opts: LoadOptions, read_bytes) -> Iterator[dict]:
-    """Items for one listed file. Never raises for bad content: bad input becomes a reject."""
-    ext = posixpath.splitext(uri)[1].lower()
-    if ext in IMAGE_EXTENSIONS:
+def load_items(uri: str, size: int, opts: LoadOptions, read_bytes, kind: str | None = None) -> Iterator[dict]:
+    """Items for one listed file (`kind` from the listing; by extension when not given).
+    Never raises for bad content: bad input becomes a reject."""
+    kind = kind or kind_of(uri)
+    if kind == "image":
         yield _load_image(uri, size, opts, read_bytes)
-    elif ext in VIDEO_EXTENSIONS:
+    elif kind == "video":
         yield from _load_video(uri, size, opts, read_bytes)
     else:
+        ext = posixpath.splitext(uri)[1].lower()
         yield reject_row(
             uri, "unsupported_format", f"extension {ext or '(none)'!r} is not an image or video", opts.imgsz
         )

@@ -103,6 +103,14 @@ class Store:
         except OSError as e:
             raise StorageError(f"cannot read {self.uri_of(rel)}: {_reason(e)}") from None
 
+    def read_head(self, rel: str, n: int) -> bytes:
+        """The first `n` bytes of a file (on S3, one ranged request); b"" when unreadable."""
+        try:
+            with self.fs.open_input_file(self.path(rel)) as f:
+                return f.read(n)
+        except OSError:
+            return b""
+
     def list(self, rel: str = "") -> Iterator[FileEntry]:
         """Every file under `rel`, recursively, in sorted order; streamed, never all at once."""
         base = self.path(rel)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 
 import numpy as np
@@ -97,10 +98,12 @@ def label_pool(
     ensure_resources(cfg, "label")
     start = time.perf_counter()
     listing = _list_pool.remote(cfg.pool.sources, cfg.storage)
-    parts = list(listing)  # references only: the listing itself stays in the object store
+    *parts, last = list(listing)  # references only: the listing itself stays in the object store
+    listing_summary = ray_get(last)  # the listing ends with what it skipped (a failed one with its error)
+    skipped = listing_summary["skipped"]
     if not parts:
-        raise LabelError(f"pool.sources: no files under {', '.join(cfg.pool.sources)}")
-    ray_get(parts[-1])  # a failed listing (e.g. a missing source) ends with its error
+        what = f" (only files that are not images or videos: {_counts(skipped)})" if skipped else ""
+        raise LabelError(f"pool.sources: no image or video under {', '.join(cfg.pool.sources)}{what}")
     for sub in OUTPUT_DIRS:
         stage.delete_prefix(sub)
 
@@ -120,9 +123,10 @@ def label_pool(
         memory=DECODE_MEMORY,
         compute=ray.data.TaskPoolStrategy(size=cfg.label.decode_tasks),
     )
+    counter = _Counter.options(num_cpus=0).remote()
     ds = ds.map_batches(
         _Predict,
-        fn_constructor_kwargs={"weights": weights, "cfg": cfg, "names": names, "refiner": refiner},
+        fn_constructor_kwargs={"weights": weights, "cfg": cfg, "names": names, "refiner": refiner, "counter": counter},
         compute=ray.data.ActorPoolStrategy(
             min_size=cfg.label.min_actors,
             max_size=cfg.label.max_actors,
@@ -133,8 +137,11 @@ def label_pool(
         batch_size=cfg.label.batch_size,
         batch_format="numpy",
     )
-    ds.write_parquet(stage.path("raw"), filesystem=stage.fs, min_rows_per_file=RAW_ROWS_PER_FILE)
+    with _Reporter(counter, f"label r{round:03d}", listed if not listing_summary["videos"] else None):
+        ds.write_parquet(stage.path("raw"), filesystem=stage.fs, min_rows_per_file=RAW_ROWS_PER_FILE)
     summary = finalize(cfg, stage, names, round, weights, conf, listed, class_conf, ray_mapper(cfg))
+    summary["skipped_not_media"] = sum(skipped.values())
+    summary["skipped_by_extension"] = skipped
     summary["seconds"] = significant(time.perf_counter() - start)
     summary["items_per_s"] = significant(summary["items"] / max(summary["seconds"], 1e-9))
     span = _inference_span(ds)  # the stage's rate once running: start-up (listing, actors' load) excluded
@@ -176,25 +183,83 @@ def _inference_span(ds) -> float | None:
     return None
 
 
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def _list_pool_impl(sources: list[str], storage):
-    """Streaming generator task: the pool listing as Arrow tables of LISTING_PART entries."""
+    """Streaming generator task: the pool's images and videos as Arrow tables of LISTING_PART
+    entries, then a summary: the files it skipped (not media) by extension, the videos."""
     from ssl_ray.io.pool import iter_pool
 
-    part: list[tuple[str, int]] = []
-    for entry in iter_pool(sources, storage):
+    part: list[tuple[str, int, str]] = []
+    skipped: dict[str, int] = {}
+    videos = 0
+    for entry in iter_pool(sources, storage, skipped):
         part.append(entry)
+        videos += entry[2] == "video"
         if len(part) == LISTING_PART:
             yield _listing_table(part)
             part = []
     if part:
         yield _listing_table(part)
+    yield {"skipped": skipped, "videos": videos}
 
 
-def _listing_table(part: list[tuple[str, int]]) -> pa.Table:
-    return pa.table({"uri": [u for u, _ in part], "size": pa.array([s for _, s in part], pa.int64())})
+def _listing_table(part: list[tuple[str, int, str]]) -> pa.Table:
+    uris, sizes, kinds = zip(*part)
+    return pa.table({"uri": list(uris), "size": pa.array(sizes, pa.int64()), "kind": list(kinds)})
 
 
 _list_pool = LazyRemote(_list_pool_impl, num_cpus=1, num_returns="streaming")
+
+
+class _CounterImpl:
+    """Items the inference actors have labeled so far (they add; the driver reads)."""
+
+    def __init__(self):
+        self.items = 0
+
+    def add(self, n: int) -> None:
+        self.items += n
+
+    def get(self) -> int:
+        return self.items
+
+
+_Counter = LazyRemote(_CounterImpl)
+
+
+class _Reporter:
+    """While the stage runs: a progress line every `period` seconds (items, rate and, when
+    every listed file is one item, the time left)."""
+
+    def __init__(self, counter, what: str, total: int | None, period: float = 15.0):
+        self.counter, self.what, self.total, self.period = counter, what, total, period
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from ssl_ray.adapters.logs import progress
+
+        start = time.perf_counter()
+        while not self._stop.wait(self.period):
+            try:
+                done = ray_get(self.counter.get.remote())
+            except Exception:  # noqa: BLE001 - a progress line is never worth a failed stage
+                return
+            rate = done / max(time.perf_counter() - start, 1e-9)
+            left = f", about {(self.total - done) / rate / 60:.1f} min to go" if self.total and rate > 0 else ""
+            of = f" of {self.total:,}" if self.total else ""
+            progress(f"{self.what}: {done:,}{of} items, {rate:.1f} items/s{left}")
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
 
 
 def _load_batch(batch: dict, cfg: Config):
@@ -205,8 +270,8 @@ def _load_batch(batch: dict, cfg: Config):
     reader = UriReader(cfg.storage)
     opts = LoadOptions(imgsz=cfg.model.imgsz, pool=cfg.pool)
     rows: list[dict] = []
-    for uri, size in zip(batch["uri"], batch["size"]):
-        for item in load_items(str(uri), int(size), opts, reader.read):
+    for uri, size, kind in zip(batch["uri"], batch["size"], batch["kind"]):
+        for item in load_items(str(uri), int(size), opts, reader.read, str(kind)):
             rows.append(item)
             if len(rows) == 16:
                 yield columns(rows)
@@ -243,7 +308,7 @@ class _Predict:
     """Inference actor: one teacher per actor, a batched forward over the canvases and their
     consistency views, detections fused and mapped back, then the optional box refiner."""
 
-    def __init__(self, weights: str, cfg: Config, names: list[str], refiner: str | None = None):
+    def __init__(self, weights: str, cfg: Config, names: list[str], refiner: str | None = None, counter=None):
         from ssl_ray.adapters.teacher import Teacher, resolve_weights
         from ssl_ray.core.consistency import parse_views
         from ssl_ray.stages.refine import load_refiner
@@ -256,6 +321,7 @@ class _Predict:
         self.views = parse_views(cfg.label.consistency_views, cfg.model.imgsz)
         self.iou = cfg.label.consistency_iou
         self.refiner = load_refiner(refiner, cfg.storage, str(self.teacher.device), cfg.refine) if refiner else None
+        self.counter = counter
 
     def detect(self, images: np.ndarray) -> list[Detections]:
         """Each canvas's detections, fused over the views, refined when a refiner is loaded."""
@@ -267,4 +333,7 @@ class _Predict:
 
     def __call__(self, batch: dict) -> pa.Table:
         ok = np.array([not r for r in batch["reject_reason"]], dtype=bool)
-        return raw_table(batch, self.detect(batch["image"][ok]) if ok.any() else [])
+        table = raw_table(batch, self.detect(batch["image"][ok]) if ok.any() else [])
+        if self.counter is not None:
+            self.counter.add.remote(len(ok))  # fire and forget: progress only
+        return table

@@ -1,5 +1,9 @@
 """The run report: report.json, report.md (the per-round table) and PNG plots under
-<out>/report/. Plots use matplotlib's Agg backend, in memory, then go to any store."""
+<out>/report/. Plots use matplotlib's Agg backend, in memory, then go to any store.
+
+With `rounds.control`, every round >= 1 is set beside its labeled-only control segment: the
+same start, (at least) the same training steps, the labels alone. The difference is what
+the pseudo-labels bought, not what more training did."""
 
 from __future__ import annotations
 
@@ -26,7 +30,30 @@ COLUMNS = [
 ]
 
 
-def table_rows(rounds: list[dict]) -> list[list]:
+CONTROL_COLUMNS = ["control mAP50-95", "over control"]
+
+
+def gains(rounds: list[dict], control: list[dict]) -> dict[int, dict]:
+    """Per round with a control segment: the control's held-out mAP50 and mAP50-95 and the
+    round's gain over it (pure)."""
+    by_round = {r["round"]: r for r in rounds}
+    out = {}
+    for seg in control:
+        r = by_round[seg["round"]]["held_out"]
+        c = seg["held_out"]
+        out[seg["round"]] = {
+            "control_mAP50": c["mAP50"],
+            "control_mAP50-95": c["mAP50-95"],
+            "gain_mAP50": r["mAP50"] - c["mAP50"],
+            "gain_mAP50-95": r["mAP50-95"] - c["mAP50-95"],
+            "iterations": seg["iterations"],
+            "round_iterations": seg["round_iterations"],
+        }
+    return out
+
+
+def table_rows(rounds: list[dict], control: list[dict] = ()) -> list[list]:
+    vs = gains(rounds, list(control))
     rows = []
     for r in rounds:
         lab = r.get("label") or {}
@@ -48,21 +75,52 @@ def table_rows(rounds: list[dict]) -> list[list]:
                 times.get("label", "-"),
                 times.get("train", "-"),
                 r["seconds"],
+                *(
+                    [f"{vs[r['round']]['control_mAP50-95']:.3f}", f"{vs[r['round']]['gain_mAP50-95']:+.3f}"]
+                    if r["round"] in vs
+                    else (["-", "-"] if control else [])
+                ),
             ]
         )
     return rows
 
 
-def markdown(rounds: list[dict], best: int) -> str:
+def columns(control: list[dict] = ()) -> list[str]:
+    return COLUMNS + (CONTROL_COLUMNS if control else [])
+
+
+def verdict(rounds: list[dict], control: list[dict]) -> list[str]:
+    """One line per round with a control: what it gained over the labels alone."""
+    lines = []
+    for r, g in sorted(gains(rounds, control).items()):
+        lines.append(
+            f"- round {r}: {g['gain_mAP50-95']:+.3f} mAP50-95 ({g['gain_mAP50']:+.3f} mAP50) over training "
+            f"as long on your labels alone ({g['iterations']:,} steps against the round's "
+            f"{g['round_iterations']:,})"
+        )
+    return lines
+
+
+def markdown(rounds: list[dict], best: int, control: list[dict] = ()) -> str:
+    control = list(control)
+    head = columns(control)
     lines = [
         "# ssl_ray run report",
         "",
         f"Best round: **{best}** (its weights are final/weights/best.pt).",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
     ]
-    lines += ["| " + " | ".join(str(x) for x in row) + " |" for row in table_rows(rounds)]
+    lines += ["| " + " | ".join(str(x) for x in row) + " |" for row in table_rows(rounds, control)]
+    if control:
+        lines += [
+            "",
+            "Against a labeled-only control (`rounds.control`: the same start, the labels alone, "
+            "at least as many training steps, segment by segment):",
+            "",
+            *verdict(rounds, control),
+        ]
     lines += [
         "",
         "![held-out mAP per round](map_per_round.png)",
@@ -75,15 +133,20 @@ def markdown(rounds: list[dict], best: int) -> str:
     return "\n".join(lines)
 
 
-def write_report(out: Store, rounds: list[dict], best: int) -> None:
+def write_report(out: Store, rounds: list[dict], best: int, control: list[dict] = ()) -> None:
+    control = list(control)
     report = out.child("report")
-    report.write_text(
-        "report.json", json.dumps({"best_round": best, "rounds": rounds}, indent=2, sort_keys=True) + "\n"
-    )
-    report.write_bytes("map_per_round.png", _plot_map(rounds))
+    body = {
+        "best_round": best,
+        "rounds": rounds,
+        "control": control,
+        "over_control": {str(r): g for r, g in gains(rounds, control).items()},
+    }
+    report.write_text("report.json", json.dumps(body, indent=2, sort_keys=True) + "\n")
+    report.write_bytes("map_per_round.png", _plot_map(rounds, control))
     report.write_bytes("pseudo_per_class.png", _plot_per_class(rounds))
     report.write_bytes("score_histogram.png", _plot_scores(rounds))
-    report.write_text("report.md", markdown(rounds, best))
+    report.write_text("report.md", markdown(rounds, best, control))
 
 
 def _figure():
@@ -103,11 +166,20 @@ def _png(plt, fig) -> bytes:
     return buf.getvalue()
 
 
-def _plot_map(rounds: list[dict]) -> bytes:
+def _plot_map(rounds: list[dict], control: list[dict] = ()) -> bytes:
     plt, fig, ax = _figure()
     xs = [r["round"] for r in rounds]
     for key in ("mAP50", "mAP50-95"):
-        ax.plot(xs, [r["held_out"][key] for r in rounds], marker="o", label=key)
+        line = ax.plot(xs, [r["held_out"][key] for r in rounds], marker="o", label=key)[0]
+        if control:  # the control's segments start from round 0, as the rounds do
+            ax.plot(
+                [0] + [c["round"] for c in control],
+                [rounds[0]["held_out"][key]] + [c["held_out"][key] for c in control],
+                marker="x",
+                linestyle=":",
+                color=line.get_color(),
+                label=f"{key}, labels alone",
+            )
     ax.axhline(rounds[0]["held_out"]["mAP50-95"], color="grey", linestyle="--", label="round 0 mAP50-95")
     ax.set(xlabel="round", ylabel="held-out mAP", xticks=xs, title="Held-out mAP per round")
     ax.legend()

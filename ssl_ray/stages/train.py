@@ -41,34 +41,40 @@ class TrainSpec:
     weights: str  # start: a .yaml (from scratch), a .pt, or the previous round's best.pt
     stage: str = field(default="")  # output folder under the run directory (default: train/<name>)
     labeled_copies: int = 1  # each labeled training image appears this many times (oversampling)
+    epochs: int | None = None  # train.epochs unless given
+    patience: int | None = None  # train.patience unless given
 
     @property
     def folder(self) -> str:
         return self.stage or f"train/{self.name}"
 
 
-def spec_unit(cfg: Config, spec: TrainSpec, step: str) -> Unit:
-    """A training (or evaluation) as a unit of work: its settings, its data and its start."""
+def spec_unit(cfg: Config, spec: TrainSpec, step: str, also: tuple[str, ...] = ()) -> Unit:
+    """A training (or evaluation) as a unit of work: its settings (the training ones and
+    `also`), its data and its start."""
     return Unit(
         spec.folder,
         step,
-        settings=pick(result_settings(cfg), STEP_SETTINGS["train"]),
+        settings=pick(result_settings(cfg), STEP_SETTINGS["train"] + also),
         inputs={
             "train": spec.train,
             "val": spec.val,
             "names": spec.names,
             "labeled_copies": spec.labeled_copies,
+            "epochs": spec.epochs,
+            "patience": spec.patience,
             "weights": file_identity(spec.weights, cfg.storage),
         },
     )
 
 
-def train_detector(cfg: Config, out: Store, spec: TrainSpec) -> dict:
-    """Train (or, when already done, read back) and return the final metrics."""
+def train_detector(cfg: Config, out: Store, spec: TrainSpec, also: tuple[str, ...] = ()) -> dict:
+    """Train (or, when already done, read back) and return the final metrics. `also`: more
+    settings the result depends on (`spec_unit`)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    unit = spec_unit(cfg, spec, "train")
+    unit = spec_unit(cfg, spec, "train", also)
     if (done := out.done(unit)) is not None:
         return done["result"]
     stage = out.child(spec.folder)
@@ -127,12 +133,12 @@ def _train_loop(config: dict) -> None:
     overrides = {
         "model": resolve_weights(spec.weights, cfg.output.cache_dir, cfg.storage),
         "data": str(data_yaml),
-        "epochs": cfg.train.epochs,
+        "epochs": spec.epochs or cfg.train.epochs,
         "batch": cfg.train.batch * world,
         "imgsz": cfg.model.imgsz,
         "device": "cpu" if not cfg.train.use_gpu else str(ray.train.torch.get_device().index),
         "workers": cfg.train.dataloader_workers,
-        "patience": cfg.train.patience,
+        "patience": spec.patience or cfg.train.patience,
         "seed": cfg.seed,
         "project": str(work),
         "name": "run",
@@ -162,7 +168,7 @@ def _train_loop(config: dict) -> None:
         overrides["resume"] = str(resume)
 
     trainer = make_trainer(world, overrides)
-    trainer.add_callback("on_fit_epoch_end", lambda t: _report_epoch(t, rank, spec.names, best))
+    trainer.add_callback("on_fit_epoch_end", lambda t: _report_epoch(t, rank, spec.names, best, spec.name))
     trainer.train()
     _report_final(trainer.best if trainer.best.exists() else trainer.last, best, rank)
 
@@ -193,7 +199,7 @@ def _materialize(cfg: Config, out: Store, spec: TrainSpec, folder: Path) -> None
     )
 
 
-def _report_epoch(trainer, rank: int, names: list[str], best: dict) -> None:
+def _report_epoch(trainer, rank: int, names: list[str], best: dict, name: str = "") -> None:
     """Every rank reports once per epoch (Ray Train needs matching calls); rank 0 attaches
     the epoch's checkpoint (saved by Ultralytics just before this callback) and the held-out
     metrics of the best epoch so far."""
@@ -212,12 +218,28 @@ def _report_epoch(trainer, rank: int, names: list[str], best: dict) -> None:
             best_epoch=trainer.epoch + 1,
         )
     best.update(epoch=trainer.epoch + 1, epochs=trainer.epochs)
+    from ssl_ray.adapters.logs import progress
+
+    loss = _mean_loss(getattr(trainer, "tloss", None))
+    progress(
+        f"train {name}: epoch {trainer.epoch + 1}/{trainer.epochs}, loss {loss:.3f}, held-out mAP50-95 "
+        f"{metrics.get('metrics/mAP50-95(B)', float('nan')):.3f} (best {best.get('mAP50-95', 0.0):.3f})"
+    )
     with tempfile.TemporaryDirectory() as folder:
         for src in (trainer.last, trainer.best):
             if src.exists():
                 shutil.copyfile(src, Path(folder) / src.name)
         (Path(folder) / "metrics.json").write_text(json.dumps(best))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def _mean_loss(tloss) -> float:
+    """The epoch's mean training loss, summed over its terms (Ultralytics keeps a dict of
+    them, or a tensor in older versions); NaN before the first batch."""
+    if tloss is None:
+        return float("nan")
+    values = tloss.values() if isinstance(tloss, dict) else [tloss.sum()]
+    return float(sum(float(v) for v in values))
 
 
 def _report_final(best_pt: Path, best: dict, rank: int) -> None:
