@@ -21,9 +21,10 @@ the run-to-run noise, the control has converged and the comparison is fair.
     .venv/bin/python -m bench.ssl_gain --init my_pretrained.pt --data my/data.yaml --pool my/pool_images
 
 The source checkpoint is built once and cached by the hash of its settings under
-`~/.cache/ssl_ray/bench/` (`--build-init` only builds it). Runs go side by side, `--jobs` at a
-time, each in its own process and local Ray cluster; with `--work`, a re-run reuses finished
-runs (the driver resumes).
+`~/.cache/ssl_ray/bench/` (`--build-init` only builds it); the copy bundled in `ssl_ray/assets/`
+(which the demo and the smoke job start from) is used while its recorded key still matches.
+Runs go side by side, `--jobs` at a time, each in its own process and local Ray cluster; with
+`--work`, a re-run reuses finished runs (the driver resumes).
 """
 
 from __future__ import annotations
@@ -42,9 +43,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.common import environment
+from ssl_ray.synth import TASK
 
 DEMO = Path(__file__).parents[1] / "ssl_ray" / "configs" / "demo.yaml"
 CACHE = Path("~/.cache/ssl_ray/bench").expanduser()
+ASSET = Path(__file__).parents[1] / "ssl_ray" / "assets" / "source-yolo26n.pt"  # a build of source_init, shipped
 RAY_DID_NOT_START = 75  # --one's exit status when its local Ray cluster timed out starting: run again
 SLOTS = threading.Semaphore(2)  # runs in flight at once: --jobs
 
@@ -61,8 +64,8 @@ class Protocol:
     round0_epochs: int = 30
     rounds: int = 3
     round_epochs: int = 8
-    source_images: int = 1500
-    source_epochs: int = 24
+    source_images: int = 2000
+    source_epochs: int = 30
     source_seed: int = 1000
 
     def target(self, seed: int):
@@ -82,20 +85,6 @@ class Protocol:
             domain="source",
             **TASK,
         )
-
-
-# The target task's hardness (and the source's): 8 classes, up to 6 objects, small ones among
-# them, overlap, clutter strokes and distractor blobs, per-image lighting.
-TASK = {
-    "n_classes": 8,
-    "max_objects": 6,
-    "min_size": 0.07,
-    "max_size": 0.32,
-    "clutter": 3,
-    "distractors": 2,
-    "max_overlap": 0.3,
-    "lighting": 0.5,
-}
 
 
 def common(p: Protocol, seed: int, work: Path) -> list[str]:
@@ -175,11 +164,15 @@ def source_init(p: Protocol, jobs: int) -> Path:
     """The source-pretrained checkpoint, built once per protocol and package set: YOLO26n from
     `yolo26n.yaml` trained on the source domain with the product's own training stage."""
     env = environment()
-    key = json.dumps({"protocol": dataclasses.asdict(p), "task": TASK, "packages": env["packages"]}, sort_keys=True)
+    source = {k: getattr(p, k) for k in ("imgsz", "batch", "source_images", "source_epochs", "source_seed")}
+    key = json.dumps({"source": source, "task": TASK, "packages": env["packages"]}, sort_keys=True)
     folder = CACHE / f"source-{hashlib.blake2b(key.encode(), digest_size=6).hexdigest()}"
     weights = folder / "run" / "rounds" / "r000" / "weights" / "best.pt"
     if weights.exists():
         return weights
+    bundled = json.loads((ASSET.with_suffix(".json")).read_text())
+    if bundled["cache_key"] == folder.name:  # the copy shipped in ssl_ray/assets is this very build
+        return ASSET
     from ssl_ray.synth import generate
 
     data = generate(folder / "data", p.source())
@@ -283,6 +276,7 @@ def one_seed(
     pool: Path | None,
     threads: ThreadPoolExecutor,
     double_control: bool,
+    also: list[str] = (),
 ) -> dict:
     """Every run of one seed: the SSL run (with its control), then the oracle at its budget."""
     from ssl_ray.synth import generate
@@ -299,6 +293,7 @@ def one_seed(
         f"train.epochs={p.round_epochs}",
         f"train.round0_epochs={p.round0_epochs}",
         f"rounds.max_rounds={p.rounds}",
+        *also,
     ]
     ssl_out = work / f"{seed}-ssl"
     runs = [
@@ -395,6 +390,8 @@ def main() -> int:
     ap.add_argument("--check-control", action="store_true", help="also a control with twice the budget (1st seed)")
     ap.add_argument("--build-init", action="store_true", help="only build (or find) the source-pretrained init")
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--protocol", nargs="*", default=[], metavar="FIELD=VALUE", help="change the protocol (Protocol)")
+    ap.add_argument("--also", nargs="*", default=[], metavar="KEY=VALUE", help="product settings of the SSL run")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one config (a list of overrides), JSON
     args = ap.parse_args()
     if args.one:
@@ -403,7 +400,7 @@ def main() -> int:
         ap.error("--data needs --pool")
     global SLOTS
     SLOTS = threading.Semaphore(args.jobs)
-    p = Protocol()
+    p = dataclasses.replace(Protocol(), **{k: int(v) for k, v in (a.split("=", 1) for a in args.protocol)})
     t0 = time.perf_counter()
     init = Path(args.init) if args.init else source_init(p, args.jobs)
     built = time.perf_counter() - t0
@@ -415,6 +412,7 @@ def main() -> int:
         "protocol": dataclasses.asdict(p),
         "task": TASK,
         "init": str(init),
+        "also": args.also,
         "environment": environment(),
         "seeds": {},
     }
@@ -430,6 +428,7 @@ def main() -> int:
                 args.pool and Path(args.pool),
                 threads,
                 args.check_control and i == 0,
+                args.also,
             )
             for i, seed in enumerate(args.seeds)
         }

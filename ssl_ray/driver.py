@@ -163,7 +163,7 @@ def claim_run_dir(out: Store, cfg: Config, new_run: bool) -> bool:
     if finished and new_run:
         out.delete_prefix()
         finished = []
-    settings = result_settings(cfg)
+    settings = result_settings(with_absolute_paths(cfg))  # as the units recorded them
     for record in finished:
         problem = setting_difference(record, settings)
         if problem:

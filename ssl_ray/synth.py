@@ -66,6 +66,21 @@ class SynthSpec:
         return list(DOMAINS[self.domain][: self.n_classes])
 
 
+# The task of the SSL benchmark and the demo: 8 classes, up to 6 objects, small ones among
+# them, overlap, clutter strokes and distractor blobs, per-image lighting. The benchmark's
+# source domain has the same hardness with the other shapes.
+TASK = {
+    "n_classes": 8,
+    "max_objects": 6,
+    "min_size": 0.07,
+    "max_size": 0.32,
+    "clutter": 3,
+    "distractors": 2,
+    "max_overlap": 0.3,
+    "lighting": 0.5,
+}
+
+
 def generate(root: str | Path, spec: SynthSpec = SynthSpec()) -> Path:
     """Write the dataset under `root` (idempotent: same spec, same bytes). Returns data.yaml."""
     root = Path(root)

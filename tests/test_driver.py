@@ -195,6 +195,26 @@ def test_run_directory_guard(tmp_path):
     assert "epochs: 5" in out.read_bytes("config.yaml").decode()
 
 
+def test_run_directory_guard_relative_weights(tmp_path, monkeypatch):
+    """A relative weights path resumes its run: units record it made absolute, and so is the
+    config that claims the run directory again (the smoke job passes one)."""
+    from ssl_ray.config import with_absolute_paths
+    from ssl_ray.core.units import Unit
+    from ssl_ray.driver import claim_run_dir
+    from ssl_ray.io.storage import Store
+    from ssl_ray.typed import result_settings
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.pt").write_bytes(b"weights")
+    out = Store(str(tmp_path / "run"))
+    cfg = load_config(DEMO, ["model.weights=mine.pt"])
+    assert claim_run_dir(out, cfg, new_run=False) is True
+    out.commit(Unit("rounds/r000", settings=result_settings(with_absolute_paths(cfg))))
+    assert claim_run_dir(out, load_config(DEMO, ["model.weights=mine.pt"]), new_run=False) is False
+    with pytest.raises(ConfigError, match=r"model.weights: '.*mine.pt' -> 'yolo26n.yaml'"):
+        claim_run_dir(out, load_config(DEMO, ["model.weights=yolo26n.yaml"]), new_run=False)
+
+
 @pytest.mark.ray
 @pytest.mark.train
 @pytest.mark.s3

@@ -103,6 +103,9 @@ def test_smoke_job_through_ray_job_submit_leaks_no_secret(ray_head, s3, bucket, 
     metrics = json.loads(objects["rounds/r001/metrics.json"])
     lab = metrics["label"]
     assert lab["items"] == POOL == lab["pseudo"] + lab["negative"] + lab["uncertain"] + lab["rejected"]
+    assert lab["pseudo_used"] >= 1  # round 1 trained on pseudo-labels, not on the labels alone
+    sources = pq.read_table(pa.BufferReader(objects["rounds/r001/merged.parquet"])).column("source").to_pylist()
+    assert sources.count("pseudo") == lab["pseudo_used"]
     best = json.loads(objects["report/report.json"])["best_round"]
     rows = pq.read_table(pa.BufferReader(objects["final/dataset.parquet"])).num_rows
     assert rows == (metrics["train_images"] if best == 1 else 40)

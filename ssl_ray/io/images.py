@@ -117,7 +117,8 @@ def _load(img: Image.Image) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             img.load()
-            return ImageOps.exif_transpose(img)
+            ImageOps.exif_transpose(img, in_place=True)  # no copy when there is no orientation to apply
+            return img
     except Image.DecompressionBombError as e:
         raise BadImage("too_large", str(e)[:200]) from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:

@@ -333,7 +333,8 @@ class _Predict:
 
     def __call__(self, batch: dict) -> pa.Table:
         ok = np.array([not r for r in batch["reject_reason"]], dtype=bool)
-        table = raw_table(batch, self.detect(batch["image"][ok]) if ok.any() else [])
+        images = batch["image"] if ok.all() else batch["image"][ok]  # no copy when nothing was rejected
+        table = raw_table(batch, self.detect(images) if ok.any() else [])
         if self.counter is not None:
             self.counter.add.remote(len(ok))  # fire and forget: progress only
         return table
