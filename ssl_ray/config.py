@@ -52,6 +52,14 @@ class PoolConfig:
     video_every_n: int = setting(30, "sample every Nth video frame", ge=1)
     video_fps: float | None = setting(None, "sample frames at this rate instead of every Nth", gt=0)
     max_pixels: int = setting(64_000_000, "larger images are quarantined (decompression bombs)", ge=1)
+    video_min_change: float | None = setting(
+        None,
+        "skip a sampled video frame unless some cell of its 16x16 grey thumbnail changed by more than this many "
+        "grey levels (0-255) since the last kept frame of its video; a skipped frame is recorded with reason "
+        "near_duplicate and that frame's uri (null = keep every sampled frame)",
+        ge=0,
+        le=255,
+    )
     max_reject_fraction: float = setting(
         0.05, "fail the stage when more of the pool is quarantined", ge=0, le=1, operational=True
     )

@@ -86,3 +86,11 @@ def test_boxes_are_clipped_to_the_image():
 def test_score_histogram(scores, expected):
     rows = [{"boxes": [{"score": s} for s in scores]}, {"boxes": None}]
     assert score_histogram(rows, bins=4) == expected
+
+
+def test_near_duplicate_frames_are_not_quarantine():
+    from ssl_ray.core.accounting import quarantined
+
+    by_reason = {"near_duplicate": 900, "corrupt": 3, "duplicate": 2}
+    assert quarantined(by_reason) == 5
+    assert reject_fraction_error(quarantined(by_reason), 1000, 0.05) is None

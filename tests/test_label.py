@@ -148,6 +148,22 @@ def test_label_local_pool(ray_local, pool_dir, teachers, tmp_path, bikes_mp4):
 
 
 @pytest.mark.ray
+def test_label_stage_skips_near_duplicate_frames(ray_local, teachers, tmp_path):
+    """A stop in a drive: its frames are skipped, accounted for, and never count as quarantine."""
+    from clips import stop_and_go, write_clip
+
+    (tmp_path / "pool").mkdir()
+    write_clip(tmp_path / "pool" / "drive.avi", stop_and_go())
+    extra = ["pool.video_every_n=1", "pool.video_min_change=8", "pool.max_reject_fraction=0.05"]
+    _, out, summary = run_stage(str(tmp_path / "pool"), str(tmp_path / "run"), teachers["yolo26n"], extra)
+    assert summary["items"] == 17 and summary["rejected_by_reason"] == {"near_duplicate": 9}
+    preds = read_dir(out, "rounds/r001/predictions")
+    rejects = read_dir(out, "rounds/r001/rejects")
+    assert sorted(p["frame_index"] for p in preds) == [0, 1, 2, 3, 4, 12, 15, 16]
+    assert len(rejects) == 9 and all("#frame=" in r["detail"] for r in rejects)
+
+
+@pytest.mark.ray
 @pytest.mark.s3
 def test_label_s3_pool(ray_local, pool_dir, teachers, bucket, storage_cfg, bikes_mp4):
     src = Store(f"s3://{bucket}/pool", storage_cfg)

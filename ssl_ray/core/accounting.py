@@ -48,6 +48,11 @@ def dedupe(raw: list[dict], round: int, teacher: str) -> tuple[list[dict], list[
     return preds, rejects, retries
 
 
+def quarantined(rejected_by_reason: dict[str, int]) -> int:
+    """Rejects for bad input: all but the items skipped by choice (near-duplicate frames)."""
+    return sum(n for reason, n in rejected_by_reason.items() if reason not in schema.SKIPPED_REASONS)
+
+
 def reject_fraction_error(n_rejected: int, n_items: int, limit: float) -> str | None:
     """A message when too much of the pool was quarantined, else None."""
     if n_items and n_rejected / n_items > limit:

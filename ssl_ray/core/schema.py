@@ -25,7 +25,9 @@ REASONS = {
     "video_unreadable": "video could not be opened or decoded",
     "bad_label": "label file has invalid lines",
     "duplicate": "same content as another pool item",
+    "near_duplicate": "video frame nearly identical to the last kept frame of its video",
 }
+SKIPPED_REASONS = frozenset({"near_duplicate"})  # not labeled by choice: never counted as quarantined
 
 BOX_TYPE = pa.struct(
     [

@@ -25,7 +25,7 @@ from ssl_ray.core.schema import REASONS
 from ssl_ray.errors import StorageError
 from ssl_ray.io.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, BadImage, decode_rgb, letterbox, media_kind
 from ssl_ray.io.storage import Store
-from ssl_ray.io.video import iter_frames, local_copy
+from ssl_ray.io.video import iter_frames, largest_change, local_copy, thumbnail
 
 # Extensions that are never media: skipped without reading a byte.
 NOT_MEDIA = frozenset(
@@ -172,12 +172,20 @@ def _load_video(uri: str, size: int, opts: LoadOptions, read_bytes) -> Iterator[
         with local_copy(uri, read_bytes) as path:
             video_id = _file_hash(path)
             frames = iter_frames(path, opts.pool.video_every_n, opts.pool.video_fps)
+            min_change, kept = opts.pool.video_min_change, None  # kept: (index, thumbnail) of the last kept frame
             for index, ts, rgb in frames:
                 if rgb.shape[0] * rgb.shape[1] > opts.pool.max_pixels:
                     yield reject_row(
                         uri, "too_large", f"video frames of {rgb.shape[1]}x{rgb.shape[0]} pixels", opts.imgsz
                     )
                     return
+                if min_change is not None:
+                    thumb = thumbnail(rgb)
+                    if kept is not None and (change := largest_change(thumb, kept[1])) <= min_change:
+                        detail = f"changed at most {change} grey levels since {uri}#frame={kept[0]}"
+                        yield reject_row(f"{uri}#frame={index}", "near_duplicate", detail, opts.imgsz)
+                        continue
+                    kept = index, thumb
                 canvas, lb = letterbox(rgb, opts.imgsz)
                 yield item_row(
                     image_id=schema.image_id_of_frame(video_id, index),

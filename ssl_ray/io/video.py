@@ -67,6 +67,22 @@ def iter_frames(path: str, every_n: int, target_fps: float | None) -> Iterator[t
         cap.release()
 
 
+THUMB = 16  # side of the grey thumbnail frames are compared by
+
+
+def thumbnail(rgb: np.ndarray) -> np.ndarray:
+    """A frame as a THUMB x THUMB grey thumbnail, each cell the mean of its pixels (uint8)."""
+    import cv2
+
+    return cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (THUMB, THUMB), interpolation=cv2.INTER_AREA)
+
+
+def largest_change(a: np.ndarray, b: np.ndarray) -> int:
+    """The largest grey-level difference of any cell between two thumbnails: sensor noise and
+    compression move a cell a few levels; an object entering it, tens."""
+    return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
+
+
 def read_frame_jpeg(path: str, frame_index: int, uri: str | None = None) -> bytes:
     """One frame of a local video, JPEG-encoded (for YOLO trees and review exports); `uri`
     names the video in errors."""

@@ -149,7 +149,9 @@ def label_pool(
     summary["inference_items_per_s"] = span and significant(summary["items"] / span)
     stage.delete_prefix("raw")
     stage.write_text("label_summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    problem = accounting.reject_fraction_error(summary["rejected"], summary["items"], cfg.pool.max_reject_fraction)
+    problem = accounting.reject_fraction_error(
+        accounting.quarantined(summary["rejected_by_reason"]), summary["items"], cfg.pool.max_reject_fraction
+    )
     if problem:
         raise LabelError(problem)
     out.commit(unit, summary)
