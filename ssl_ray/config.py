@@ -164,9 +164,9 @@ class SelectConfig:
         "the round's global threshold where none reaches it)",
     )
     target_precision: float = setting(
-        0.9, "adaptive=val_precision: precision each class's threshold must reach", gt=0, le=1
+        0.8, "adaptive=val_precision: precision each class's threshold must reach", gt=0, le=1
     )
-    adaptive_floor: float = setting(0.25, "adaptive thresholds never go below this score", ge=0, le=1)
+    adaptive_floor: float = setting(0.1, "adaptive thresholds never go below this score", ge=0, le=1)
 
     def __post_init__(self):
         for key, value in self.per_class.items():
