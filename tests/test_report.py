@@ -3,10 +3,11 @@
 import io
 import json
 
+import pytest
 from PIL import Image
 
 from ssl_ray.io.storage import Store
-from ssl_ray.stages.report import COLUMNS, table_rows, write_report
+from ssl_ray.stages.report import COLUMNS, table_rows, threshold_cell, write_report
 
 
 def rounds():
@@ -52,6 +53,20 @@ def test_table_rows_carry_counts_classes_and_stage_times():
     assert row["pseudo boxes per class"] == "circle 9, square 4"
     assert row["train images"] == 39 and row["label s"] == 7.5 and row["train s"] == 40.0
     assert dict(zip(COLUMNS, r0))["train images"] == 24 and dict(zip(COLUMNS, r0))["label s"] == "-"
+
+
+@pytest.mark.parametrize(
+    "threshold, per_class, cell",
+    [
+        (None, None, "-"),  # round 0
+        (0.6, None, "0.60"),  # no per-class record
+        (0.6, {"a": 0.6, "b": 0.6}, "0.60"),
+        (0.5, {"a": 0.35, "b": 0.7, "c": 0.22}, "0.22-0.70"),  # adaptive: the range, not the fallback
+        (0.5, {"a": 0.3, "b": 0.3}, "0.30"),  # one per-class cut for every class
+    ],
+)
+def test_threshold_cell_shows_the_cut_the_round_selected_with(threshold, per_class, cell):
+    assert threshold_cell(threshold, per_class) == cell
 
 
 def test_write_report(tmp_path):

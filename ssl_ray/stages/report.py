@@ -52,6 +52,15 @@ def gains(rounds: list[dict], control: list[dict]) -> dict[int, dict]:
     return out
 
 
+def threshold_cell(threshold: float | None, per_class: dict[str, float] | None) -> str:
+    """The score cut a round selected with: its per-class range where classes differ
+    (`select.adaptive`, `select.per_class`), else the round's one threshold."""
+    if threshold is None:
+        return "-"
+    cuts = sorted(set((per_class or {}).values()))
+    return f"{cuts[0]:.2f}-{cuts[-1]:.2f}" if len(cuts) > 1 else f"{(cuts or [threshold])[0]:.2f}"
+
+
 def table_rows(rounds: list[dict], control: list[dict] = ()) -> list[list]:
     vs = gains(rounds, list(control))
     rows = []
@@ -62,7 +71,7 @@ def table_rows(rounds: list[dict], control: list[dict] = ()) -> list[list]:
         rows.append(
             [
                 r["round"],
-                "-" if r["threshold"] is None else f"{r['threshold']:.2f}",
+                threshold_cell(r["threshold"], lab.get("class_thresholds")),
                 lab.get("items", "-"),
                 lab.get("pseudo", "-"),
                 f"{lab['negative']} ({lab['negative_used']})" if lab else "-",
