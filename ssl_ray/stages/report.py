@@ -57,8 +57,8 @@ def threshold_cell(threshold: float | None, per_class: dict[str, float] | None) 
     (`select.adaptive`, `select.per_class`), else the round's one threshold."""
     if threshold is None:
         return "-"
-    cuts = sorted(set((per_class or {}).values()))
-    return f"{cuts[0]:.2f}-{cuts[-1]:.2f}" if len(cuts) > 1 else f"{(cuts or [threshold])[0]:.2f}"
+    cuts = sorted(set((per_class or {}).values())) or [threshold]
+    return f"{cuts[0]:.2f}" if len(cuts) == 1 else f"{cuts[0]:.2f}-{cuts[-1]:.2f}"
 
 
 def table_rows(rounds: list[dict], control: list[dict] = ()) -> list[list]:
