@@ -363,8 +363,32 @@ def one_seed(
             [twice["rounds"][0]["held_out"], *(c["held_out"] for c in twice["control"])], key=lambda h: h["mAP50-95"]
         )
         row["control_x2"] = {k: alone2[k] for k in ("mAP50", "mAP50-95")}
+    row["seconds_per_step"] = step_seconds(work / "cache" / "train", control)
     row["minutes"] = round((time.perf_counter() - t0) / 60, 1)
     return row
+
+
+def step_seconds(cache: Path, control: list[dict]) -> dict:
+    """Training seconds per optimizer step of the SSL rounds (>= 1) and of their control
+    segments, from each run's own results.csv (cumulative seconds, validation included), in
+    the same run of the benchmark: the cost of a round's step against a supervised one."""
+    import csv
+
+    def seconds(name: str) -> float | None:
+        found = sorted(cache.glob(f"{name}-*/run/results.csv"))
+        if not found:
+            return None
+        with open(found[-1]) as f:
+            rows = list(csv.DictReader(f))
+        return float(rows[-1]["time"]) if rows else None
+
+    def per_step(pairs):
+        values = [t / n for t, n in pairs if t and n]
+        return round(statistics.median(values), 4) if values else None
+
+    ssl = per_step((seconds(f"r{c['round']:03d}"), c["round_iterations"]) for c in control)
+    alone = per_step((seconds(f"c{c['round']:03d}"), c["iterations"]) for c in control)
+    return {"ssl_round": ssl, "control": alone, "ratio": round(ssl / alone, 2) if ssl and alone else None}
 
 
 def spread(values: list[float]) -> dict:

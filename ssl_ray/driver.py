@@ -241,11 +241,38 @@ def _pseudo_label(cfg: Config, out: Store, r: int, state: RunState, spec: TrainS
         t0 = time.perf_counter()
         out.commit(review, _on_ray(out, _review, cfg, out, stage, state.names))
         record["stage_seconds"]["review"] = round(time.perf_counter() - t0, 1)
+    if cfg.train.ssl == "online":
+        return _online_spec(cfg, out, spec, record, state.names)
     record["labeled_copies"] = plan.labeled_copies(
         cfg.train.labeled_fraction, n_labeled, record["train_images"] - n_labeled
     )
     return dataclasses.replace(
         spec, train=[f"{stage}/merged.parquet"], weights=teacher, labeled_copies=record["labeled_copies"]
+    )
+
+
+def _online_spec(cfg: Config, out: Store, spec: TrainSpec, record: dict, names: list[str]) -> TrainSpec:
+    """Round r >= 1 in online mode (`train.ssl: online`): the round's dataset and review are
+    made as offline, but the detector trains on the labeled set with a mean teacher labeling
+    the pool's accepted images every step (`adapters.online`), from round r-1's weights.
+    Reliable pseudo-boxes are those at the class thresholds the label stage selected with. An
+    epoch is one pass over the pool: the labeled images repeat to as many batches."""
+    label = record["label"]
+    n_labeled = record["labeled_images"]
+    n_pool = sum(label[k] for k in ("pseudo", "negative", "uncertain"))
+    if n_pool == 0:
+        raise ConfigError("train.ssl: online needs unlabeled images, and no pool image was accepted this round")
+    record["labeled_copies"] = plan.online_copies(n_labeled, n_pool)
+    record["epoch_images"] = n_labeled * record["labeled_copies"]
+    record["unlabeled_images"] = n_pool
+    thresholds = label["class_thresholds"]
+    return dataclasses.replace(
+        spec,
+        train=["labeled/train.parquet"],
+        weights=out.uri_of(f"rounds/r{record['round'] - 1:03d}/weights/best.pt"),
+        labeled_copies=record["labeled_copies"],
+        unlabeled=[f"{spec.stage}/predictions"],
+        class_conf=[float(thresholds[n]) for n in names],
     )
 
 

@@ -290,3 +290,29 @@ def test_round0_evaluate_scores_the_given_weights_without_training(ray_local, sh
     assert not (r0 / "ray").exists() and "train" not in state.rounds[0]["stage_seconds"]  # no Ray Train run
     assert (r0 / "_COMMITTED.evaluate").exists()
     assert state.rounds[1]["label"]["teacher"].endswith("rounds/r000/weights/best.pt")
+
+
+@pytest.mark.ray
+@pytest.mark.train
+def test_online_rounds_train_with_a_teacher_and_still_write_the_dataset(ray_local, shapes, tmp_path):
+    """`train.ssl: online`: round 1 trains on the labeled set with a mean teacher over the
+    pool's accepted images, an epoch per pass over the pool; its dataset, review and report
+    are made as offline, and the control matches its steps."""
+    from ssl_ray.driver import run_rounds
+
+    cfg = tiny(
+        shapes, tmp_path, "train.ssl=online", "select.adaptive=global", "rounds.max_rounds=1", "rounds.control=1"
+    )
+    state = run_rounds(cfg)
+    r1 = state.rounds[1]
+    pool = r1["unlabeled_images"]
+    assert pool == sum(r1["label"][k] for k in ("pseudo", "negative", "uncertain")) > 0
+    assert r1["labeled_copies"] * r1["labeled_images"] >= pool  # an epoch covers the pool once
+    assert r1["epoch_images"] == r1["labeled_images"] * r1["labeled_copies"]
+    run = tmp_path / "run"
+    ranks = sorted((tmp_path / "cache" / "train").glob("r001-*/run/ranks/rank0.jsonl"))
+    records = [json.loads(line) for line in ranks[0].read_text().splitlines()]
+    assert all(r["pseudo_boxes_per_image"]["unlabeled_images"] > 0 and "teacher_digest" in r for r in records)
+    assert (run / "rounds" / "r001" / "merged.parquet").exists() and (run / "final" / "dataset.parquet").exists()
+    assert state.control[0]["iterations"] >= state.control[0]["round_iterations"]
+    assert "round 1" in (run / "report" / "report.md").read_text()

@@ -107,6 +107,13 @@ def round_record(labeled=24, train_images=124, copies=3, epochs=5, round=1):
             16,
             {"labeled_copies": 1, "epochs": 5, "iterations": 10, "round_iterations": 10},
         ),
+        # an online round: its epoch is its labeled batches (24 x 5), each with an unlabeled batch
+        (
+            {**round_record(copies=5), "epoch_images": 120},
+            1.0,
+            16,
+            {"labeled_copies": 5, "epochs": 5, "iterations": 40, "round_iterations": 40},
+        ),
     ],
 )
 def test_the_control_trains_at_least_as_many_steps_as_its_round(record, multiple, batch, expected):
@@ -125,3 +132,12 @@ def test_eta_from_the_last_round():
     assert eta_seconds(done, max_rounds=3) == 2 * 100.0
     assert eta_seconds(done, max_rounds=3, control=1.0) == 2 * 100.0 + 80.0 * 3  # the control: the rounds' training
     assert eta_seconds([*done, round_record(round=2), round_record(round=3)], max_rounds=3) == 0.0
+
+
+@pytest.mark.parametrize(
+    "n_labeled, n_pool, expected", [(40, 400, 10), (40, 390, 10), (40, 401, 11), (40, 10, 1), (0, 5, 5)]
+)
+def test_online_epoch_repeats_the_labeled_set_to_one_pass_over_the_pool(n_labeled, n_pool, expected):
+    from ssl_ray.core.rounds import online_copies
+
+    assert online_copies(n_labeled, n_pool) == expected

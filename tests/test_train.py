@@ -1,6 +1,7 @@
 """Training with Ray Train: real DDP over 2 CPU workers, checkpoints on storage, resume after
 a worker dies. Tiny data (imgsz 64) keeps each run to seconds per epoch."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -24,7 +25,9 @@ TINY = [
 ]
 
 
-def run_training(shapes, tmp_path, out_uri, extra=(), epochs=2, name="t", weights="yolo26n.yaml"):
+def run_training(shapes, tmp_path, out_uri, extra=(), epochs=2, name="t", weights="yolo26n.yaml", online=False):
+    """Train `name` on the shapes' labeled set; `online`: in online mode, its val images as
+    the unlabeled pool and every teacher box reliable (an untrained teacher scores low)."""
     from ssl_ray.stages.ingest import ingest_labeled
     from ssl_ray.stages.train import TrainSpec, train_detector
 
@@ -44,6 +47,8 @@ def run_training(shapes, tmp_path, out_uri, extra=(), epochs=2, name="t", weight
     spec = TrainSpec(
         name=name, train=["labeled/train.parquet"], val=["labeled/val.parquet"], names=labeled.names, weights=weights
     )
+    if online:
+        spec = dataclasses.replace(spec, unlabeled=["labeled/val.parquet"], class_conf=[0.0] * len(labeled.names))
     return cfg, out, train_detector(cfg, out, spec), labeled
 
 
@@ -124,7 +129,32 @@ def test_ddp_checkpoints_on_s3_warm_started_from_an_s3_checkpoint(
 
 @pytest.mark.ray
 @pytest.mark.train
-def test_killed_worker_resumes_from_its_checkpoint(ray_local, shapes, tmp_path):
+def test_online_mode_on_two_ranks_keeps_one_teacher(ray_local, shapes, tmp_path):
+    """`train.ssl: online` over 2 DDP ranks: the students agree (DDP), and so do the teachers,
+    updated after each step on every rank; each rank draws its own unlabeled images and the
+    teacher's boxes reach the loss; best.pt (the teacher) loads in plain Ultralytics."""
+    _, out, metrics, labeled = run_training(shapes, tmp_path, str(tmp_path / "run"), online=True)
+    records = audit(tmp_path)
+    check_ddp(records, len(labeled.train), epochs=2)
+    by_epoch = {}
+    for r in records:
+        by_epoch.setdefault(r["epoch"], {})[r["rank"]] = r
+    teachers = [ranks[0]["teacher_digest"] for ranks in by_epoch.values()]
+    for epoch, ranks in by_epoch.items():
+        assert ranks[0]["teacher_digest"] == ranks[1]["teacher_digest"], f"epoch {epoch}: teachers disagree"
+        assert ranks[0]["teacher_digest"] != ranks[0]["weights_digest"]  # a moving average, not the student
+        for r in ranks.values():
+            assert r["pseudo_boxes_per_image"]["unlabeled_images"] > 0
+            assert r["pseudo_boxes_per_image"]["reliable"] > 0
+    assert len(set(teachers)) == len(teachers), "the teacher did not move"
+    check_outputs(out, labeled.names, tmp_path)
+    assert metrics["epochs"] == 2
+
+
+@pytest.mark.ray
+@pytest.mark.train
+@pytest.mark.parametrize("online", [False, True], ids=["supervised", "online"])
+def test_killed_worker_resumes_from_its_checkpoint(ray_local, shapes, tmp_path, online):
     """SIGKILL a training worker once Ray Train has registered epoch 1's checkpoint (its
     checkpoint manager's snapshot on storage names it): Ray restarts the group, which resumes
     from the last registered checkpoint. Epoch 1 is never trained again; only an epoch whose
@@ -155,7 +185,7 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_local, shapes, tmp_path):
 
     killer = threading.Thread(target=kill_after_epoch_one_is_reported)
     killer.start()
-    _, _, metrics, labeled = run_training(shapes, tmp_path, str(tmp_path / "run"), epochs=epochs)
+    _, _, metrics, labeled = run_training(shapes, tmp_path, str(tmp_path / "run"), epochs=epochs, online=online)
     killer.join()
     assert killed, "no worker was killed"
     rank0 = [r for r in audit(tmp_path) if r["rank"] == 0]
@@ -168,6 +198,9 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_local, shapes, tmp_path):
     assert 1 not in after, "epoch 1 was reported, yet the restarted group trained it again"
     assert after[0] in (before[-1], before[-1] + 1), "a reported epoch was trained again"
     assert metrics["epoch"] == epochs
+    if online:  # the restarted group took student and teacher from online.pt, not from the fp16 EMA
+        restarted = next(r for r in rank0 if r["pid"] == pids[1])
+        assert restarted["resumed_after_epoch"] == after[0] - 1
 
 
 def test_the_listener_watch_sees_a_socket_on_every_interface():

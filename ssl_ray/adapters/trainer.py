@@ -22,6 +22,12 @@ checkpoint format) stays Ultralytics'. The subclass changes only how it meets Ra
 - **audit**: per epoch, each rank appends the images it trained on (count + digest) and a
   digest of its parameters to `<save_dir>/ranks/rank<N>.jsonl`: proof that the shards differ
   and the weights agree.
+- **online mode** (`online=`, `train.ssl: online`): Ultralytics' EMA model becomes the mean
+  teacher (constant decay; what is validated and saved as best.pt) and every labeled batch
+  gets an unlabeled one with the teacher's pseudo-targets (`ssl_ray.adapters.online`). Each
+  epoch also saves `online.pt`: student and teacher in full precision with the step count, so
+  a restarted group resumes both exactly (Ultralytics' last.pt keeps only a half-precision
+  EMA, from which it would rebuild the student). The audit adds the teacher's digest.
 
 Importing Ultralytics has side effects, so the class is defined on first use, inside a Ray
 Train worker after `ssl_ray.adapters.runtime.prepare_ultralytics`: call `make_trainer(...)`.
@@ -33,11 +39,13 @@ import hashlib
 import json
 import os
 from functools import cache
+from pathlib import Path
 
 
-def make_trainer(world_size: int, overrides: dict):
-    """A RayDetectionTrainer for this rank of a `world_size` group."""
-    return _trainer_class()(world_size, overrides)
+def make_trainer(world_size: int, overrides: dict, online: dict | None = None):
+    """A RayDetectionTrainer for this rank of a `world_size` group; `online`: the online
+    mode's settings (`stages.train._online_settings`), None for plain supervised training."""
+    return _trainer_class()(world_size, overrides, online)
 
 
 @cache
@@ -51,7 +59,7 @@ def _trainer_class():
     ultralytics_trainer.check_amp = offline_check_amp(ultralytics_trainer.check_amp)
 
     class RayDetectionTrainer(DetectionTrainer):
-        def __init__(self, world_size: int, overrides: dict, _callbacks=None):
+        def __init__(self, world_size: int, overrides: dict, online: dict | None = None, _callbacks=None):
             visible = os.environ.get("CUDA_VISIBLE_DEVICES")
             super().__init__(cfg=DEFAULT_CFG, overrides=overrides, _callbacks=_callbacks)
             if visible is not None:  # select_device rewrote it; Ray's assignment is the truth
@@ -59,6 +67,9 @@ def _trainer_class():
             self.ddp = False  # never launch torchrun: Ray Train started the ranks
             self.world_size = world_size
             self._seen: list[str] = []
+            self.online_settings = online
+            self.online = None  # OnlineBatch, from _setup_train
+            self.online_resumed = None  # the epoch whose student and teacher online.pt restored
 
         def _setup_ddp(self):
             """The process group exists (Ray Train); just take the device Ray assigned."""
@@ -96,10 +107,72 @@ def _trainer_class():
                     static_graph=bool(self.args.compile),
                     **{buffers: False},
                 )
+            if self.online_settings:
+                self._setup_online()
+
+        def _setup_online(self):
+            from ultralytics.utils.torch_utils import unwrap_model
+
+            from ssl_ray.adapters.online import OnlineBatch, OnlineCriterion, UnlabeledStream
+            from ssl_ray.core.online import teacher_decay
+
+            o = self.online_settings
+            model = unwrap_model(self.model)
+            model.criterion = OnlineCriterion(getattr(model, "criterion", None) or model.init_criterion())
+            self.ema.decay = teacher_decay(o["teacher_decay"])
+            state = o.get("resume_state")
+            if state and Path(state).exists():  # a restarted group: student and teacher exactly as saved
+                saved = torch.load(state, map_location=self.device, weights_only=False)
+                if saved["epoch"] == self.start_epoch - 1:
+                    model.load_state_dict(saved["student"])
+                    self.ema.ema.load_state_dict(saved["teacher"])
+                    self.ema.updates = saved["updates"]
+                    self.online_resumed = saved["epoch"] + 1
+            world, rank = max(self.world_size, 1), max(RANK, 0)
+            if world > 1:  # one teacher: Ultralytics copied each rank's model before DDP broadcast rank 0's
+                import torch.distributed as dist
+
+                for tensor in self.ema.ema.state_dict().values():
+                    dist.broadcast(tensor, src=0)
+            stream = UnlabeledStream(
+                o["paths"],
+                self.args.imgsz,
+                max(self.batch_size // world, 1),
+                seed=self.args.seed,
+                rank=rank,
+                world=world,
+                start=self.start_epoch * len(self.train_loader),
+                workers=min(self.args.workers, 2),
+            )
+            self.online = OnlineBatch(
+                stream,
+                o["high"],
+                o["soft_min_score"],
+                o["unsup_weight"],
+                o["unsup_warmup_steps"],
+                self.args.seed + rank,
+            )
 
         def preprocess_batch(self, batch):
             self._seen.extend(batch["im_file"])
-            return super().preprocess_batch(batch)
+            batch = super().preprocess_batch(batch)
+            if self.online is not None:
+                batch = self.online.extend(batch, self.ema.ema, self.ema.updates)
+            return batch
+
+        def save_model(self):
+            saved = super().save_model()
+            if self.online is not None:
+                from ultralytics.utils.torch_utils import unwrap_model
+
+                state = {
+                    "epoch": self.epoch,
+                    "updates": self.ema.updates,
+                    "student": unwrap_model(self.model).state_dict(),
+                    "teacher": self.ema.ema.state_dict(),
+                }
+                torch.save(state, self.wdir / "online.pt")
+            return saved
 
         def final_eval(self):
             """Strip the optimizer from last.pt/best.pt, as Ultralytics does, without its re-validation
@@ -128,6 +201,10 @@ def _trainer_class():
                 "images_digest": hashlib.blake2b("\n".join(seen).encode(), digest_size=16).hexdigest(),
                 "weights_digest": parameters_digest(unwrap_model(self.model)),
             }
+            if self.online is not None:
+                record["teacher_digest"] = parameters_digest(self.ema.ema)
+                record["pseudo_boxes_per_image"] = self.online.epoch_stats()
+                record["resumed_after_epoch"] = self.online_resumed
             folder = self.save_dir / "ranks"
             folder.mkdir(parents=True, exist_ok=True)
             with open(folder / f"rank{max(RANK, 0)}.jsonl", "a") as f:

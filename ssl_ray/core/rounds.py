@@ -51,6 +51,12 @@ def labeled_copies(fraction: float | None, n_labeled: int, n_other: int) -> int:
     return max(1, round(fraction / (1 - fraction) * n_other / n_labeled))
 
 
+def online_copies(n_labeled: int, n_pool: int) -> int:
+    """Online mode: how many times each labeled image appears per epoch so that an epoch has
+    as many labeled batches as one pass over the `n_pool` unlabeled images takes (at least 1)."""
+    return max(1, math.ceil(n_pool / max(n_labeled, 1)))
+
+
 def iterations(images: int, batch: int, epochs: int) -> int:
     """Training iterations (batches) of `epochs` epochs over `images` images."""
     return math.ceil(images / batch) * epochs
@@ -58,7 +64,11 @@ def iterations(images: int, batch: int, epochs: int) -> int:
 
 def epoch_images(record: dict) -> int:
     """Images a round trained on per epoch: its labeled images repeated `labeled_copies` times
-    plus its pseudo-labeled and negative images (round 0: the labeled images)."""
+    plus its pseudo-labeled and negative images (round 0: the labeled images). An online
+    round records its own (`epoch_images`: the labeled batches; each also carried as many
+    unlabeled images)."""
+    if "epoch_images" in record:
+        return record["epoch_images"]
     n_labeled = record["labeled_images"]
     return n_labeled * record.get("labeled_copies", 1) + record.get("train_images", n_labeled) - n_labeled
 

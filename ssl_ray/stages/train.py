@@ -41,6 +41,8 @@ class TrainSpec:
     weights: str  # start: a .yaml (from scratch), a .pt, or the previous round's best.pt
     stage: str = field(default="")  # output folder under the run directory (default: train/<name>)
     labeled_copies: int = 1  # each labeled training image appears this many times (oversampling)
+    unlabeled: list[str] = field(default_factory=list)  # online mode: Parquet of the pool's images (their boxes unused)
+    class_conf: list[float] | None = None  # online mode: each class's reliable-pseudo-box threshold
     epochs: int | None = None  # train.epochs unless given
     patience: int | None = None  # train.patience unless given
 
@@ -64,6 +66,7 @@ def spec_unit(cfg: Config, spec: TrainSpec, step: str, also: tuple[str, ...] = (
             "epochs": spec.epochs,
             "patience": spec.patience,
             "weights": file_identity(spec.weights, cfg.storage),
+            **({"unlabeled": spec.unlabeled, "class_conf": spec.class_conf} if spec.unlabeled else {}),
         },
     )
 
@@ -125,6 +128,7 @@ def _train_loop(config: dict) -> None:
         _materialize(cfg, out, spec, work / "data")
     if dist.is_initialized():
         dist.barrier()  # the node's tree is complete before any rank reads it
+    online = _online_settings(cfg, spec, work / "data") if spec.unlabeled else None
 
     prepare_ultralytics(cfg.output.cache_dir, threads=max(1, int(cfg.train.cpus_per_worker)))
     from ssl_ray.adapters.teacher import resolve_weights
@@ -158,6 +162,9 @@ def _train_loop(config: dict) -> None:
             resume = work / "resume" / "last.pt"
             resume.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(Path(folder) / "last.pt", resume)
+            if online is not None and (Path(folder) / "online.pt").exists():
+                online["resume_state"] = str(resume.with_name("online.pt"))
+                shutil.copyfile(Path(folder) / "online.pt", online["resume_state"])
             # The best epoch so far stays the best unless beaten: its weights where Ultralytics
             # keeps best.pt (this node may not have them) and its metrics.
             if (Path(folder) / "best.pt").exists():
@@ -167,7 +174,7 @@ def _train_loop(config: dict) -> None:
                 best.update(saved)
         overrides["resume"] = str(resume)
 
-    trainer = make_trainer(world, overrides)
+    trainer = make_trainer(world, overrides, online)
     trainer.add_callback("on_fit_epoch_end", lambda t: _report_epoch(t, rank, spec.names, best, spec.name))
     trainer.train()
     _report_final(trainer.best if trainer.best.exists() else trainer.last, best, rank)
@@ -183,20 +190,48 @@ def work_dir(cfg: Config, out: Store, kind: str, name: str) -> Path:
 
 
 def _materialize(cfg: Config, out: Store, spec: TrainSpec, folder: Path) -> None:
-    """The node's YOLO tree of the training and held-out rows."""
+    """The node's YOLO tree of the training and held-out rows; in online mode also its copy
+    of the unlabeled images, listed in `unlabeled.txt` (a pool image that is also a labeled
+    training image is left out: it has its labels)."""
     from ssl_ray.io.export import ImageCache, UriReader, read_parquet_rows, write_yolo_tree
 
     train = [row for rel in spec.train for row in read_parquet_rows(out, rel)]
     val = [row for rel in spec.val for row in read_parquet_rows(out, rel)]
     cache = ImageCache(Path(cfg.output.cache_dir).expanduser() / "images")
+    reader = UriReader(cfg.storage)
     write_yolo_tree(
         folder,
         {"train": train, "val": val},
         spec.names,
         cache,
-        UriReader(cfg.storage),
+        reader,
         repeat=lambda row: spec.labeled_copies if row["source"] == "labeled" else 1,
     )
+    if spec.unlabeled:
+        labeled = {row["image_id"] for row in train}
+        rows = [row for rel in spec.unlabeled for row in read_parquet_rows(out, rel) if row["image_id"] not in labeled]
+        rows.sort(key=lambda r: (r.get("video_uri") or "", r.get("frame_index") or 0, r["image_id"]))  # a video once
+        paths = [str(cache.ensure(row["image_id"], lambda row=row: reader(row))) for row in rows]
+        (folder / "unlabeled.txt").write_text("".join(f"{p}\n" for p in paths))
+
+
+def _online_settings(cfg: Config, spec: TrainSpec, folder: Path) -> dict:
+    """What the online mode's trainer needs (`adapters.trainer`): the unlabeled images on this
+    node, the reliable threshold of each class and the `train.*` online settings."""
+    paths = (folder / "unlabeled.txt").read_text().splitlines()
+    if not paths:
+        from ssl_ray.errors import SslRayError
+
+        raise SslRayError(f"train {spec.name}: online mode has no unlabeled image (all of the pool is labeled?)")
+    t = cfg.train
+    return {
+        "paths": paths,
+        "high": spec.class_conf or [cfg.select.conf] * len(spec.names),
+        "teacher_decay": t.teacher_decay,
+        "unsup_weight": t.unsup_weight,
+        "unsup_warmup_steps": t.unsup_warmup_steps,
+        "soft_min_score": t.soft_min_score,
+    }
 
 
 def _report_epoch(trainer, rank: int, names: list[str], best: dict, name: str = "") -> None:
@@ -226,7 +261,7 @@ def _report_epoch(trainer, rank: int, names: list[str], best: dict, name: str = 
         f"{metrics.get('metrics/mAP50-95(B)', float('nan')):.3f} (best {best.get('mAP50-95', 0.0):.3f})"
     )
     with tempfile.TemporaryDirectory() as folder:
-        for src in (trainer.last, trainer.best):
+        for src in (trainer.last, trainer.best, trainer.wdir / "online.pt"):
             if src.exists():
                 shutil.copyfile(src, Path(folder) / src.name)
         (Path(folder) / "metrics.json").write_text(json.dumps(best))

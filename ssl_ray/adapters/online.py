@@ -1,0 +1,320 @@
+"""The online teacher–student inside one Ray Train rank (`train.ssl: online`), in torch.
+
+The teacher is Ultralytics' own EMA model of the trainer (`trainer.ema.ema`), with a constant
+decay (`core.online.teacher_decay`) instead of Ultralytics' ramp: it is updated once per
+optimizer step, after the step, by Ultralytics' `optimizer_step`; it is what every epoch
+validates and what `best.pt` holds. Each step, `OnlineBatch.extend` adds to the labeled batch:
+
+- a weak view of this rank's next unlabeled images (`UnlabeledStream`: letterboxed, random
+  horizontal flip), on which the teacher detects;
+- `strong_view` of the same images: photometric only (colour, blur, erased patches), so a box
+  on the weak view is on the same object in the strong one, with no transform to carry;
+- the targets `core.online.pseudo_targets` makes of the teacher's boxes.
+
+One forward runs over labeled + strong images (DDP needs one forward per backward);
+`OnlineCriterion` splits the predictions and adds the unlabeled loss, weighted and ramped,
+to Ultralytics' own loss on the labeled part. Uncertain boxes reach Ultralytics' loss through
+its task-aligned assigner: `GatedAssigner` scales the classification targets of anchors
+assigned to them by the teacher's score and drops them from the box losses. This holds for
+every `v8DetectionLoss` inside the criterion: YOLO11's one, and both of YOLO26's `E2ELoss`
+(one-to-many and one-to-one), whose `update()` keeps working through the wrapper.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ssl_ray.core.online import PseudoTargets, pseudo_targets, unsup_weight
+
+
+class UnlabeledImages(torch.utils.data.Dataset):
+    """Node-local image files, each decoded and letterboxed to a `size` x `size` uint8 CHW tensor."""
+
+    def __init__(self, paths: list[str], size: int):
+        self.paths, self.size = paths, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from ssl_ray.io.images import decode_rgb, letterbox
+
+        canvas, _ = letterbox(decode_rgb(Path(self.paths[i]).read_bytes()), self.size)
+        return torch.from_numpy(np.ascontiguousarray(canvas.transpose(2, 0, 1)))
+
+
+def shard_batches(n: int, batch: int, seed: int, rank: int, start: int = 0) -> Iterator[list[int]]:
+    """Endless batches of indices into a shard of `n` items: pass after pass, each a fresh
+    permutation (seeded by seed, rank and pass), batches running on across passes. `start`
+    skips that many batches (a resumed rank picks up where its epoch began)."""
+    if n == 0:
+        raise ValueError("the unlabeled shard is empty")
+    position = start * batch  # index into the endless stream of permutations
+    while True:
+        k, offset = divmod(position, n)
+        order = np.random.default_rng([seed, rank, k]).permutation(n)
+        out = order[offset : offset + batch].tolist()
+        while len(out) < batch:  # runs into the next pass
+            k += 1
+            order = np.random.default_rng([seed, rank, k]).permutation(n)
+            out += order[: batch - len(out)].tolist()
+        position += batch
+        yield out
+
+
+class UnlabeledStream:
+    """This rank's share of the unlabeled images (every `world`-th of the sorted listing), as
+    endless uint8 batches; decoding runs in `workers` loader processes."""
+
+    def __init__(
+        self, paths: list[str], size: int, batch: int, *, seed: int, rank: int, world: int, start: int = 0, workers=0
+    ):
+        shard = sorted(paths)[rank::world]
+        self.n = len(shard)
+        loader = torch.utils.data.DataLoader(
+            UnlabeledImages(shard, size),
+            batch_sampler=_Batches(self.n, batch, seed, rank, start),
+            num_workers=workers,
+            collate_fn=torch.stack,
+            persistent_workers=workers > 0,
+        )
+        self._it = iter(loader)
+
+    def __next__(self) -> torch.Tensor:
+        return next(self._it)
+
+
+class _Batches(torch.utils.data.Sampler):
+    def __init__(self, n, batch, seed, rank, start):
+        self.args = (n, batch, seed, rank, start)
+
+    def __iter__(self):
+        return shard_batches(*self.args)
+
+
+def strong_view(x: torch.Tensor, gen: torch.Generator, erase: int = 3) -> torch.Tensor:
+    """A photometrically strong copy of a float batch in [0, 1] (N, 3, H, W), geometry untouched:
+    brightness, contrast and saturation jitter (x0.6..1.4), a Gaussian blur on half of the
+    images, and on each image up to `erase` erased patches of 2-10 % of its area, grey-filled."""
+    n, _, h, w = x.shape
+
+    def uniform(lo, hi, *shape):
+        return lo + (hi - lo) * torch.rand(*shape, generator=gen).to(x.device)
+
+    x = x * uniform(0.6, 1.4, n, 1, 1, 1)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * uniform(0.6, 1.4, n, 1, 1, 1) + mean
+    grey = x.mean(dim=1, keepdim=True)
+    x = ((x - grey) * uniform(0.6, 1.4, n, 1, 1, 1) + grey).clamp_(0, 1)
+    out = []
+    for i in range(n):
+        img = x[i]
+        if torch.rand(1, generator=gen).item() < 0.5:
+            sigma = float(uniform(0.1, 1.5, 1))
+            img = _blur(img, sigma)
+        for _ in range(erase):
+            if torch.rand(1, generator=gen).item() < 0.5:
+                area = float(uniform(0.02, 0.10, 1)) * h * w
+                aspect = math.exp(float(uniform(math.log(0.3), math.log(3.3), 1)))
+                ph, pw = (
+                    min(h, max(1, round(math.sqrt(area / aspect)))),
+                    min(w, max(1, round(math.sqrt(area * aspect)))),
+                )
+                top = int(torch.randint(0, h - ph + 1, (1,), generator=gen))
+                left = int(torch.randint(0, w - pw + 1, (1,), generator=gen))
+                img = img.clone()
+                img[:, top : top + ph, left : left + pw] = float(uniform(0.2, 0.8, 1))
+        out.append(img)
+    return torch.stack(out)
+
+
+def _blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
+    radius = max(1, round(2 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=img.dtype, device=img.device)
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    k = k / k.sum()
+    c = img.shape[0]
+    y = torch.nn.functional.conv2d(
+        torch.nn.functional.pad(img[None], (radius, radius, 0, 0), mode="replicate"),
+        k.view(1, 1, 1, -1).repeat(c, 1, 1, 1),
+        groups=c,
+    )
+    y = torch.nn.functional.conv2d(
+        torch.nn.functional.pad(y, (0, 0, radius, radius), mode="replicate"),
+        k.view(1, 1, -1, 1).repeat(c, 1, 1, 1),
+        groups=c,
+    )
+    return y[0]
+
+
+def flip_some(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The weak view: each image flipped left-right with probability 1/2."""
+    flip = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device)
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def teacher_detections(teacher, x: torch.Tensor, conf: float, max_det: int = 300) -> list[np.ndarray]:
+    """The teacher's detections on a float batch: per image (k, 6) x1 y1 x2 y2 score class,
+    canvas pixels; Ultralytics' own post-processing (end-to-end heads and NMS heads alike)."""
+    from ultralytics.utils import nms
+
+    head = teacher.model[-1]
+    with torch.no_grad():
+        out = teacher(x.to(next(teacher.parameters()).dtype))
+        dets = nms.non_max_suppression(
+            out, conf, 0.7, max_det=max_det, nc=0, end2end=bool(getattr(head, "end2end", False))
+        )
+    counts = [len(d) for d in dets]
+    every = torch.cat(dets).float().cpu().numpy() if dets else np.zeros((0, 6))  # one copy to the host
+    return np.split(every, np.cumsum(counts)[:-1])
+
+
+class OnlineBatch:
+    """Adds an unlabeled batch and its pseudo-targets to each labeled batch (see the module)."""
+
+    def __init__(
+        self, stream: UnlabeledStream, high: list[float], low: float | None, weight: float, warmup: int, seed: int
+    ):
+        self.stream, self.high, self.low = stream, list(high), low
+        self.weight, self.warmup = weight, warmup
+        self.gen = torch.Generator().manual_seed(seed)
+        self.stats = {"images": 0, "reliable": 0, "uncertain": 0}
+
+    def extend(self, batch: dict, teacher, step: int) -> dict:
+        imgs = batch["img"]
+        weak = flip_some(next(self.stream).to(imgs.device, non_blocking=True).float() / 255, self.gen)
+        conf = min([*self.high, *([self.low] if self.low is not None else [])])
+        found = teacher_detections(teacher, weak, conf)
+        targets = pseudo_targets(found, self.high, self.low, tuple(weak.shape[2:]))
+        self.stats["images"] += len(weak)
+        self.stats["reliable"] += targets.n_reliable
+        self.stats["uncertain"] += targets.n_uncertain
+        batch["img"] = torch.cat([imgs, strong_view(weak, self.gen).to(imgs.dtype)])
+        batch["online"] = {
+            "n_labeled": len(imgs),
+            "weight": unsup_weight(step, self.weight, self.warmup),
+            **_as_tensors(targets, imgs.device),
+        }
+        return batch
+
+    def epoch_stats(self) -> dict:
+        """Pseudo-boxes per unlabeled image since the last call (then reset)."""
+        n = max(self.stats["images"], 1)
+        out = {"unlabeled_images": self.stats["images"], **{k: self.stats[k] / n for k in ("reliable", "uncertain")}}
+        self.stats = dict.fromkeys(self.stats, 0)
+        return out
+
+
+def _as_tensors(t: PseudoTargets, device) -> dict:
+    return {
+        "batch_idx": torch.as_tensor(t.batch_idx, dtype=torch.float32, device=device),
+        "cls": torch.as_tensor(t.cls, dtype=torch.float32, device=device).view(-1, 1),
+        "bboxes": torch.as_tensor(t.xywhn, dtype=torch.float32, device=device).view(-1, 4),
+        "gt_weight": torch.as_tensor(t.weight, dtype=torch.float32, device=device),
+        "gt_box": torch.as_tensor(t.box, dtype=torch.bool, device=device),
+    }
+
+
+# ----------------------------------------------------------------------------- the loss
+
+
+def per_image(values: torch.Tensor, batch_idx: torch.Tensor, batch_size: int, fill=0) -> torch.Tensor:
+    """(batch_size, max boxes per image) layout of per-box `values`, as Ultralytics'
+    `v8DetectionLoss.preprocess` lays out its targets (rows sorted by image, order kept)."""
+    idx = batch_idx.long()
+    if not len(idx):
+        return values.new_full((batch_size, 0), fill)
+    counts = torch.bincount(idx, minlength=batch_size)
+    offsets = torch.zeros(batch_size + 1, dtype=torch.long, device=idx.device)
+    offsets[1:] = counts.cumsum(0)
+    within = torch.arange(len(idx), device=idx.device) - offsets[idx]
+    out = values.new_full((batch_size, int(counts.max())), fill)
+    out[idx, within] = values
+    return out
+
+
+class GatedAssigner:
+    """Ultralytics' task-aligned assigner, then per ground-truth box: classification targets
+    scaled by `weight`, box losses only where `box` (set by `OnlineCriterion` for one call)."""
+
+    def __init__(self, assigner):
+        self.assigner = assigner
+        self.gate: tuple[torch.Tensor, torch.Tensor] | None = None  # (weight, box), (batch, max boxes)
+
+    def __call__(self, *args, **kwargs):
+        labels, bboxes, scores, fg, gt_idx = self.assigner(*args, **kwargs)
+        if self.gate is not None and self.gate[0].shape[1]:
+            weight, box = self.gate
+            scores = scores * weight.gather(1, gt_idx).unsqueeze(-1).to(scores.dtype)
+            fg = fg & box.gather(1, gt_idx)
+        return labels, bboxes, scores, fg, gt_idx
+
+
+def detection_losses(criterion) -> list:
+    """The `v8DetectionLoss` objects inside an Ultralytics criterion (E2ELoss has two)."""
+    parts = [getattr(criterion, k) for k in ("one2many", "one2one") if hasattr(criterion, k)]
+    return parts or [criterion]
+
+
+def tree_slice(tree, sl: slice):
+    """Every tensor of a nested dict / list / tuple of predictions, sliced on its batch axis."""
+    if isinstance(tree, torch.Tensor):
+        return tree[sl]
+    if isinstance(tree, dict):
+        return {k: tree_slice(v, sl) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(tree_slice(v, sl) for v in tree)
+    return tree
+
+
+class OnlineCriterion:
+    """Ultralytics' criterion on the labeled part of a batch, plus `weight` x the same loss on
+    the unlabeled part against the teacher's targets (a batch without "online": as is)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.gates = []
+        for loss in detection_losses(inner):
+            if not isinstance(loss.assigner, GatedAssigner):
+                loss.assigner = GatedAssigner(loss.assigner)
+            self.gates.append(loss.assigner)
+        self.last_unsup = 0.0
+
+    def __getattr__(self, name):  # update(), hyp, ... of the wrapped criterion
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def __call__(self, preds, batch):
+        online = batch.get("online")
+        if online is None:
+            return self.inner(preds, batch)
+        preds = preds[1] if isinstance(preds, tuple) else preds
+        n = online["n_labeled"]
+        loss, items = self.inner(tree_slice(preds, slice(0, n)), batch)
+        unlabeled = {k: online[k] for k in ("batch_idx", "cls", "bboxes")}
+        size = int(_batch_size(preds)) - n
+        gate = (
+            per_image(online["gt_weight"], online["batch_idx"], size),
+            per_image(online["gt_box"], online["batch_idx"], size, False),
+        )
+        for g in self.gates:
+            g.gate = gate
+        try:
+            unsup, _ = self.inner(tree_slice(preds, slice(n, None)), unlabeled)
+        finally:
+            for g in self.gates:
+                g.gate = None
+        self.last_unsup = float(unsup.detach().sum())
+        return loss + online["weight"] * unsup, items
+
+
+def _batch_size(preds) -> int:
+    while not isinstance(preds, torch.Tensor):
+        preds = next(iter(preds.values())) if isinstance(preds, dict) else preds[0]
+    return preds.shape[0]
