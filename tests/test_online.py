@@ -97,6 +97,28 @@ def test_strong_view_keeps_geometry():
     assert erased.shape == weak.shape and 0 <= erased.min() and erased.max() <= 1
 
 
+def test_a_teacher_box_lands_on_the_same_object_in_the_student_view():
+    """The student's view is scaled and shifted; the teacher's box on the weak view, mapped
+    with it, still bounds the object (to a pixel), whatever the draw."""
+    from ssl_ray.adapters.online import geometric_view
+
+    weak = torch.full((6, 3, 96, 128), 0.1)
+    weak[:, :, 30:50, 40:80] = 1.0  # rows 30..49, columns 40..79
+    box = np.array([[40, 30, 80, 50, 0.9, 0]], dtype=float)
+    moved, boxes = geometric_view(weak, [box] * 6, torch.Generator().manual_seed(3))
+    assert moved.shape == weak.shape
+    scales = set()
+    for img, b in zip(moved, boxes):
+        mask = img.mean(0) > 0.55
+        ys, xs = np.nonzero(mask.numpy())
+        x1, y1, x2, y2 = b[0, :4]
+        assert abs(xs.min() - x1) <= 1 and abs(xs.max() + 1 - x2) <= 1
+        assert abs(ys.min() - y1) <= 1 and abs(ys.max() + 1 - y2) <= 1
+        scales.add(round((x2 - x1) / 40, 2))
+    assert len(scales) > 1  # the draws differ
+    assert boxes[0][0, 4:].tolist() == [0.9, 0]
+
+
 def test_weak_flip_is_shared_by_both_views():
     from ssl_ray.adapters.online import flip_some, strong_view
 

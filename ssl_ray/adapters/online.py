@@ -29,7 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ssl_ray.core.online import PseudoTargets, pseudo_targets, unsup_weight
+from ssl_ray.core.geometry import PAD_VALUE as PAD
+
+from ssl_ray.core.online import PseudoTargets, pseudo_targets, scale_translate, unsup_weight
 
 
 class UnlabeledImages(torch.utils.data.Dataset):
@@ -158,6 +160,27 @@ def flip_some(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
+def geometric_view(
+    x: torch.Tensor, detections: list[np.ndarray], gen: torch.Generator, scale=(0.5, 1.5), translate: float = 0.1
+):
+    """The student's geometry: each image scaled about its centre (x `scale` range) and
+    shifted (up to `translate` of its side), grey where it uncovers the canvas, as
+    Ultralytics' own scale/translate augmentation does; the teacher's detections (on the
+    unmoved weak view) mapped the same way. Returns (images, detections)."""
+    n, _, h, w = x.shape
+    s = scale[0] + (scale[1] - scale[0]) * torch.rand(n, generator=gen)
+    t = (torch.rand(n, 2, generator=gen) * 2 - 1) * translate * torch.tensor([w, h])
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1 / s
+    theta[:, 0, 2] = -2 * t[:, 0] / (w * s)
+    theta[:, 1, 2] = -2 * t[:, 1] / (h * s)
+    grid = torch.nn.functional.affine_grid(theta.to(x), (n, 3, h, w), align_corners=False)
+    pad = PAD / 255
+    moved = torch.nn.functional.grid_sample(x - pad, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    boxes = [scale_translate(d, float(s[i]), float(t[i, 0]), float(t[i, 1]), (h, w)) for i, d in enumerate(detections)]
+    return moved + pad, boxes
+
+
 def teacher_detections(teacher, x: torch.Tensor, conf: float, max_det: int = 300) -> list[np.ndarray]:
     """The teacher's detections on a float batch: per image (k, 6) x1 y1 x2 y2 score class,
     canvas pixels; Ultralytics' own post-processing (end-to-end heads and NMS heads alike)."""
@@ -190,11 +213,12 @@ class OnlineBatch:
         weak = flip_some(next(self.stream).to(imgs.device, non_blocking=True).float() / 255, self.gen)
         conf = min([*self.high, *([self.low] if self.low is not None else [])])
         found = teacher_detections(teacher, weak, conf)
+        moved, found = geometric_view(weak, found, self.gen)
         targets = pseudo_targets(found, self.high, self.low, tuple(weak.shape[2:]))
         self.stats["images"] += len(weak)
         self.stats["reliable"] += targets.n_reliable
         self.stats["uncertain"] += targets.n_uncertain
-        batch["img"] = torch.cat([imgs, strong_view(weak, self.gen).to(imgs.dtype)])
+        batch["img"] = torch.cat([imgs, strong_view(moved, self.gen).to(imgs.dtype)])
         batch["online"] = {
             "n_labeled": len(imgs),
             "weight": unsup_weight(step, self.weight, self.warmup),
@@ -283,7 +307,6 @@ class OnlineCriterion:
             if not isinstance(loss.assigner, GatedAssigner):
                 loss.assigner = GatedAssigner(loss.assigner)
             self.gates.append(loss.assigner)
-        self.last_unsup = 0.0
 
     def __getattr__(self, name):  # update(), hyp, ... of the wrapped criterion
         if name == "inner":
@@ -310,7 +333,6 @@ class OnlineCriterion:
         finally:
             for g in self.gates:
                 g.gate = None
-        self.last_unsup = float(unsup.detach().sum())
         return loss + online["weight"] * unsup, items
 
 

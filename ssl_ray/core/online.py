@@ -87,6 +87,16 @@ def pseudo_targets(
     return PseudoTargets(*(np.concatenate(parts) for parts in zip(*rows)))
 
 
+def scale_translate(det: np.ndarray, scale: float, tx: float, ty: float, size: tuple[int, int]) -> np.ndarray:
+    """Detections (k, 6) mapped by the student view's geometry: scaled by `scale` about the
+    canvas centre, then shifted by (tx, ty) pixels; scores and classes unchanged."""
+    h, w = size
+    out = np.array(det, dtype=np.float64).reshape(-1, 6)
+    out[:, [0, 2]] = scale * (out[:, [0, 2]] - w / 2) + w / 2 + tx
+    out[:, [1, 3]] = scale * (out[:, [1, 3]] - h / 2) + h / 2 + ty
+    return out
+
+
 def unsup_weight(step: int, weight: float, warmup_steps: int) -> float:
     """The unlabeled loss's weight at optimizer step `step` (0-based): a linear ramp from 0
     to `weight` over the first `warmup_steps` steps (no ramp at 0)."""

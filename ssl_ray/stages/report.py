@@ -78,7 +78,7 @@ def table_rows(rounds: list[dict], control: list[dict] = ()) -> list[list]:
                 lab.get("uncertain", "-"),
                 lab.get("rejected", "-"),
                 per_class,
-                r.get("train_images", r["labeled_images"]),
+                trained_on(r),
                 f"{r['held_out']['mAP50']:.3f}",
                 f"{r['held_out']['mAP50-95']:.3f}",
                 times.get("label", "-"),
@@ -92,6 +92,14 @@ def table_rows(rounds: list[dict], control: list[dict] = ()) -> list[list]:
             ]
         )
     return rows
+
+
+def trained_on(record: dict) -> int | str:
+    """The round's training images: its merged dataset, or in online mode (`train.ssl`) the
+    labeled images and the unlabeled ones its teacher labeled while it trained."""
+    if "unlabeled_images" in record:
+        return f"{record['labeled_images']} + {record['unlabeled_images']} unlabeled"
+    return record.get("train_images", record["labeled_images"])
 
 
 def columns(control: list[dict] = ()) -> list[str]:
