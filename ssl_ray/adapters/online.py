@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from ssl_ray.core.geometry import PAD_VALUE as PAD
-
 from ssl_ray.core.online import PseudoTargets, pseudo_targets, scale_translate, unsup_weight
 
 
