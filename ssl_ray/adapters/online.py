@@ -25,16 +25,20 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ssl_ray.core.geometry import PAD_VALUE as PAD
+
+if TYPE_CHECKING:  # torch is imported where it is used: importing this module stays light
+    import torch
 from ssl_ray.core.online import PseudoTargets, pseudo_targets, scale_translate, unsup_weight
 
 
-class UnlabeledImages(torch.utils.data.Dataset):
-    """Node-local image files, each decoded and letterboxed to a `size` x `size` uint8 CHW tensor."""
+class UnlabeledImages:
+    """Node-local image files, each decoded and letterboxed to a `size` x `size` uint8 CHW tensor
+    (a map-style dataset for torch's DataLoader)."""
 
     def __init__(self, paths: list[str], size: int):
         self.paths, self.size = paths, size
@@ -43,6 +47,8 @@ class UnlabeledImages(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
+        import torch
+
         from ssl_ray.io.images import decode_rgb, letterbox
 
         canvas, _ = letterbox(decode_rgb(Path(self.paths[i]).read_bytes()), self.size)
@@ -75,6 +81,8 @@ class UnlabeledStream:
     def __init__(
         self, paths: list[str], size: int, batch: int, *, seed: int, rank: int, world: int, start: int = 0, workers=0
     ):
+        import torch
+
         shard = sorted(paths)[rank::world]
         self.n = len(shard)
         loader = torch.utils.data.DataLoader(
@@ -90,7 +98,7 @@ class UnlabeledStream:
         return next(self._it)
 
 
-class _Batches(torch.utils.data.Sampler):
+class _Batches:  # a batch sampler: an iterable of index lists
     def __init__(self, n, batch, seed, rank, start):
         self.args = (n, batch, seed, rank, start)
 
@@ -102,6 +110,8 @@ def strong_view(x: torch.Tensor, gen: torch.Generator, erase: int = 3) -> torch.
     """A photometrically strong copy of a float batch in [0, 1] (N, 3, H, W), geometry untouched:
     brightness, contrast and saturation jitter (x0.6..1.4), a Gaussian blur on half of the
     images, and on each image up to `erase` erased patches of 2-10 % of its area, grey-filled."""
+    import torch
+
     n, _, h, w = x.shape
 
     def uniform(lo, hi, *shape):
@@ -135,6 +145,8 @@ def strong_view(x: torch.Tensor, gen: torch.Generator, erase: int = 3) -> torch.
 
 
 def _blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
+    import torch
+
     radius = max(1, round(2 * sigma))
     t = torch.arange(-radius, radius + 1, dtype=img.dtype, device=img.device)
     k = torch.exp(-(t**2) / (2 * sigma**2))
@@ -155,6 +167,8 @@ def _blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def flip_some(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """The weak view: each image flipped left-right with probability 1/2."""
+    import torch
+
     flip = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device)
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
@@ -166,6 +180,8 @@ def geometric_view(
     shifted (up to `translate` of its side), grey where it uncovers the canvas, as
     Ultralytics' own scale/translate augmentation does; the teacher's detections (on the
     unmoved weak view) mapped the same way. Returns (images, detections)."""
+    import torch
+
     n, _, h, w = x.shape
     s = scale[0] + (scale[1] - scale[0]) * torch.rand(n, generator=gen)
     t = (torch.rand(n, 2, generator=gen) * 2 - 1) * translate * torch.tensor([w, h])
@@ -183,6 +199,7 @@ def geometric_view(
 def teacher_detections(teacher, x: torch.Tensor, conf: float, max_det: int = 300) -> list[np.ndarray]:
     """The teacher's detections on a float batch: per image (k, 6) x1 y1 x2 y2 score class,
     canvas pixels; Ultralytics' own post-processing (end-to-end heads and NMS heads alike)."""
+    import torch
     from ultralytics.utils import nms
 
     head = teacher.model[-1]
@@ -204,10 +221,14 @@ class OnlineBatch:
     ):
         self.stream, self.high, self.low = stream, list(high), low
         self.weight, self.warmup = weight, warmup
+        import torch
+
         self.gen = torch.Generator().manual_seed(seed)
         self.stats = {"images": 0, "reliable": 0, "uncertain": 0}
 
     def extend(self, batch: dict, teacher, step: int) -> dict:
+        import torch
+
         imgs = batch["img"]
         weak = flip_some(next(self.stream).to(imgs.device, non_blocking=True).float() / 255, self.gen)
         conf = min([*self.high, *([self.low] if self.low is not None else [])])
@@ -234,6 +255,8 @@ class OnlineBatch:
 
 
 def _as_tensors(t: PseudoTargets, device) -> dict:
+    import torch
+
     return {
         "batch_idx": torch.as_tensor(t.batch_idx, dtype=torch.float32, device=device),
         "cls": torch.as_tensor(t.cls, dtype=torch.float32, device=device).view(-1, 1),
@@ -249,6 +272,8 @@ def _as_tensors(t: PseudoTargets, device) -> dict:
 def per_image(values: torch.Tensor, batch_idx: torch.Tensor, batch_size: int, fill=0) -> torch.Tensor:
     """(batch_size, max boxes per image) layout of per-box `values`, as Ultralytics'
     `v8DetectionLoss.preprocess` lays out its targets (rows sorted by image, order kept)."""
+    import torch
+
     idx = batch_idx.long()
     if not len(idx):
         return values.new_full((batch_size, 0), fill)
@@ -286,6 +311,8 @@ def detection_losses(criterion) -> list:
 
 def tree_slice(tree, sl: slice):
     """Every tensor of a nested dict / list / tuple of predictions, sliced on its batch axis."""
+    import torch
+
     if isinstance(tree, torch.Tensor):
         return tree[sl]
     if isinstance(tree, dict):
@@ -336,6 +363,8 @@ class OnlineCriterion:
 
 
 def _batch_size(preds) -> int:
+    import torch
+
     while not isinstance(preds, torch.Tensor):
         preds = next(iter(preds.values())) if isinstance(preds, dict) else preds[0]
     return preds.shape[0]
