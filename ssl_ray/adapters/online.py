@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ssl_ray.core.geometry import PAD_VALUE as PAD
+from ssl_ray.core.online import PseudoTargets, pseudo_targets, scale_translate, unsup_weight
 
 if TYPE_CHECKING:  # torch is imported where it is used: importing this module stays light
     import torch
-from ssl_ray.core.online import PseudoTargets, pseudo_targets, scale_translate, unsup_weight
 
 
 class UnlabeledImages:
