@@ -6,6 +6,12 @@ Train worker. Epoch times come from each run's own results.csv (Ultralytics writ
 cumulative time after every epoch); the first epoch (start-up, dataloader warm-up) is
 excluded and the median of the rest compared. Target: b/a <= 1.05.
 
+`--online` also trains (c) the same stage in online mode (`train.ssl: online`: every step a
+labeled batch plus an unlabeled batch of as many images, which the teacher labels first),
+the held-out images as its unlabeled pool and every teacher box scoring `--online-conf` or
+more reliable; c/b is the cost of an online step against a supervised one (same steps per
+epoch), printed with the pseudo-boxes per unlabeled image it trained on.
+
     .venv/bin/python -m bench.train_overhead --epochs 6 --imgsz 128
 
 On a GPU machine (one Ray Train worker on one GPU against `YOLO.train(device=0)`, AMP on):
@@ -43,6 +49,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cpu, or cuda (1 GPU, AMP on)")
     ap.add_argument("--data-imgsz", type=int, default=160, help="side of the generated images")
+    ap.add_argument("--online", action="store_true", help="also (c): the stage in online mode")
+    ap.add_argument("--online-conf", type=float, default=0.01, help="(c): reliable teacher boxes from this score")
     ap.add_argument("--json")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ssl_ray-bench-train-"))
@@ -93,6 +101,28 @@ def main() -> int:
             ),
         )
         b_total = time.perf_counter() - t0
+        online = None
+        if args.online:
+            import dataclasses
+
+            t0 = time.perf_counter()
+            spec = TrainSpec(
+                name="bench-online",
+                train=["labeled/train.parquet"],
+                val=["labeled/val.parquet"],
+                names=labeled.names,
+                weights="yolo26n.yaml",
+                unlabeled=["labeled/val.parquet"],
+                class_conf=[args.online_conf] * len(labeled.names),
+            )
+            train_detector(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ssl="online")), out, spec)
+            c_folder = work_dir(cfg, out, "train", "bench-online") / "run"
+            audit = [json.loads(line) for line in (c_folder / "ranks" / "rank0.jsonl").read_text().splitlines()]
+            online = {
+                "epochs_s": epoch_times(c_folder / "results.csv"),
+                "total_s": time.perf_counter() - t0,
+                "boxes": audit[-1]["pseudo_boxes_per_image"],
+            }
         folder = work_dir(cfg, out, "train", "bench")
         tree = folder / "data" / "data.yaml"
         b_epochs = epoch_times(folder / "run" / "results.csv")
@@ -139,6 +169,15 @@ def main() -> int:
             "a_epochs_s": [round(x, 2) for x in a_epochs],
             "b_epochs_s": [round(x, 2) for x in b_epochs],
         }
+        if online:
+            c = statistics.median(online["epochs_s"][1:])
+            figures.update(
+                c_online_epoch_s=round(c, 2),
+                c_over_b=round(c / b, 3),
+                c_total_s=round(online["total_s"], 1),
+                c_epochs_s=[round(x, 2) for x in online["epochs_s"]],
+                c_pseudo_boxes_per_image=online["boxes"],
+            )
         emit(figures, args.json)
         return 0
     finally:

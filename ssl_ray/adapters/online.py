@@ -7,9 +7,10 @@ validates and what `best.pt` holds. Each step, `OnlineBatch.extend` adds to the 
 
 - a weak view of this rank's next unlabeled images (`UnlabeledStream`: letterboxed, random
   horizontal flip), on which the teacher detects;
-- `strong_view` of the same images: photometric only (colour, blur, erased patches), so a box
-  on the weak view is on the same object in the strong one, with no transform to carry;
-- the targets `core.online.pseudo_targets` makes of the teacher's boxes.
+- the student's view: `geometric_view` scales and shifts each image and maps the teacher's
+  boxes with it (`core.online.scale_translate`), then `strong_view` changes it photometrically
+  (colour, blur, erased patches; no pixel moves);
+- the targets `core.online.pseudo_targets` makes of the mapped boxes.
 
 One forward runs over labeled + strong images (DDP needs one forward per backward);
 `OnlineCriterion` splits the predictions and adds the unlabeled loss, weighted and ramped,
