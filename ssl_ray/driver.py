@@ -5,6 +5,8 @@
               the box refiner, trained once on the labeled set, with refine.enabled)
               -> merge labeled + selected rows (rounds/rNNN/merged.parquet)
               -> train, warm-started from round r-1's weights -> held-out metrics
+              (train.ssl: online: train on the labeled set with a mean teacher labeling
+              the pool's accepted images every step, `_online_spec`)
     control   with rounds.control: per round r >= 1, the labeled set alone trained from the
               last control segment (round 0's weights for the first) for as many steps as
               round r trained (times rounds.control), in rounds/rNNN/control/
