@@ -138,7 +138,7 @@ def test_weak_flip_is_shared_by_both_views():
 def test_per_image_layout_is_ultralytics_target_layout():
     from ultralytics.utils.loss import v8DetectionLoss
 
-    from ssl_ray.adapters.online import per_image
+    from ssl_ray.adapters.online_loss import per_image
 
     batch_idx = torch.tensor([0.0, 0, 2, 2, 2, 3])
     weight = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
@@ -174,7 +174,7 @@ def test_online_loss_is_labeled_loss_plus_weighted_unlabeled_loss(name):
     """On Ultralytics' real criteria: one forward over labeled + unlabeled images gives the
     labeled loss plus w x the unlabeled one; an uncertain box teaches its class softly and no
     box; the gradient flows."""
-    from ssl_ray.adapters.online import OnlineCriterion
+    from ssl_ray.adapters.online_loss import OnlineCriterion
 
     model = _model(name)
     crit = OnlineCriterion(model.init_criterion())
@@ -210,7 +210,7 @@ def test_online_loss_is_labeled_loss_plus_weighted_unlabeled_loss(name):
 
 
 def _slice(preds, a, b):
-    from ssl_ray.adapters.online import tree_slice
+    from ssl_ray.adapters.online_loss import tree_slice
 
     return tree_slice(preds, slice(a, b))
 
@@ -218,7 +218,7 @@ def _slice(preds, a, b):
 def test_gated_assigner_softens_and_unboxes_uncertain_boxes_only():
     from ultralytics.utils.tal import TaskAlignedAssigner
 
-    from ssl_ray.adapters.online import GatedAssigner
+    from ssl_ray.adapters.online_loss import GatedAssigner
 
     torch.manual_seed(0)
     assigner = GatedAssigner(TaskAlignedAssigner(topk=4, num_classes=2, alpha=0.5, beta=6.0, stride=[8]))

@@ -113,7 +113,8 @@ def _trainer_class():
         def _setup_online(self):
             from ultralytics.utils.torch_utils import unwrap_model
 
-            from ssl_ray.adapters.online import OnlineBatch, OnlineCriterion, UnlabeledStream
+            from ssl_ray.adapters.online import OnlineBatch, UnlabeledStream
+            from ssl_ray.adapters.online_loss import OnlineCriterion
             from ssl_ray.core.online import teacher_decay
 
             o = self.online_settings
