@@ -51,11 +51,22 @@ class PoolConfig:
     sources: list[str] = setting([], "unlabeled pool: local directories or s3:// prefixes, images and videos")
     video_every_n: int = setting(30, "sample every Nth video frame", ge=1)
     video_fps: float | None = setting(None, "sample frames at this rate instead of every Nth", gt=0)
+    video_keyframes: bool = setting(
+        False,
+        "sample a video's key frames only (the decoder skips every other frame without decoding it: the cheapest "
+        "sparse sampling; video_every_n and video_fps are then ignored)",
+    )
+    video_chunk_samples: int = setting(
+        64,
+        "a video is split into chunks of this many sampled frames, each decoded by a task of its own "
+        "(a long video spreads over tasks; memory per task is bounded by the chunk)",
+        ge=1,
+    )
     max_pixels: int = setting(64_000_000, "larger images are quarantined (decompression bombs)", ge=1)
     video_min_change: float | None = setting(
         None,
         "skip a sampled video frame unless some cell of its 16x16 grey thumbnail changed by more than this many "
-        "grey levels (0-255) since the last kept frame of its video; a skipped frame is recorded with reason "
+        "grey levels (0-255) since the last kept frame of its video chunk; a skipped frame is recorded with reason "
         "near_duplicate and that frame's uri (null = keep every sampled frame)",
         ge=0,
         le=255,

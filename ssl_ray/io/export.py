@@ -8,6 +8,7 @@ the cache or the tree. Negatives get an empty label file, never a missing one.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -112,11 +113,25 @@ class UriReader:
         return self._video[1]
 
     def read(self, uri: str) -> bytes:
+        store, name = self._store(uri)
+        return store.read_bytes(name)
+
+    @contextlib.contextmanager
+    def open(self, uri: str):
+        """A video for ranged reads: its path when local, else a seekable S3 file."""
+        if not uri.startswith("s3://"):
+            yield uri
+            return
+        store, name = self._store(uri)
+        with store.open_input(name) as f:
+            yield f
+
+    def _store(self, uri: str) -> tuple[Store, str]:
         folder, _, name = uri.rpartition("/")
         folder = folder or "."
         if folder not in self._stores:
             self._stores[folder] = Store(folder, self.storage)
-        return self._stores[folder].read_bytes(name)
+        return self._stores[folder], name
 
 
 def label_lines(boxes: Iterable[dict]) -> str:

@@ -3,16 +3,18 @@
 `iter_pool` lists sources lazily (S3 pages or one directory at a time) and says what each
 file is: an image or a video by its extension, or (a name that says nothing, such as an S3
 key without one) by its first bytes. Files that are neither (a dataset root's label files,
-YAML, notes) are skipped and counted by extension, never quarantined. `load_items` turns a
-listed file into zero or more items: an image gives one, a video one per sampled frame,
-anything broken one reject with a reason. Items are letterboxed to `imgsz` so inference
+YAML, notes) are skipped and counted by extension, never quarantined. `video_chunks` splits a
+listed video into frame ranges (`io.video.plan_chunks`). `load_items` turns a listed file, or
+one chunk of a video, into zero or more items: an image gives one, a video chunk one per
+sampled frame, anything broken one reject with a reason. Items are letterboxed to `imgsz` so inference
 batches are plain stacked arrays.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import os
+import io
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,11 +23,12 @@ import numpy as np
 
 from ssl_ray.config import PoolConfig, StorageConfig
 from ssl_ray.core import schema
+from ssl_ray.core.geometry import PAD_VALUE, letterbox_params
 from ssl_ray.core.schema import REASONS
 from ssl_ray.errors import StorageError
 from ssl_ray.io.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, BadImage, decode_rgb, letterbox, media_kind
 from ssl_ray.io.storage import Store
-from ssl_ray.io.video import iter_frames, largest_change, local_copy, thumbnail
+from ssl_ray.io.video import TO_END, frame_step, iter_frames, largest_change, plan_chunks, probe, thumbnail
 
 # Extensions that are never media: skipped without reading a byte.
 NOT_MEDIA = frozenset(
@@ -133,19 +136,55 @@ def reject_row(uri: str, reason: str, detail: str, imgsz: int) -> dict:
     }
 
 
-def load_items(uri: str, size: int, opts: LoadOptions, read_bytes, kind: str | None = None) -> Iterator[dict]:
-    """Items for one listed file (`kind` from the listing; by extension when not given).
-    Never raises for bad content: bad input becomes a reject."""
+def video_chunks(uri: str, pool: PoolConfig, open_file) -> list[tuple[int, int]]:
+    """[start, stop) frame ranges of a listed video, `pool.video_chunk_samples` sampled frames
+    each; one range covering it all when it cannot be probed (decoding it then says why)."""
+    if pool.video_keyframes:
+        return [(0, TO_END)]  # key frames are sparse and irregular: one pass, never decoded twice
+    try:
+        with open_file(uri) as source:
+            info = probe(source)
+    except (ValueError, StorageError, OSError):
+        return [(0, TO_END)]
+    step = frame_step(info.fps, pool.video_every_n, pool.video_fps)
+    return plan_chunks(info, step, pool.video_chunk_samples)
+
+
+def load_items(
+    uri: str,
+    size: int,
+    opts: LoadOptions,
+    read_bytes,
+    kind: str | None = None,
+    *,
+    open_file=None,
+    chunk: tuple[int, int] = (0, TO_END),
+) -> Iterator[dict]:
+    """Items for one listed file (`kind` from the listing; by extension when not given), or
+    for frames `chunk` of a video. `open_file(uri)` opens a video for ranged reads (a context
+    manager); without it, a local video is opened by path and an S3 one read into memory. Never raises for bad
+    content: bad input becomes a reject."""
     kind = kind or kind_of(uri)
     if kind == "image":
         yield _load_image(uri, size, opts, read_bytes)
     elif kind == "video":
-        yield from _load_video(uri, size, opts, read_bytes)
+        yield from _load_video(uri, size, opts, open_file or _reading(read_bytes), chunk)
     else:
         ext = posixpath.splitext(uri)[1].lower()
         yield reject_row(
             uri, "unsupported_format", f"extension {ext or '(none)'!r} is not an image or video", opts.imgsz
         )
+
+
+def _reading(read_bytes):
+    """`open_file` for readers that only read whole files: a local video by path (FFmpeg
+    reads it directly), any other in memory."""
+
+    @contextlib.contextmanager
+    def open_file(uri: str):
+        yield uri if not uri.startswith("s3://") else io.BytesIO(read_bytes(uri))
+
+    return open_file
 
 
 def _load_image(uri: str, size: int, opts: LoadOptions, read_bytes) -> dict:
@@ -164,49 +203,79 @@ def _load_image(uri: str, size: int, opts: LoadOptions, read_bytes) -> dict:
     )
 
 
-def _load_video(uri: str, size: int, opts: LoadOptions, read_bytes) -> Iterator[dict]:
+def _load_video(uri: str, size: int, opts: LoadOptions, open_file, chunk: tuple[int, int]) -> Iterator[dict]:
+    """The sampled frames of one chunk of a video; a video that cannot be read at all is
+    one reject, reported by its first chunk only (the others would repeat it)."""
+    start, stop = chunk
     if size == 0:
         yield reject_row(uri, "video_unreadable", "zero-byte video file", opts.imgsz)
         return
+    pool = opts.pool
     try:
-        with local_copy(uri, read_bytes) as path:
-            video_id = _file_hash(path)
-            frames = iter_frames(path, opts.pool.video_every_n, opts.pool.video_fps)
-            min_change, kept = opts.pool.video_min_change, None  # kept: (index, thumbnail) of the last kept frame
+        with open_file(uri) as source:
+            video_id = _video_id(source)
+            info = probe(source)
+            if info.width * info.height > pool.max_pixels:
+                if start == 0:
+                    yield reject_row(uri, "too_large", f"video frames of {info.width}x{info.height} pixels", opts.imgsz)
+                return
+            nw, nh, lb = letterbox_params(info.width, info.height, opts.imgsz)
+            resize = (nw, nh) if info.width >= 2 * nw else None  # decoder-side: never convert the full frame
+            frames = iter_frames(
+                source, pool.video_every_n, pool.video_fps, start, stop, keyframes=pool.video_keyframes, resize=resize
+            )
+            kept = None  # (index, thumbnail) of the chunk's last kept frame
             for index, ts, rgb in frames:
-                if rgb.shape[0] * rgb.shape[1] > opts.pool.max_pixels:
-                    yield reject_row(
-                        uri, "too_large", f"video frames of {rgb.shape[1]}x{rgb.shape[0]} pixels", opts.imgsz
-                    )
-                    return
-                if min_change is not None:
+                if pool.video_min_change is not None:
                     thumb = thumbnail(rgb)
-                    if kept is not None and (change := largest_change(thumb, kept[1])) <= min_change:
+                    if kept is not None and (change := largest_change(thumb, kept[1])) <= pool.video_min_change:
                         detail = f"changed at most {change} grey levels since {uri}#frame={kept[0]}"
                         yield reject_row(f"{uri}#frame={index}", "near_duplicate", detail, opts.imgsz)
                         continue
                     kept = index, thumb
-                canvas, lb = letterbox(rgb, opts.imgsz)
+                canvas, frame_lb = letterbox(rgb, opts.imgsz) if resize is None else (_place(rgb, opts.imgsz, lb), lb)
                 yield item_row(
                     image_id=schema.image_id_of_frame(video_id, index),
                     uri=f"{uri}#frame={index}",
-                    width=rgb.shape[1],
-                    height=rgb.shape[0],
+                    width=info.width,
+                    height=info.height,
                     image=canvas,
-                    lb=lb,
+                    lb=frame_lb,
                     video_uri=uri,
                     frame_index=index,
                     timestamp_s=round(ts, 6),
                 )
     except ValueError as e:
-        yield reject_row(uri, "video_unreadable", str(e), opts.imgsz)
+        if start == 0:
+            yield reject_row(uri, "video_unreadable", str(e), opts.imgsz)
     except (StorageError, OSError) as e:
-        yield reject_row(uri, "unreadable", str(e), opts.imgsz)
+        if start == 0:
+            yield reject_row(uri, "unreadable", str(e), opts.imgsz)
 
 
-def _file_hash(path: str) -> str:
+def _place(resized: np.ndarray, size: int, lb) -> np.ndarray:
+    """A frame the decoder already resized, on its letterbox canvas."""
+    canvas = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
+    top, left = int(lb.pad_y), int(lb.pad_x)
+    canvas[top : top + resized.shape[0], left : left + resized.shape[1]] = resized
+    return canvas
+
+
+VIDEO_ID_WINDOWS = 16  # windows of VIDEO_ID_WINDOW bytes, evenly spaced, hashed into a video's identity
+VIDEO_ID_WINDOW = 1 << 16
+
+
+def _video_id(source) -> str:
+    """A video's identity from its size and 16 windows of 64 KiB evenly spaced over it (the
+    header, the sample tables, frames throughout): every chunk computes the same one with a
+    few ranged reads, where hashing a whole fleet video per chunk would read it again."""
     h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest() + f"-{os.path.getsize(path)}"
+    with contextlib.ExitStack() as stack:
+        f = stack.enter_context(open(source, "rb")) if isinstance(source, str) else source
+        size = f.seek(0, io.SEEK_END)
+        span = max(0, size - VIDEO_ID_WINDOW)
+        for k in range(VIDEO_ID_WINDOWS):
+            f.seek(span * k // (VIDEO_ID_WINDOWS - 1))
+            h.update(f.read(VIDEO_ID_WINDOW))
+        f.seek(0)
+    return h.hexdigest() + f"-{size}"

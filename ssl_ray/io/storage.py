@@ -103,6 +103,15 @@ class Store:
         except OSError as e:
             raise StorageError(f"cannot read {self.uri_of(rel)}: {_reason(e)}") from None
 
+    def open_input(self, rel: str):
+        """The file opened for ranged reads (seek, read; on S3 each read is a ranged GET)."""
+        try:
+            return self.fs.open_input_file(self.path(rel))
+        except FileNotFoundError:
+            raise StorageError(f"{self.uri_of(rel)} does not exist") from None
+        except OSError as e:
+            raise StorageError(f"cannot read {self.uri_of(rel)}: {_reason(e)}") from None
+
     def read_head(self, rel: str, n: int) -> bytes:
         """The first `n` bytes of a file (on S3, one ranged request); b"" when unreadable."""
         try:

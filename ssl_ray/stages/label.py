@@ -33,12 +33,13 @@ from ssl_ray.core.resources import label_data_budget
 from ssl_ray.core.units import STEP_SETTINGS, Unit, pick
 from ssl_ray.errors import SslRayError
 from ssl_ray.io.storage import StaleUnitError, Store, file_identity
+from ssl_ray.io.video import TO_END
 from ssl_ray.stages.finalize import finalize, ray_mapper
 from ssl_ray.typed import result_settings
 
 log = logging.getLogger(__name__)
 
-LISTING_PART = 128  # pool entries per listing block: one decode task each, small enough to pipeline
+LISTING_PART = 128  # items per listing block (an image 1, a video chunk its frames): one decode task each
 DECODE_MEMORY = 2**30  # bytes reserved per decode task (a worker measured ~430 MiB)
 OUTPUT_DIRS = ("raw", "scatter", "predictions", "rejects", "pseudo", "review", "review_export", "selection")
 RAW_ROWS_PER_FILE = 10_000  # raw/ holds pool / this files, not one per inference batch
@@ -97,7 +98,7 @@ def label_pool(
     stage = out.child(unit.folder)
     ensure_resources(cfg, "label")
     start = time.perf_counter()
-    listing = _list_pool.remote(cfg.pool.sources, cfg.storage)
+    listing = _list_pool.remote(cfg.pool.sources, cfg.storage, cfg.pool)
     *parts, last = list(listing)  # references only: the listing itself stays in the object store
     listing_summary = ray_get(last)  # the listing ends with what it skipped (a failed one with its error)
     skipped = listing_summary["skipped"]
@@ -110,7 +111,7 @@ def label_pool(
     ds = ray.data.from_arrow_refs(parts)  # one block per listing part: decode and inference overlap
     options = ds.context.execution_options  # this dataset's own copy: the budget binds this stage only
     options.resource_limits = options.resource_limits.copy(object_store_memory=label_data_budget(cfg))
-    listed = ds.count()  # from block metadata, no execution
+    listed = ds.count()  # listing rows (files, a video once per chunk), from block metadata, no execution
     # Decoding runs in its own CPU tasks, in parallel with inference, at most
     # label.decode_tasks at a time (each is a worker process: this bounds memory). Its memory
     # request also makes its remote args differ from the actors', which keeps Ray Data from
@@ -139,7 +140,9 @@ def label_pool(
     )
     with _Reporter(counter, f"label r{round:03d}", listed if not listing_summary["videos"] else None):
         ds.write_parquet(stage.path("raw"), filesystem=stage.fs, min_rows_per_file=RAW_ROWS_PER_FILE)
-    summary = finalize(cfg, stage, names, round, weights, conf, listed, class_conf, ray_mapper(cfg))
+    files = listing_summary["files"]
+    summary = finalize(cfg, stage, names, round, weights, conf, files, class_conf, ray_mapper(cfg))
+    summary["video_chunks"] = listed - (files - listing_summary["videos"])
     summary["skipped_not_media"] = sum(skipped.values())
     summary["skipped_by_extension"] = skipped
     summary["seconds"] = significant(time.perf_counter() - start)
@@ -189,28 +192,44 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
-def _list_pool_impl(sources: list[str], storage):
-    """Streaming generator task: the pool's images and videos as Arrow tables of LISTING_PART
-    entries, then a summary: the files it skipped (not media) by extension, the videos."""
-    from ssl_ray.io.pool import iter_pool
+def _list_pool_impl(sources: list[str], storage, pool):
+    """Streaming generator task: the pool's images and video chunks as Arrow tables of about
+    LISTING_PART items each (a video chunk counts as its sampled frames, so a long video's
+    chunks spread over decode tasks), then a summary: the files it skipped (not media) by
+    extension, the files and videos it listed."""
+    from ssl_ray.io.export import UriReader
+    from ssl_ray.io.pool import iter_pool, video_chunks
 
-    part: list[tuple[str, int, str]] = []
+    reader = UriReader(storage)
+    part: list[tuple] = []
+    cost = files = videos = 0
     skipped: dict[str, int] = {}
-    videos = 0
-    for entry in iter_pool(sources, storage, skipped):
-        part.append(entry)
-        videos += entry[2] == "video"
-        if len(part) == LISTING_PART:
-            yield _listing_table(part)
-            part = []
+    for uri, size, kind in iter_pool(sources, storage, skipped):
+        files += 1
+        videos += kind == "video"
+        chunks = video_chunks(uri, pool, reader.open) if kind == "video" and size else [(0, TO_END)]
+        for start, stop in chunks:
+            part.append((uri, size, kind, start, stop))
+            cost += 1 if kind == "image" else pool.video_chunk_samples
+            if cost >= LISTING_PART:
+                yield _listing_table(part)
+                part, cost = [], 0
     if part:
         yield _listing_table(part)
-    yield {"skipped": skipped, "videos": videos}
+    yield {"skipped": skipped, "files": files, "videos": videos}
 
 
-def _listing_table(part: list[tuple[str, int, str]]) -> pa.Table:
-    uris, sizes, kinds = zip(*part)
-    return pa.table({"uri": list(uris), "size": pa.array(sizes, pa.int64()), "kind": list(kinds)})
+def _listing_table(part: list[tuple]) -> pa.Table:
+    uris, sizes, kinds, starts, stops = zip(*part)
+    return pa.table(
+        {
+            "uri": list(uris),
+            "size": pa.array(sizes, pa.int64()),
+            "kind": list(kinds),
+            "start": pa.array(starts, pa.int64()),  # a video chunk's frames: [start, stop)
+            "stop": pa.array(stops, pa.int64()),
+        }
+    )
 
 
 _list_pool = LazyRemote(_list_pool_impl, num_cpus=1, num_returns="streaming")
@@ -272,8 +291,10 @@ def _load_batch(batch: dict, cfg: Config):
     reader = UriReader(cfg.storage)
     opts = LoadOptions(imgsz=cfg.model.imgsz, pool=cfg.pool)
     rows: list[dict] = []
-    for uri, size, kind in zip(batch["uri"], batch["size"], batch["kind"]):
-        for item in load_items(str(uri), int(size), opts, reader.read, str(kind)):
+    entries = zip(batch["uri"], batch["size"], batch["kind"], batch["start"], batch["stop"])
+    for uri, size, kind, start, stop in entries:
+        chunk = (int(start), int(stop))
+        for item in load_items(str(uri), int(size), opts, reader.read, str(kind), open_file=reader.open, chunk=chunk):
             rows.append(item)
             if len(rows) == 16:
                 yield columns(rows)
