@@ -24,16 +24,25 @@ video-skip: the near-duplicate frame filter (`pool.video_min_change`) on real cl
   share of sampled frames skipped (the inference they no longer cost) and the decode cost per
   sampled frame with the filter off and on, through the stage's own frame loader.
 
+fleet-video: generated fleet clips (H.264, 30 fps, a key frame a second, 1280x720, a camera
+  panning along a street of the source domain's objects, which the bundled source-pretrained
+  teacher detects) at imgsz 640, every 30th frame: (a) Ultralytics' predict(source=dir,
+  vid_stride=30) against (b) the stage end to end and steady, and with key frames only; the
+  decode cost per kept frame three ways (OpenCV grab/read as before, PyAV chunks, key frames);
+  the stage's peak memory on a 1-minute against a 10-minute clip.
+
     .venv/bin/python -m bench.label_throughput --n 1000 --repeat 3
     .venv/bin/python -m bench.label_throughput --mode load --n 20000 --imgsz 64
     .venv/bin/python -m bench.label_throughput --mode finalize-memory --n 200000 --rows-per-task 25000
     .venv/bin/python -m bench.label_throughput --mode video-skip
+    .venv/bin/python -m bench.label_throughput --mode fleet-video --imgsz 640
     python -m bench.label_throughput --device cuda --n 2000 --imgsz 640 --gpus-per-actor 1 --no-memory
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -50,7 +59,9 @@ from bench.common import RayMemory, emit, fresh_cluster, make_pool, teacher_clas
 DEMO = Path(__file__).parents[1] / "ssl_ray" / "configs" / "demo.yaml"
 
 
-def bench_predict(weights: str, pool: Path, imgsz: int, floor: float, work: Path, device: str) -> tuple[float, int]:
+def bench_predict(
+    weights: str, pool: Path, imgsz: int, floor: float, work: Path, device: str, vid_stride: int = 1
+) -> tuple[float, int]:
     import torch
 
     from ssl_ray.adapters.runtime import prepare_ultralytics
@@ -67,6 +78,7 @@ def bench_predict(weights: str, pool: Path, imgsz: int, floor: float, work: Path
         conf=floor,
         imgsz=imgsz,
         device=device,
+        vid_stride=vid_stride,
         project=str(work / "predict"),
         name="p",
         exist_ok=True,
@@ -206,7 +218,8 @@ def device_name(device: str) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.label_throughput")
-    ap.add_argument("--mode", choices=("throughput", "load", "finalize-memory", "video-skip"), default="throughput")
+    modes = ("throughput", "load", "finalize-memory", "video-skip", "fleet-video")
+    ap.add_argument("--mode", choices=modes, default="throughput")
     ap.add_argument("--n", type=int, default=400)
     ap.add_argument("--imgsz", type=int, default=160)
     ap.add_argument("--floor", type=float, default=0.05)
@@ -255,13 +268,23 @@ def main() -> int:
     )
     ap.add_argument("--boxes", type=int, default=8, help="finalize-memory: detections per raw row")
     ap.add_argument("--rows-per-task", type=int, default=25_000, help="finalize-memory: items per bucket")
+    ap.add_argument("--clips", type=int, default=3, help="fleet-video: clips in the pool")
+    ap.add_argument("--seconds", type=float, default=60, help="fleet-video: length of each clip")
+    ap.add_argument("--long-minutes", type=float, default=10, help="fleet-video: the long clip of the memory runs")
+    ap.add_argument("--every-n", type=int, default=30, help="fleet-video: pool.video_every_n (Ultralytics' vid_stride)")
     ap.add_argument("--json", help="also write the figures here")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)  # finalize-memory: root, n, rows per task
     args = ap.parse_args()
     if args.child:
         print(json.dumps(finalize_child(args.child[0], int(args.child[1]), int(args.child[2]))))
         return 0
-    modes = {"throughput": throughput, "load": load, "finalize-memory": finalize_memory, "video-skip": video_skip}
+    modes = {
+        "throughput": throughput,
+        "load": load,
+        "finalize-memory": finalize_memory,
+        "video-skip": video_skip,
+        "fleet-video": fleet_video,
+    }
     return modes[args.mode](args)
 
 
@@ -503,6 +526,140 @@ def video_skip(args) -> int:
                     )
                     print(json.dumps(rows[-1]), flush=True)
         emit({"mode": "video-skip", "imgsz": args.imgsz, "rows": rows}, args.json, hide=("rows",))
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+SOURCE_TEACHER = Path(__file__).parents[1] / "ssl_ray" / "assets" / "source-yolo26n.pt"
+
+
+def fleet_clip(path: Path, seconds: float, size: tuple[int, int] = (1280, 720), fps: int = 30, seed: int = 0) -> Path:
+    """A generated fleet clip: H.264 (libx264), a key frame every second, a camera panning at
+    240 px/s along a street of source-domain scenes (objects 7-32 % of the frame height),
+    sensor noise on every frame."""
+    import av
+    import numpy as np
+
+    from ssl_ray.synth import TASK, SynthSpec, render
+
+    w, h = size
+    spec = SynthSpec(imgsz=h, domain="source", seed=seed, **TASK)
+    tiles = [np.asarray(render(np.random.default_rng([seed, 7, i]), spec)[0]) for i in range(2 * w // h + 8)]
+    street = np.concatenate(tiles, axis=1)
+    street = np.concatenate([street, street[:, :w]], axis=1)  # wraps around: any length of clip
+    period = street.shape[1] - w
+    rng = np.random.default_rng(seed)
+    noise = [rng.integers(-3, 4, (h, w, 1), np.int16) for _ in range(8)]
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "crf": "23"})
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.codec_context.gop_size = fps
+        for i in range(int(seconds * fps)):
+            x = (8 * i) % period
+            frame = np.clip(street[:, x : x + w].astype(np.int16) + noise[i % 8], 0, 255).astype(np.uint8)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        out.mux(stream.encode())
+    return path
+
+
+def opencv_frames(path: str, every_n: int, imgsz: int) -> int:
+    """The frame loader before PyAV, as a reference: OpenCV grab() for skipped frames, read()
+    and a BGR->RGB conversion for kept ones, then the letterbox. Returns frames kept."""
+    import cv2
+
+    from ssl_ray.io.images import letterbox
+
+    cap, index, kept = cv2.VideoCapture(path), 0, 0
+    while True:
+        if index % every_n == 0:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            letterbox(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), imgsz)
+            kept += 1
+        elif not cap.grab():
+            break
+        index += 1
+    cap.release()
+    return kept
+
+
+def fleet_video(args) -> int:
+    """Fleet clips through the label stage with a trained teacher, against Ultralytics."""
+    from ssl_ray.config import PoolConfig
+    from ssl_ray.io.pool import LoadOptions, load_items, video_chunks
+
+    work = Path(tempfile.mkdtemp(prefix="ssl_ray-fleet-"))
+    try:
+        weights = str(SOURCE_TEACHER)
+        pool = work / "pool"
+        pool.mkdir()
+        t0 = time.perf_counter()
+        clips = [fleet_clip(pool / f"drive{i}.mp4", args.seconds, seed=i) for i in range(args.clips)]
+        print(f"{len(clips)} clips of {args.seconds:.0f} s generated in {time.perf_counter() - t0:.0f} s", flush=True)
+
+        # Decode cost per kept frame: the old OpenCV loader, PyAV chunks, key frames only.
+        decode = {}
+        for name, pool_cfg in (
+            ("pyav_every_n", PoolConfig(video_every_n=args.every_n)),
+            ("pyav_keyframes", PoolConfig(video_keyframes=True)),
+        ):
+            opts, t0, kept = LoadOptions(args.imgsz, pool_cfg), time.perf_counter(), 0
+            for clip in clips:
+                for chunk in video_chunks(str(clip), pool_cfg, contextlib.nullcontext):
+                    kept += sum(1 for _ in load_items(str(clip), 1, opts, None, "video", chunk=chunk))
+            decode[name] = {"kept": kept, "ms_per_kept_frame": round(1000 * (time.perf_counter() - t0) / kept, 2)}
+        t0 = time.perf_counter()
+        kept = sum(opencv_frames(str(clip), args.every_n, args.imgsz) for clip in clips)
+        ms = round(1000 * (time.perf_counter() - t0) / kept, 2)
+        decode["opencv_every_n"] = {"kept": kept, "ms_per_kept_frame": ms}
+        print(json.dumps({"decode": decode}), flush=True)
+
+        a, a_threads = bench_predict(weights, pool, args.imgsz, args.floor, work, args.device, args.every_n)
+        every = [f"pool.video_every_n={args.every_n}", "select.conf=0.5", *args.set]
+        t_b, b, _, summary = bench_stage(weights, pool, args, int(args.stage_batch), work, "every_n", every)
+        keys = ["pool.video_keyframes=true", "select.conf=0.5", *args.set]
+        t_k, k, _, summary_k = bench_stage(weights, pool, args, int(args.stage_batch), work, "keyframes", keys)
+
+        # Memory: one short clip against one ten times as long, in fresh clusters.
+        memory = {}
+        for tag, seconds in (("short", args.seconds), ("long", 60 * args.long_minutes)):
+            folder = work / f"mem-{tag}"
+            folder.mkdir()
+            fleet_clip(folder / "drive.mp4", seconds, seed=0)
+            args_mem = argparse.Namespace(**{**vars(args), "no_memory": False})
+            _, _, peak, s_mem = bench_stage(weights, folder, args_mem, int(args.stage_batch), work, f"m{tag}", every)
+            mib = round(peak / 2**20)
+            memory[tag] = {"seconds_of_video": seconds, "items": s_mem["items"], "peak_ray_pss_mib": mib}
+        growth = memory["long"]["peak_ray_pss_mib"] / memory["short"]["peak_ray_pss_mib"] - 1
+        emit(
+            {
+                "mode": "fleet-video",
+                "imgsz": args.imgsz,
+                "every_n": args.every_n,
+                "clips": args.clips,
+                "seconds_per_clip": args.seconds,
+                "clip": "1280x720 H.264, 30 fps, key frame every 30",
+                "teacher": "ssl_ray/assets/source-yolo26n.pt (source-domain shapes)",
+                "decode": decode,
+                "a_predict_vid_stride_img_s": round(a, 2),
+                "a_threads": a_threads,
+                "b_stage_img_s": round(b, 2),
+                "b_stage_steady_img_s": summary["inference_items_per_s"],
+                "b_items": summary["items"],
+                "b_video_chunks": summary["video_chunks"],
+                "b_pseudo_boxes": sum(summary["pseudo_boxes_per_class"].values()),
+                "b_over_a": round(b / a, 2),
+                "keyframes_stage_img_s": round(k, 2),
+                "keyframes_items": summary_k["items"],
+                "keyframes_over_a": round(k / a, 2),
+                "stage_seconds": {"every_n": round(t_b, 1), "keyframes": round(t_k, 1)},
+                "memory": memory,
+                "memory_growth_long_over_short": round(growth, 3),
+            },
+            args.json,
+        )
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

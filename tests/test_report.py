@@ -53,8 +53,10 @@ def test_table_rows_carry_counts_classes_and_stage_times():
     assert row["pseudo boxes per class"] == "circle 9, square 4"
     assert row["train images"] == 39 and row["label s"] == 7.5 and row["train s"] == 40.0
     assert dict(zip(COLUMNS, r0))["train images"] == 24 and dict(zip(COLUMNS, r0))["label s"] == "-"
-    online = {**rounds()[1], "unlabeled_images": 37}  # train.ssl: online trains on labels + the pool
+    online = {**rounds()[1], "unlabeled_images": 37, "epoch_images": 48}  # train.ssl: online: labels + the pool
     assert dict(zip(COLUMNS, table_rows([online])[0]))["train images"] == "24 + 37 unlabeled"
+    hybrid = {**rounds()[1], "unlabeled_images": 37}  # hybrid: the merged rows + the pool
+    assert dict(zip(COLUMNS, table_rows([hybrid])[0]))["train images"] == "39 + 37 unlabeled"
 
 
 @pytest.mark.parametrize(
