@@ -27,7 +27,8 @@ video-skip: the near-duplicate frame filter (`pool.video_min_change`) on real cl
 fleet-video: generated fleet clips (H.264, 30 fps, a key frame a second, 1280x720, a camera
   panning along a street of the source domain's objects, which the bundled source-pretrained
   teacher detects) at imgsz 640, every 30th frame: (a) Ultralytics' predict(source=dir,
-  vid_stride=30) against (b) the stage end to end and steady, and with key frames only; the
+  vid_stride=30) against (b) the stage end to end and steady, and with key frames only, and (c)
+  the square-canvas forward bound; the
   decode cost per kept frame three ways (OpenCV grab/read as before, PyAV chunks, key frames);
   the stage's peak memory on a 1-minute against a 10-minute clip.
 
@@ -587,8 +588,11 @@ def opencv_frames(path: str, every_n: int, imgsz: int) -> int:
 
 def fleet_video(args) -> int:
     """Fleet clips through the label stage with a trained teacher, against Ultralytics."""
+    import cv2
+
     from ssl_ray.config import PoolConfig
     from ssl_ray.io.pool import LoadOptions, load_items, video_chunks
+    from ssl_ray.io.video import iter_frames
 
     work = Path(tempfile.mkdtemp(prefix="ssl_ray-fleet-"))
     try:
@@ -617,6 +621,11 @@ def fleet_video(args) -> int:
         print(json.dumps({"decode": decode}), flush=True)
 
         a, a_threads = bench_predict(weights, pool, args.imgsz, args.floor, work, args.device, args.every_n)
+        stills = work / "stills"  # (c)'s input: kept frames as JPEG (the forward letterboxes them square)
+        stills.mkdir()
+        for i, (_, _, rgb) in enumerate(iter_frames(str(clips[0]), args.every_n, None)):
+            cv2.imwrite(str(stills / f"{i:04d}.jpg"), rgb[..., ::-1])
+        c, best_bs, _ = bench_forward(weights, stills, args.imgsz, work, args.threads, args.device)
         every = [f"pool.video_every_n={args.every_n}", "select.conf=0.5", *args.set]
         t_b, b, _, summary = bench_stage(weights, pool, args, int(args.stage_batch), work, "every_n", every)
         keys = ["pool.video_keyframes=true", "select.conf=0.5", *args.set]
@@ -651,6 +660,9 @@ def fleet_video(args) -> int:
                 "b_video_chunks": summary["video_chunks"],
                 "b_pseudo_boxes": sum(summary["pseudo_boxes_per_class"].values()),
                 "b_over_a": round(b / a, 2),
+                "c_forward_img_s": round(c, 2),
+                "c_batch": best_bs,
+                "b_steady_over_c": round(summary["inference_items_per_s"] / c, 2),
                 "keyframes_stage_img_s": round(k, 2),
                 "keyframes_items": summary_k["items"],
                 "keyframes_over_a": round(k / a, 2),

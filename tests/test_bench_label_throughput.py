@@ -47,3 +47,30 @@ def test_the_generated_drive_is_stopped_for_its_middle_half(tmp_path):
     skipped = [r["uri"].rsplit("=", 1)[1] for r in rows if r["reject_reason"] == "near_duplicate"]
     # stopped from frame 29 to 89: kept 30, skipped the rest, and 90 (3 px on from the stop)
     assert len(rows) == 12 and skipped == ["40", "50", "60", "70", "80", "90"]
+
+
+def test_the_fleet_clip_is_h264_with_a_key_frame_a_second_and_objects_the_teacher_finds(tmp_path):
+    """fleet-video's generated clip: what the benchmark says it is, and the bundled
+    source-pretrained teacher finds objects in it (a teacher that finds nothing measures
+    nothing of the post-processing)."""
+    import av
+    import numpy as np
+
+    from ssl_ray.adapters.teacher import Teacher
+    from ssl_ray.config import PoolConfig
+    from ssl_ray.io.pool import LoadOptions, load_items
+    from ssl_ray.io.video import probe
+
+    clip = label_throughput.fleet_clip(tmp_path / "drive.mp4", seconds=2, size=(640, 360))
+    with av.open(str(clip)) as c:
+        assert c.streams.video[0].codec_context.name == "h264"
+        keys = [p.pts for p in c.demux(video=0) if p.is_keyframe]
+    info = probe(str(clip))
+    assert (info.frames, info.fps, info.width, info.height) == (60, 30.0, 640, 360) and len(keys) == 2
+    opts = LoadOptions(160, PoolConfig(video_keyframes=True))
+    rows = list(load_items(str(clip), 1, opts, read_bytes=None, kind="video"))
+    assert [r["frame_index"] for r in rows] == [0, 30]
+    found = Teacher(str(label_throughput.SOURCE_TEACHER), str(tmp_path), threads=1).predict(
+        np.stack([r["image"] for r in rows]), 0.25
+    )
+    assert all(len(d) >= 1 for d in found)
