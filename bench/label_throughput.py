@@ -27,8 +27,8 @@ video-skip: the near-duplicate frame filter (`pool.video_min_change`) on real cl
 fleet-video: generated fleet clips (H.264, 30 fps, a key frame a second, 1280x720, a camera
   panning along a street of the source domain's objects, which the bundled source-pretrained
   teacher detects) at imgsz 640, every 30th frame: (a) Ultralytics' predict(source=dir,
-  vid_stride=30) against (b) the stage end to end and steady, and with key frames only, and (c)
-  the square-canvas forward bound; the
+  vid_stride=30) against (b) the stage end to end and steady, with square and with rectangular
+  canvases (label.canvas), and with key frames only, and (c) the square-canvas forward bound; the
   decode cost per kept frame three ways (OpenCV grab/read as before, PyAV chunks, key frames);
   the stage's peak memory on a 1-minute against a 10-minute clip.
 
@@ -628,6 +628,8 @@ def fleet_video(args) -> int:
         c, best_bs, _ = bench_forward(weights, stills, args.imgsz, work, args.threads, args.device)
         every = [f"pool.video_every_n={args.every_n}", "select.conf=0.5", *args.set]
         t_b, b, _, summary = bench_stage(weights, pool, args, int(args.stage_batch), work, "every_n", every)
+        rect = [*every, "label.canvas=rect"]  # Ultralytics' predict canvas: 640x384 for 16:9
+        t_r, r, _, summary_r = bench_stage(weights, pool, args, int(args.stage_batch), work, "rect", rect)
         keys = ["pool.video_keyframes=true", "select.conf=0.5", *args.set]
         t_k, k, _, summary_k = bench_stage(weights, pool, args, int(args.stage_batch), work, "keyframes", keys)
 
@@ -663,10 +665,17 @@ def fleet_video(args) -> int:
                 "c_forward_img_s": round(c, 2),
                 "c_batch": best_bs,
                 "b_steady_over_c": round(summary["inference_items_per_s"] / c, 2),
+                "rect_stage_img_s": round(r, 2),
+                "rect_stage_steady_img_s": summary_r["inference_items_per_s"],
+                "rect_pseudo_boxes": sum(summary_r["pseudo_boxes_per_class"].values()),
+                "rect_over_square_steady": round(
+                    summary_r["inference_items_per_s"] / summary["inference_items_per_s"], 2
+                ),
+                "rect_over_a": round(r / a, 2),
                 "keyframes_stage_img_s": round(k, 2),
                 "keyframes_items": summary_k["items"],
                 "keyframes_over_a": round(k / a, 2),
-                "stage_seconds": {"every_n": round(t_b, 1), "keyframes": round(t_k, 1)},
+                "stage_seconds": {"every_n": round(t_b, 1), "rect": round(t_r, 1), "keyframes": round(t_k, 1)},
                 "memory": memory,
                 "memory_growth_long_over_short": round(growth, 3),
             },

@@ -3,7 +3,15 @@
 import numpy as np
 import pytest
 
-from ssl_ray.core.consistency import View, apply_view, detect_with_views, fuse, parse_views, undo_view
+from ssl_ray.core.consistency import (
+    View,
+    apply_view,
+    detect_by_shape,
+    detect_with_views,
+    fuse,
+    parse_views,
+    undo_view,
+)
 from ssl_ray.core.detections import Detections
 
 
@@ -139,3 +147,33 @@ def test_detections_validate_their_shapes():
     d = dets([0, 0, 1, 1, 0.9, 2], [0, 0, 2, 2, 0.2, 1])
     kept = d[d.score >= 0.5]
     assert len(kept) == 1 and kept.cls.tolist() == [2] and kept.agree is None
+
+
+@pytest.mark.parametrize("spec", ["flip", "scale:0.5", "scale:0.75"])
+def test_views_of_a_rectangular_canvas_map_back_onto_the_object(spec):
+    """`label.canvas: rect`: a 64 x 32 canvas; each view is of that shape and maps back."""
+    canvas = np.full((1, 32, 64, 3), 114, np.uint8)
+    canvas[0, 4:20, 36:60] = 255
+    (view,) = parse_views([spec], 64, 32)
+    shown = apply_view(canvas, view)
+    assert shown.shape == canvas.shape
+    rows, cols = np.nonzero(shown[0, :, :, 0] > 200)
+    found = dets([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1, 1.0, 0])
+    np.testing.assert_allclose(undo_view(found, view).xyxy[0], [36, 4, 60, 20], atol=1.5)
+
+
+def test_canvases_of_several_shapes_are_predicted_one_shape_at_a_time_in_their_order():
+    teacher = BrightTeacher()
+    shapes = [(32, 64), (64, 64), (32, 64), (64, 32)]
+    canvases = []
+    for k, (h, w) in enumerate(shapes):
+        c = np.full((h, w, 3), 114, np.uint8)
+        c[2 + k : 10 + k, 4:12] = 255  # each canvas's object 1 px lower than the last's
+        canvases.append(c)
+    mixed = np.empty(len(canvases), dtype=object)
+    mixed[:] = canvases
+    found = detect_by_shape(teacher.predict, mixed)
+    assert sorted(teacher.forwards) == [1, 1, 2]  # one forward per shape
+    assert [d.xyxy[0][1] for d in found] == [2, 3, 4, 5]
+    one_shape = np.stack([canvases[0], canvases[2]])
+    assert [d.xyxy[0][1] for d in detect_by_shape(teacher.predict, one_shape)] == [2, 4]

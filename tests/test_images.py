@@ -123,3 +123,32 @@ def test_what_a_pool_file_is(name, header, kind):
     from ssl_ray.io.pool import kind_of
 
     assert kind_of(name, lambda: header) == kind
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "size", "canvas"),
+    [
+        (1280, 720, 640, (640, 384)),  # 16:9 video: Ultralytics' predict canvas
+        (720, 1280, 640, (384, 640)),
+        (4032, 3024, 640, (640, 480)),  # a 4:3 camera photo
+        (640, 640, 640, (640, 640)),
+        (100, 30, 64, (64, 32)),
+    ],
+)
+def test_rect_canvases_are_ultralytics_predict_letterbox_and_boxes_map_back(width, height, size, canvas):
+    """`label.canvas: rect` letterboxes as Ultralytics' predict does (LetterBox with auto=True,
+    stride 32), pixel for pixel, and a box on the canvas maps back onto the original."""
+    from ultralytics.data.augment import LetterBox
+
+    from ssl_ray.core.geometry import to_normalized_xywh
+    from ssl_ray.io.images import letterbox
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (height, width, 3), np.uint8)
+    ours, lb = letterbox(image, size, stride=32)
+    theirs = LetterBox((size, size), auto=True, stride=32)(image=image)
+    assert ours.shape[1::-1] == canvas and np.array_equal(ours, theirs)
+    truth = np.array([0.25, 0.5, 0.2, 0.4])  # normalized centre xywh on the original
+    x, y, w, h = truth * [width, height, width, height]
+    on_canvas = np.array([[x - w / 2, y - h / 2, x + w / 2, y + h / 2]]) * lb.ratio + [lb.pad_x, lb.pad_y] * 2
+    np.testing.assert_allclose(to_normalized_xywh(on_canvas, lb, width, height)[0], truth, atol=1e-9)

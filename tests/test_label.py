@@ -148,6 +148,24 @@ def test_label_local_pool(ray_local, pool_dir, teachers, tmp_path, bikes_mp4):
 
 
 @pytest.mark.ray
+def test_label_rect_canvases_and_video_chunks(ray_local, pool_dir, teachers, tmp_path, bikes_mp4):
+    """`label.canvas: rect` over a pool of several shapes (square stills, a 640x272 video, a
+    placeholder per reject: Ray Data carries them as variable-shaped tensors), with the video
+    in chunks of two sampled frames: every item is accounted for as with square canvases,
+    and every box lands on its image."""
+    n_frames, fps = expected_frames(bikes_mp4)
+    extra = ["label.canvas=rect", "pool.video_chunk_samples=2"]
+    _, out, summary = run_stage(str(pool_dir), str(tmp_path / "run"), teachers["yolo11n"], extra)
+    check_accounting(out, summary, n_frames, fps)
+    assert summary["video_chunks"] == -(-n_frames // 2) + 1  # and broken.mp4, one chunk
+    preds = read_dir(out, "rounds/r001/predictions")
+    frames = sorted(p["frame_index"] for p in preds if p["video_uri"])
+    assert frames == list(range(0, n_frames * EVERY_N, EVERY_N))  # each sampled frame once, over the chunks
+    boxes = [b for p in preds for b in p["boxes"] or []]
+    assert boxes and all(0 <= b["x"] <= 1 and 0 <= b["y"] <= 1 and 0 < b["w"] <= 1 for b in boxes)
+
+
+@pytest.mark.ray
 def test_label_stage_skips_near_duplicate_frames(ray_local, teachers, tmp_path):
     """A stop in a drive: its frames are skipped, accounted for, and never count as quarantine."""
     from clips import stop_and_go, write_clip

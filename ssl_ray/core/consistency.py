@@ -7,6 +7,9 @@ forward batch:
 - `flip`: horizontal mirror;
 - `scale:S` (0 < S < 1): the canvas shrunk by S about its centre, padded with grey.
 
+Canvases of several shapes (`label.canvas: rect`) are predicted one shape at a time
+(`detect_by_shape`), each group with views of its own size.
+
 Each is an axis-aligned affine map x' = a·x + b (and y' = c·y + d), so boxes predicted on a
 view map back exactly. A base box *agrees* with a view when that view has a box of the same
 class with IoU ≥ `iou` after the map back. Boxes are matched greedily, highest score first,
@@ -34,13 +37,15 @@ class View:
     d: float = 0.0
 
 
-def parse_views(specs: list[str], size: int) -> list[View]:
-    """`["flip", "scale:0.8"]` -> views for a canvas `size` pixels wide (and, for a scale, high)."""
+def parse_views(specs: list[str], width: int, height: int | None = None) -> list[View]:
+    """`["flip", "scale:0.8"]` -> views for a canvas `width` x `height` pixels (square when
+    `height` is not given)."""
+    height = width if height is None else height
     views = []
     for spec in specs:
         name, _, arg = spec.partition(":")
         if name == "flip" and not arg:
-            views.append(View(spec, a=-1.0, b=float(size)))
+            views.append(View(spec, a=-1.0, b=float(width)))
         elif name == "scale" and arg:
             try:
                 s = float(arg)
@@ -48,26 +53,25 @@ def parse_views(specs: list[str], size: int) -> list[View]:
                 raise ValueError(f"{spec!r}: {arg!r} is not a number") from None
             if not 0 < s < 1:
                 raise ValueError(f"{spec!r}: the scale must be between 0 and 1")
-            off = (1 - s) * size / 2
-            views.append(View(spec, a=s, b=off, c=s, d=off))
+            views.append(View(spec, a=s, b=(1 - s) * width / 2, c=s, d=(1 - s) * height / 2))
         else:
             raise ValueError(f"{spec!r}: unknown view (expected 'flip' or 'scale:S')")
     return views
 
 
 def apply_view(images: np.ndarray, view: View) -> np.ndarray:
-    """The view of a batch of square canvases (N, S, S, 3) uint8, of the same shape."""
+    """The view of a batch of canvases (N, H, W, 3) uint8, of the same shape."""
     if view.a == -1.0:
         return np.ascontiguousarray(images[:, :, ::-1])
     import cv2
 
-    size = images.shape[1]
-    inner = max(1, round(size * view.a))
-    off = int(round(view.b))
+    h, w = images.shape[1:3]
+    inner_w, inner_h = max(1, round(w * view.a)), max(1, round(h * view.c))
+    left, top = int(round(view.b)), int(round(view.d))
     out = np.full_like(images, PAD_VALUE)
     for i in range(len(images)):
-        out[i, off : off + inner, off : off + inner] = cv2.resize(
-            images[i], (inner, inner), interpolation=cv2.INTER_AREA
+        out[i, top : top + inner_h, left : left + inner_w] = cv2.resize(
+            images[i], (inner_w, inner_h), interpolation=cv2.INTER_AREA
         )
     return out
 
@@ -118,3 +122,19 @@ def detect_with_views(predict, images: np.ndarray, views: list[View], iou_thr: f
     return [
         fuse(found[i], [undo_view(found[(k + 1) * n + i], v) for k, v in enumerate(views)], iou_thr) for i in range(n)
     ]
+
+
+def detect_by_shape(detect, images) -> list[Detections]:
+    """`detect(batch of one shape) -> [Detections per canvas]` over canvases that may differ
+    in shape (an (N, H, W, 3) array, or a sequence of (H, W, 3) arrays): one call per shape,
+    the results in the canvases' order."""
+    if isinstance(images, np.ndarray) and images.dtype != object:
+        return detect(images)
+    groups: dict[tuple, list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault(image.shape, []).append(i)
+    found: list[Detections | None] = [None] * len(images)
+    for members in groups.values():
+        for i, dets in zip(members, detect(np.stack([images[i] for i in members])), strict=True):
+            found[i] = dets
+    return found

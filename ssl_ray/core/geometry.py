@@ -22,12 +22,22 @@ class Letterbox:
     pad_y: float  # top padding
 
 
-def letterbox_params(width: int, height: int, size: int) -> tuple[int, int, Letterbox]:
-    """(resized width, resized height, placement) of a width x height image centred in a
-    size x size canvas, aspect ratio kept (as Ultralytics letterboxes)."""
+def letterbox_params(width: int, height: int, size: int, stride: int = 0) -> tuple[int, int, Letterbox]:
+    """(resized width, resized height, placement) of a width x height image, aspect ratio kept,
+    its long side `size`, centred on its canvas (`canvas_size`), as Ultralytics letterboxes."""
     ratio = min(size / height, size / width)
     nw, nh = max(1, round(width * ratio)), max(1, round(height * ratio))
-    return nw, nh, Letterbox(ratio, float((size - nw) // 2), float((size - nh) // 2))
+    cw, ch = canvas_size(nw, nh, size, stride)
+    return nw, nh, Letterbox(ratio, float((cw - nw) // 2), float((ch - nh) // 2))
+
+
+def canvas_size(nw: int, nh: int, size: int, stride: int = 0) -> tuple[int, int]:
+    """(width, height) of the canvas for an image resized to nw x nh: size x size (`stride`
+    0), or the smallest padding that keeps each side's padding a multiple of `stride` (a
+    rectangle, as Ultralytics' predict letterboxes: 1280x720 at 640 is 640x384)."""
+    if not stride:
+        return size, size
+    return nw + (size - nw) % stride, nh + (size - nh) % stride
 
 
 def xyxy_of(box: dict) -> np.ndarray:

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ssl_ray.core.geometry import PAD_VALUE, Letterbox, letterbox_params
+from ssl_ray.core.geometry import PAD_VALUE, Letterbox, canvas_size, letterbox_params
 from ssl_ray.core.schema import REASONS
 
 # PIL format name -> file extension used in caches and YOLO trees.
@@ -173,14 +173,22 @@ def media_kind(header: bytes) -> str | None:
     return None
 
 
-def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
-    """Resize keeping aspect ratio into a size x size canvas, centred (as Ultralytics does)."""
+def letterbox(image: np.ndarray, size: int, stride: int = 0) -> tuple[np.ndarray, Letterbox]:
+    """Resize keeping aspect ratio onto a canvas (size x size, or with `stride` the smallest
+    stride-aligned rectangle: `core.geometry.canvas_size`), centred, as Ultralytics does."""
     import cv2
 
     h, w = image.shape[:2]
-    nw, nh, lb = letterbox_params(w, h, size)
+    nw, nh, lb = letterbox_params(w, h, size, stride)
     resized = image if (nw, nh) == (w, h) else cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    canvas = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
+    return place(resized, size, lb, stride), lb
+
+
+def place(resized: np.ndarray, size: int, lb: Letterbox, stride: int = 0) -> np.ndarray:
+    """An image already resized to its letterbox size, on its canvas at `lb`'s padding."""
+    nh, nw = resized.shape[:2]
+    cw, ch = canvas_size(nw, nh, size, stride)
+    canvas = np.full((ch, cw, 3), PAD_VALUE, dtype=np.uint8)
     top, left = int(lb.pad_y), int(lb.pad_x)
     canvas[top : top + nh, left : left + nw] = resized
-    return canvas, lb
+    return canvas

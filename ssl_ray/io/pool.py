@@ -23,10 +23,10 @@ import numpy as np
 
 from ssl_ray.config import PoolConfig, StorageConfig
 from ssl_ray.core import schema
-from ssl_ray.core.geometry import PAD_VALUE, letterbox_params
+from ssl_ray.core.geometry import letterbox_params
 from ssl_ray.core.schema import REASONS
 from ssl_ray.errors import StorageError
-from ssl_ray.io.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, BadImage, decode_rgb, letterbox, media_kind
+from ssl_ray.io.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, BadImage, decode_rgb, letterbox, media_kind, place
 from ssl_ray.io.storage import Store
 from ssl_ray.io.video import TO_END, frame_step, iter_frames, largest_change, plan_chunks, probe, thumbnail
 
@@ -96,6 +96,7 @@ def iter_pool(
 class LoadOptions:
     imgsz: int
     pool: PoolConfig
+    stride: int = 0  # 0: square canvases; else the smallest stride-aligned rectangles (label.canvas: rect)
 
 
 def item_row(*, image_id, uri, width, height, image, lb, video_uri=None, frame_index=None, timestamp_s=None) -> dict:
@@ -197,7 +198,7 @@ def _load_image(uri: str, size: int, opts: LoadOptions, read_bytes) -> dict:
         return reject_row(uri, e.reason, e.detail, opts.imgsz)
     except (StorageError, OSError) as e:
         return reject_row(uri, "unreadable", str(e), opts.imgsz)
-    canvas, lb = letterbox(rgb, opts.imgsz)
+    canvas, lb = letterbox(rgb, opts.imgsz, opts.stride)
     return item_row(
         image_id=schema.image_id_of_bytes(data), uri=uri, width=rgb.shape[1], height=rgb.shape[0], image=canvas, lb=lb
     )
@@ -219,7 +220,7 @@ def _load_video(uri: str, size: int, opts: LoadOptions, open_file, chunk: tuple[
                 if start == 0:
                     yield reject_row(uri, "too_large", f"video frames of {info.width}x{info.height} pixels", opts.imgsz)
                 return
-            nw, nh, lb = letterbox_params(info.width, info.height, opts.imgsz)
+            nw, nh, lb = letterbox_params(info.width, info.height, opts.imgsz, opts.stride)
             resize = (nw, nh) if info.width >= 2 * nw else None  # decoder-side: never convert the full frame
             frames = iter_frames(
                 source, pool.video_every_n, pool.video_fps, start, stop, keyframes=pool.video_keyframes, resize=resize
@@ -233,7 +234,10 @@ def _load_video(uri: str, size: int, opts: LoadOptions, open_file, chunk: tuple[
                         yield reject_row(f"{uri}#frame={index}", "near_duplicate", detail, opts.imgsz)
                         continue
                     kept = index, thumb
-                canvas, frame_lb = letterbox(rgb, opts.imgsz) if resize is None else (_place(rgb, opts.imgsz, lb), lb)
+                if resize is None:
+                    canvas, frame_lb = letterbox(rgb, opts.imgsz, opts.stride)
+                else:
+                    canvas, frame_lb = place(rgb, opts.imgsz, lb, opts.stride), lb
                 yield item_row(
                     image_id=schema.image_id_of_frame(video_id, index),
                     uri=f"{uri}#frame={index}",
@@ -251,14 +255,6 @@ def _load_video(uri: str, size: int, opts: LoadOptions, open_file, chunk: tuple[
     except (StorageError, OSError) as e:
         if start == 0:
             yield reject_row(uri, "unreadable", str(e), opts.imgsz)
-
-
-def _place(resized: np.ndarray, size: int, lb) -> np.ndarray:
-    """A frame the decoder already resized, on its letterbox canvas."""
-    canvas = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
-    top, left = int(lb.pad_y), int(lb.pad_x)
-    canvas[top : top + resized.shape[0], left : left + resized.shape[1]] = resized
-    return canvas
 
 
 VIDEO_ID_WINDOWS = 16  # windows of VIDEO_ID_WINDOW bytes, evenly spaced, hashed into a video's identity

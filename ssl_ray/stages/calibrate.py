@@ -5,8 +5,6 @@ matched to the truth, give each class the lowest score that reaches a target pre
 
 from __future__ import annotations
 
-import numpy as np
-
 from ssl_ray.adapters.runtime import ray_map
 from ssl_ray.config import Config, with_absolute_paths
 from ssl_ray.core import schema
@@ -29,10 +27,12 @@ def _val_thresholds(cfg: Config, out: Store, weights: str, names: list[str], fal
     from pathlib import Path
 
     from ssl_ray.adapters.teacher import Teacher, resolve_weights
+    from ssl_ray.core.consistency import detect_by_shape
     from ssl_ray.core.geometry import to_normalized_xywh
     from ssl_ray.core.thresholds import match_detections, precision_thresholds
     from ssl_ray.io.export import ImageCache, UriReader, read_parquet_rows
     from ssl_ray.io.images import decode_rgb, letterbox
+    from ssl_ray.stages.label import canvas_stride
 
     rows = read_parquet_rows(out, "labeled/val.parquet")
     threads = max(1, int(cfg.label.num_cpus_per_actor)) if cfg.label.num_gpus_per_actor == 0 else None
@@ -47,10 +47,12 @@ def _val_thresholds(cfg: Config, out: Store, weights: str, names: list[str], fal
             letterbox(
                 decode_rgb(cache.ensure(r["image_id"], lambda r=r: reader(r)).read_bytes(), cfg.pool.max_pixels),
                 cfg.model.imgsz,
+                canvas_stride(cfg),  # the canvases the label stage will score the pool on
             )
             for r in chunk
         ]
-        dets = teacher.predict(np.stack([canvas for canvas, _ in boxed]), cfg.select.adaptive_floor)
+        canvases = [canvas for canvas, _ in boxed]
+        dets = detect_by_shape(lambda batch: teacher.predict(batch, cfg.select.adaptive_floor), canvases)
         for r, (_, lb), d in zip(chunk, boxed, dets):
             xywh = to_normalized_xywh(d.xyxy, lb, r["width"], r["height"])
             preds[r["image_id"]] = [schema.box(int(c), *xy, score=float(s)) for xy, s, c in zip(xywh, d.score, d.cls)]

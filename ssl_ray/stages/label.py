@@ -289,7 +289,7 @@ def _load_batch(batch: dict, cfg: Config):
     from ssl_ray.io.pool import LoadOptions, load_items
 
     reader = UriReader(cfg.storage)
-    opts = LoadOptions(imgsz=cfg.model.imgsz, pool=cfg.pool)
+    opts = LoadOptions(imgsz=cfg.model.imgsz, pool=cfg.pool, stride=canvas_stride(cfg))
     rows: list[dict] = []
     entries = zip(batch["uri"], batch["size"], batch["kind"], batch["start"], batch["stop"])
     for uri, size, kind, start, stop in entries:
@@ -301,6 +301,21 @@ def _load_batch(batch: dict, cfg: Config):
                 rows = []
     if rows:
         yield columns(rows)
+
+
+def canvas_stride(cfg: Config) -> int:
+    """`LoadOptions.stride` for `label.canvas`: 0 (square) or the detectors' largest stride."""
+    return 32 if cfg.label.canvas == "rect" else 0
+
+
+def stack_images(images: list[np.ndarray]) -> np.ndarray:
+    """One (N, H, W, 3) array when the canvases share a shape; else an object array of them
+    (Ray Data carries it as a variable-shaped tensor column)."""
+    if len({image.shape for image in images}) <= 1:
+        return np.stack(images)
+    out = np.empty(len(images), dtype=object)
+    out[:] = images
+    return out
 
 
 def columns(rows: list[dict]) -> dict:
@@ -323,7 +338,7 @@ def columns(rows: list[dict]) -> dict:
         "pad_y": np.array(col("pad_y"), np.float64),
         "reject_reason": np.array(col("reject_reason")),
         "reject_detail": np.array(col("reject_detail")),
-        "image": np.stack(col("image")),
+        "image": stack_images(col("image")),
     }
 
 
@@ -333,7 +348,6 @@ class _Predict:
 
     def __init__(self, weights: str, cfg: Config, names: list[str], refiner: str | None = None, counter=None):
         from ssl_ray.adapters.teacher import Teacher, resolve_weights
-        from ssl_ray.core.consistency import parse_views
         from ssl_ray.stages.refine import load_refiner
 
         threads = max(1, int(cfg.label.num_cpus_per_actor)) if cfg.label.num_gpus_per_actor == 0 else None
@@ -341,17 +355,28 @@ class _Predict:
         self.teacher = Teacher(local, cfg.output.cache_dir, threads=threads)
         check_classes(weights, names, self.teacher.names)
         self.floor = cfg.label.score_floor
-        self.views = parse_views(cfg.label.consistency_views, cfg.model.imgsz)
+        self.view_specs = cfg.label.consistency_views
+        self.views = {}  # (height, width) of a canvas -> its views
         self.iou = cfg.label.consistency_iou
         self.refiner = load_refiner(refiner, cfg.storage, str(self.teacher.device), cfg.refine) if refiner else None
         self.counter = counter
 
-    def detect(self, images: np.ndarray) -> list[Detections]:
-        """Each canvas's detections, fused over the views, refined when a refiner is loaded."""
-        from ssl_ray.core.consistency import detect_with_views
+    def detect(self, images) -> list[Detections]:
+        """Each canvas's detections, fused over the views, refined when a refiner is loaded;
+        canvases of different shapes (`label.canvas: rect`) one shape at a time."""
+        from ssl_ray.core.consistency import detect_by_shape
+
+        return detect_by_shape(self._detect, images)
+
+    def _detect(self, images: np.ndarray) -> list[Detections]:
+        from ssl_ray.core.consistency import detect_with_views, parse_views
         from ssl_ray.stages.refine import refine_detections
 
-        found = detect_with_views(lambda batch: self.teacher.predict(batch, self.floor), images, self.views, self.iou)
+        h, w = images.shape[1:3]
+        if (h, w) not in self.views:
+            self.views[(h, w)] = parse_views(self.view_specs, w, h)
+        predict = lambda batch: self.teacher.predict(batch, self.floor)  # noqa: E731
+        found = detect_with_views(predict, images, self.views[(h, w)], self.iou)
         return found if self.refiner is None else refine_detections(self.refiner, images, found)
 
     def __call__(self, batch: dict) -> pa.Table:
