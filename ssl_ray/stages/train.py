@@ -192,7 +192,8 @@ def work_dir(cfg: Config, out: Store, kind: str, name: str) -> Path:
 def _materialize(cfg: Config, out: Store, spec: TrainSpec, folder: Path) -> None:
     """The node's YOLO tree of the training and held-out rows; in online mode also its copy
     of the unlabeled images, listed in `unlabeled.txt` (a pool image that is also a labeled
-    training image is left out: it has its labels)."""
+    training image is left out: it has its labels; a pseudo-labeled one, in hybrid mode, is
+    not: the teacher's targets are what that mode adds to it)."""
     from ssl_ray.io.export import ImageCache, UriReader, read_parquet_rows, write_yolo_tree
 
     train = [row for rel in spec.train for row in read_parquet_rows(out, rel)]
@@ -208,7 +209,7 @@ def _materialize(cfg: Config, out: Store, spec: TrainSpec, folder: Path) -> None
         repeat=lambda row: spec.labeled_copies if row["source"] == "labeled" else 1,
     )
     if spec.unlabeled:
-        labeled = {row["image_id"] for row in train}
+        labeled = {row["image_id"] for row in train if row["source"] == "labeled"}
         rows = [row for rel in spec.unlabeled for row in read_parquet_rows(out, rel) if row["image_id"] not in labeled]
         rows.sort(key=lambda r: (r.get("video_uri") or "", r.get("frame_index") or 0, r["image_id"]))  # a video once
         paths = [str(cache.ensure(row["image_id"], lambda row=row: reader(row))) for row in rows]
