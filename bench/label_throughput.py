@@ -635,7 +635,7 @@ def fleet_video(args) -> int:
 
         # Memory: one short clip against one ten times as long, in fresh clusters.
         memory = {}
-        for tag, seconds in (("short", args.seconds), ("long", 60 * args.long_minutes)):
+        for tag, seconds in (("short", args.seconds), ("long", 60 * args.long_minutes)) * (not args.no_memory):
             folder = work / f"mem-{tag}"
             folder.mkdir()
             fleet_clip(folder / "drive.mp4", seconds, seed=0)
@@ -643,7 +643,7 @@ def fleet_video(args) -> int:
             _, _, peak, s_mem = bench_stage(weights, folder, args_mem, int(args.stage_batch), work, f"m{tag}", every)
             mib = round(peak / 2**20)
             memory[tag] = {"seconds_of_video": seconds, "items": s_mem["items"], "peak_ray_pss_mib": mib}
-        growth = memory["long"]["peak_ray_pss_mib"] / memory["short"]["peak_ray_pss_mib"] - 1
+        growth = memory and memory["long"]["peak_ray_pss_mib"] / memory["short"]["peak_ray_pss_mib"] - 1
         emit(
             {
                 "mode": "fleet-video",
@@ -677,7 +677,7 @@ def fleet_video(args) -> int:
                 "keyframes_over_a": round(k / a, 2),
                 "stage_seconds": {"every_n": round(t_b, 1), "rect": round(t_r, 1), "keyframes": round(t_k, 1)},
                 "memory": memory,
-                "memory_growth_long_over_short": round(growth, 3),
+                "memory_growth_long_over_short": growth and round(growth, 3),
             },
             args.json,
         )
