@@ -184,5 +184,6 @@ def teacher_classes(weights: str) -> list[str]:
     """The teacher's classes, given to the stage as the rounds driver gives the labeled set's."""
     from ssl_ray.adapters.runtime import prepare_ultralytics
 
-    names = prepare_ultralytics(Path(weights).parent / "ul").YOLO(weights).names
+    # its settings in the bench cache, never beside the weights: they may be a bundled asset
+    names = prepare_ultralytics(Path("~/.cache/ssl_ray/bench/ul")).YOLO(weights).names
     return [names[i] for i in sorted(names)]
