@@ -106,11 +106,10 @@ class TrainConfig:
         gt=0,
         lt=1,
     )
-    ssl: Literal["offline", "online", "hybrid"] = setting(
+    ssl: Literal["offline", "online"] = setting(
         "offline",
-        "rounds 1..: train on the round's pseudo-labeled dataset (offline), with a mean teacher that labels "
-        "an unlabeled batch every step instead (online), or on the pseudo-labeled dataset with that teacher as "
-        "well (hybrid; docs/training.md)",
+        "rounds 1..: train on the round's pseudo-labeled dataset (offline), or with a mean teacher that labels "
+        "an unlabeled batch every step (online; docs/training.md)",
     )
     teacher_decay: float = setting(0.99, "online: the teacher's EMA decay per optimizer step", gt=0, lt=1)
     unsup_weight: float = setting(1.0, "online: weight of the unlabeled batch's loss next to the labeled one's", ge=0)

@@ -6,8 +6,7 @@
               -> merge labeled + selected rows (rounds/rNNN/merged.parquet)
               -> train, warm-started from round r-1's weights -> held-out metrics
               (train.ssl: online: train on the labeled set with a mean teacher labeling
-              the pool's accepted images every step, `_online_spec`; hybrid: on the merged
-              rows with that teacher as well)
+              the pool's accepted images every step, `_online_spec`)
     control   with rounds.control: per round r >= 1, the labeled set alone trained from the
               last control segment (round 0's weights for the first) for as many steps as
               round r trained (times rounds.control), in rounds/rNNN/control/
@@ -249,13 +248,9 @@ def _pseudo_label(cfg: Config, out: Store, r: int, state: RunState, spec: TrainS
     record["labeled_copies"] = plan.labeled_copies(
         cfg.train.labeled_fraction, n_labeled, record["train_images"] - n_labeled
     )
-    spec = dataclasses.replace(
+    return dataclasses.replace(
         spec, train=[f"{stage}/merged.parquet"], weights=teacher, labeled_copies=record["labeled_copies"]
     )
-    if cfg.train.ssl == "hybrid":  # the merged rows, and a mean teacher on the pool's images every step
-        spec = dataclasses.replace(spec, **_unlabeled(record, spec.stage, state.names))
-        record["unlabeled_images"] = len_pool(record)
-    return spec
 
 
 def _online_spec(cfg: Config, out: Store, spec: TrainSpec, record: dict, names: list[str]) -> TrainSpec:
@@ -264,32 +259,23 @@ def _online_spec(cfg: Config, out: Store, spec: TrainSpec, record: dict, names: 
     the pool's accepted images every step (`adapters.online`), from round r-1's weights.
     Reliable pseudo-boxes are those at the class thresholds the label stage selected with. An
     epoch is one pass over the pool: the labeled images repeat to as many batches."""
-    n_labeled, n_pool = record["labeled_images"], len_pool(record)
+    label = record["label"]
+    n_labeled = record["labeled_images"]
+    n_pool = sum(label[k] for k in ("pseudo", "negative", "uncertain"))
+    if n_pool == 0:
+        raise ConfigError("train.ssl: online needs unlabeled images, and no pool image was accepted this round")
     record["labeled_copies"] = plan.online_copies(n_labeled, n_pool)
     record["epoch_images"] = n_labeled * record["labeled_copies"]
     record["unlabeled_images"] = n_pool
+    thresholds = label["class_thresholds"]
     return dataclasses.replace(
         spec,
         train=["labeled/train.parquet"],
         weights=out.uri_of(f"rounds/r{record['round'] - 1:03d}/weights/best.pt"),
         labeled_copies=record["labeled_copies"],
-        **_unlabeled(record, spec.stage, names),
+        unlabeled=[f"{spec.stage}/predictions"],
+        class_conf=[float(thresholds[n]) for n in names],
     )
-
-
-def len_pool(record: dict) -> int:
-    """The pool images the round's label stage accepted (what its mean teacher labels)."""
-    n = sum(record["label"][k] for k in ("pseudo", "negative", "uncertain"))
-    if n == 0:
-        raise ConfigError("train.ssl: online and hybrid need unlabeled images, and no pool image was accepted")
-    return n
-
-
-def _unlabeled(record: dict, stage: str, names: list[str]) -> dict:
-    """The TrainSpec fields of a mean teacher: the pool's accepted images, and as each class's
-    reliable-box threshold the one the label stage selected with."""
-    thresholds = record["label"]["class_thresholds"]
-    return {"unlabeled": [f"{stage}/predictions"], "class_conf": [float(thresholds[n]) for n in names]}
 
 
 def _ingest(cfg: Config) -> tuple[list[str], int]:

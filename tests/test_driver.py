@@ -294,26 +294,21 @@ def test_round0_evaluate_scores_the_given_weights_without_training(ray_local, sh
 
 @pytest.mark.ray
 @pytest.mark.train
-@pytest.mark.parametrize("mode", ["online", "hybrid"])
-def test_online_rounds_train_with_a_teacher_and_still_write_the_dataset(ray_local, shapes, tmp_path, mode):
+def test_online_rounds_train_with_a_teacher_and_still_write_the_dataset(ray_local, shapes, tmp_path):
     """`train.ssl: online`: round 1 trains on the labeled set with a mean teacher over the
-    pool's accepted images, an epoch per pass over the pool; `hybrid`: on the merged rows as
-    offline, with that teacher as well. Its dataset, review and report are made as offline,
-    and the control matches its steps."""
+    pool's accepted images, an epoch per pass over the pool; its dataset, review and report
+    are made as offline, and the control matches its steps."""
     from ssl_ray.driver import run_rounds
 
     cfg = tiny(
-        shapes, tmp_path, f"train.ssl={mode}", "select.adaptive=global", "rounds.max_rounds=1", "rounds.control=1"
+        shapes, tmp_path, "train.ssl=online", "select.adaptive=global", "rounds.max_rounds=1", "rounds.control=1"
     )
     state = run_rounds(cfg)
     r1 = state.rounds[1]
     pool = r1["unlabeled_images"]
     assert pool == sum(r1["label"][k] for k in ("pseudo", "negative", "uncertain")) > 0
-    if mode == "online":
-        assert r1["labeled_copies"] * r1["labeled_images"] >= pool  # an epoch covers the pool once
-        assert r1["epoch_images"] == r1["labeled_images"] * r1["labeled_copies"]
-    else:  # the offline round's epoch: labeled copies and the selection
-        assert "epoch_images" not in r1 and r1["train_images"] > r1["labeled_images"]
+    assert r1["labeled_copies"] * r1["labeled_images"] >= pool  # an epoch covers the pool once
+    assert r1["epoch_images"] == r1["labeled_images"] * r1["labeled_copies"]
     run = tmp_path / "run"
     ranks = sorted((tmp_path / "cache" / "train").glob("r001-*/run/ranks/rank0.jsonl"))
     records = [json.loads(line) for line in ranks[0].read_text().splitlines()]

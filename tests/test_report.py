@@ -55,8 +55,6 @@ def test_table_rows_carry_counts_classes_and_stage_times():
     assert dict(zip(COLUMNS, r0))["train images"] == 24 and dict(zip(COLUMNS, r0))["label s"] == "-"
     online = {**rounds()[1], "unlabeled_images": 37, "epoch_images": 48}  # train.ssl: online: labels + the pool
     assert dict(zip(COLUMNS, table_rows([online])[0]))["train images"] == "24 + 37 unlabeled"
-    hybrid = {**rounds()[1], "unlabeled_images": 37}  # hybrid: the merged rows + the pool
-    assert dict(zip(COLUMNS, table_rows([hybrid])[0]))["train images"] == "39 + 37 unlabeled"
 
 
 @pytest.mark.parametrize(

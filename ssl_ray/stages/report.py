@@ -95,12 +95,10 @@ def table_rows(rounds: list[dict], control: list[dict] = ()) -> list[list]:
 
 
 def trained_on(record: dict) -> int | str:
-    """The round's training images: its merged dataset; in online mode (`train.ssl`) the
-    labeled images, in hybrid mode the merged dataset, and the unlabeled ones its teacher
-    labeled while it trained."""
+    """The round's training images: its merged dataset, or in online mode (`train.ssl`) the
+    labeled images and the unlabeled ones its teacher labeled while it trained."""
     if "unlabeled_images" in record:
-        rows = record["labeled_images"] if "epoch_images" in record else record["train_images"]
-        return f"{rows} + {record['unlabeled_images']} unlabeled"
+        return f"{record['labeled_images']} + {record['unlabeled_images']} unlabeled"
     return record.get("train_images", record["labeled_images"])
 
 

@@ -192,8 +192,7 @@ def work_dir(cfg: Config, out: Store, kind: str, name: str) -> Path:
 def _materialize(cfg: Config, out: Store, spec: TrainSpec, folder: Path) -> None:
     """The node's YOLO tree of the training and held-out rows; in online mode also its copy
     of the unlabeled images, listed in `unlabeled.txt` (a pool image that is also a labeled
-    training image is left out: it has its labels; a pseudo-labeled one, in hybrid mode, is
-    not: the teacher's targets are what that mode adds to it)."""
+    training image is left out: it has its labels)."""
     from ssl_ray.io.export import ImageCache, UriReader, read_parquet_rows, write_yolo_tree
 
     train = [row for rel in spec.train for row in read_parquet_rows(out, rel)]
