@@ -104,10 +104,11 @@ def fresh_cluster(num_cpus: int | None = 8) -> None:
 
 class RayMemory:
     """Peak of the summed PSS of every Ray process (raylet, GCS, workers, actors), sampled;
+    `largest`: the peak PSS of any one worker process (what one task or actor holds);
     `timeline` keeps every sample."""
 
     def __init__(self, period: float = 0.25):
-        self.peak, self.period, self._stop = 0, period, threading.Event()
+        self.peak, self.largest, self.period, self._stop = 0, 0, period, threading.Event()
         self.timeline: list[tuple[float, int]] = []  # (perf_counter, summed PSS) per sample
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -117,11 +118,15 @@ class RayMemory:
         while not self._stop.is_set():
             total = 0
             for p in psutil.process_iter(["cmdline"]):
-                if self.is_ray(" ".join(p.info["cmdline"] or [])):
+                cmd = " ".join(p.info["cmdline"] or [])
+                if self.is_ray(cmd):
                     try:
-                        total += p.memory_full_info().pss
+                        pss = p.memory_full_info().pss
                     except (psutil.Error, OSError):
-                        pass
+                        continue
+                    total += pss
+                    if "ray::" in cmd or "default_worker" in cmd:
+                        self.largest = max(self.largest, pss)
             self.peak = max(self.peak, total)
             self.timeline.append((time.perf_counter(), total))
             self._stop.wait(self.period)

@@ -3,7 +3,7 @@
     round 0   train on the labeled set (rounds/r000)
     round r   label the pool with round r-1's best.pt at round r's threshold (boxes moved by
               the box refiner, trained once on the labeled set, with refine.enabled)
-              -> merge labeled + selected rows (rounds/rNNN/merged.parquet)
+              -> merge labeled + selected rows (rounds/rNNN/merged.parquet/, Ray Data)
               -> train, warm-started from round r-1's weights -> held-out metrics
               (train.ssl: online: train on the labeled set with a mean teacher labeling
               the pool's accepted images every step, `_online_spec`)
@@ -18,10 +18,10 @@ or rewritten. A crash resumes at the first unfinished unit. A command whose sett
 from those a finished unit was produced with is refused, naming the setting
 (`claim_run_dir`); operational settings (resources, retries, `rounds.max_rounds`) may change.
 
-The driver does no heavy work itself: ingest (decoding every labeled image), merging, the
-final export and the report run as Ray tasks; labeling is Ray Data, training Ray Train. With
-a local run directory those tasks are pinned to the driver's node (the only node that sees
-its files); with S3 they go wherever Ray places them.
+The driver does no heavy work itself: ingest (decoding every labeled image) and the report
+run as Ray tasks; labeling, merging and the final export are Ray Data (`stages.datasets`),
+training Ray Train. With a local run directory those tasks are pinned to the driver's node
+(the only node that sees its files); with S3 they go wherever Ray places them.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ from ssl_ray.config import Config, dump_config, with_absolute_paths
 from ssl_ray.core import rounds as plan
 from ssl_ray.core.units import ROUND_OMITS, STEP_SETTINGS, Unit, omit, pick, setting_difference
 from ssl_ray.errors import ConfigError
-from ssl_ray.io.export import export_yolo_tree, parquet_num_rows, read_parquet_rows, write_parquet
 from ssl_ray.io.storage import StaleUnitError, Store
 from ssl_ray.stages.calibrate import val_class_thresholds
+from ssl_ray.stages.datasets import export_final, merge_round
 from ssl_ray.stages.ingest import ingest_labeled
 from ssl_ray.stages.label import label_pool, label_unit
 from ssl_ray.stages.refine import REFINER, fit_refiner, refiner_unit
@@ -91,7 +91,7 @@ def run_rounds(cfg: Config, *, new_run: bool = False, on_round: Callable[[RunSta
     except StaleUnitError:  # the run has grown (more rounds, a control): final/ and report/ anew
         done = None
     if done is None:
-        _on_ray(out, _finalize, cfg, state.names, state.rounds, best, state.control)
+        _finalize(cfg, out, state.names, state.rounds, best, state.control)
         out.commit(final, {"best_round": best})
     return state
 
@@ -233,7 +233,7 @@ def _pseudo_label(cfg: Config, out: Store, r: int, state: RunState, spec: TrainS
     merge = Unit(stage, "merge", settings=label_settings)
     if (done := out.done(merge)) is None:
         t0 = time.perf_counter()
-        record["train_images"] = _on_ray(out, _merge, out, stage)
+        record["train_images"] = merge_round(out, stage)
         record["stage_seconds"]["merge"] = round(time.perf_counter() - t0, 1)
         out.commit(merge, record["train_images"])
     else:
@@ -284,29 +284,16 @@ def _ingest(cfg: Config) -> tuple[list[str], int]:
     return labeled.names, len(labeled.train)
 
 
-def _merge(out: Store, stage: str) -> int:
-    """`<stage>/merged.parquet`: the labeled rows plus the round's selection; its row count."""
-    selected = read_parquet_rows(out, f"{stage}/pseudo")  # one part per finalize bucket
-    labeled = read_parquet_rows(out, "labeled/train.parquet")
-    write_parquet(out, f"{stage}/merged.parquet", plan.merge(labeled, selected))
-    return parquet_num_rows(out, f"{stage}/merged.parquet")
-
-
-def _finalize(cfg: Config, names: list[str], rounds: list[dict], best: int, control: list[dict]) -> None:
+def _finalize(cfg: Config, out: Store, names: list[str], rounds: list[dict], best: int, control: list[dict]) -> None:
     """final/: the best round's weights, its training rows as Parquet and as a YOLO tree that
-    `yolo train` accepts as is; then the report."""
+    `yolo train` accepts as is (`stages.datasets`); then the report."""
     from ssl_ray.stages.report import write_report
 
-    out = Store(cfg.output.dir, cfg.storage)
     stage = f"rounds/r{best:03d}"
     out.delete_prefix("final")
     out.write_bytes("final/weights/best.pt", out.read_bytes(f"{stage}/weights/best.pt"))
-    rows = read_parquet_rows(out, f"{stage}/merged.parquet" if best > 0 else "labeled/train.parquet")
-    write_parquet(out, "final/dataset.parquet", rows)
-    export_yolo_tree(
-        cfg, out, "final/yolo", {"train": rows, "val": read_parquet_rows(out, "labeled/val.parquet")}, names
-    )
-    write_report(out, rounds, best, control)
+    export_final(cfg, out, f"{stage}/merged.parquet" if best > 0 else "labeled/train.parquet", names)
+    _on_ray(out, write_report, out, rounds, best, control)
 
 
 def _review(cfg: Config, out: Store, stage: str, names: list[str]) -> int:

@@ -1,9 +1,10 @@
 """Round planning, table-driven: thresholds, early stopping, best round, merge, student start."""
 
+import pyarrow as pa
 import pytest
 
 from ssl_ray.config import RoundsConfig, SelectConfig
-from ssl_ray.core.rounds import best_round, merge, should_stop, threshold_for
+from ssl_ray.core.rounds import best_round, merged_rows, should_stop, threshold_for
 
 
 @pytest.mark.parametrize(
@@ -46,21 +47,19 @@ def test_best_round_is_the_best_not_the_last(scores, best):
     assert best_round(scores) == best
 
 
-def test_merge_keeps_labels_and_one_row_per_image():
-    labeled = [{"image_id": "a", "source": "labeled"}, {"image_id": "b", "source": "labeled"}]
-    selected = [
-        {"image_id": "b", "source": "pseudo"},
-        {"image_id": "c", "source": "pseudo"},
-        {"image_id": "c", "source": "negative"},
-        {"image_id": "d", "source": "negative"},
-    ]
-    merged = merge(labeled, selected)
-    assert [(r["image_id"], r["source"]) for r in merged] == [
+def test_merge_keeps_the_labels_of_a_labeled_image_the_pool_also_holds():
+    rows = pa.table(
+        {"image_id": ["a", "b", "b", "c", "d"], "source": ["labeled", "labeled", "pseudo", "pseudo", "negative"]}
+    )
+    kept = merged_rows(rows, pa.array(["a", "b"]))
+    assert list(zip(kept["image_id"].to_pylist(), kept["source"].to_pylist())) == [
         ("a", "labeled"),
         ("b", "labeled"),
         ("c", "pseudo"),
         ("d", "negative"),
     ]
+    assert merged_rows(rows.slice(2), pa.array([], pa.string())).num_rows == 3
+    assert merged_rows(rows.slice(0, 0), pa.array(["a"])).num_rows == 0
 
 
 @pytest.mark.parametrize(

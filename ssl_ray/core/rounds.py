@@ -1,9 +1,12 @@
 """Round planning (pure): thresholds per round, early stopping, the best round, and the
-merge of labeled and pseudo-labeled rows. The driver (`ssl_ray.driver`) does the I/O."""
+rule that merges labeled and pseudo-labeled rows. The driver (`ssl_ray.driver`) does the I/O."""
 
 from __future__ import annotations
 
 import math
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ssl_ray.config import RoundsConfig, SelectConfig
 
@@ -31,16 +34,13 @@ def best_round(scores: list[float]) -> int:
     return max(range(len(scores)), key=lambda r: (scores[r], -r))
 
 
-def merge(labeled: list[dict], selected: list[dict]) -> list[dict]:
-    """Labeled rows plus selected pseudo/negative rows, one row per image_id: a labeled image
-    keeps its human labels even if the pool holds the same bytes."""
-    seen = {r["image_id"] for r in labeled}
-    out = list(labeled)
-    for row in selected:
-        if row["image_id"] not in seen:
-            seen.add(row["image_id"])
-            out.append(row)
-    return out
+def merged_rows(rows: pa.Table, labeled: pa.Array) -> pa.Table:
+    """The merge's rule, a block of rows at a time: the labeled rows, and the round's selected
+    rows whose image is not one of the `labeled` image ids (a labeled image keeps its human
+    labels even if the pool holds the same bytes). The label stage selects each pool image at
+    most once."""
+    selected = pc.not_equal(rows["source"], "labeled")
+    return rows.filter(pc.invert(pc.and_(selected, pc.is_in(rows["image_id"], value_set=labeled))))
 
 
 def labeled_copies(fraction: float | None, n_labeled: int, n_other: int) -> int:

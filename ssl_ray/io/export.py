@@ -51,9 +51,14 @@ def read_parquet_rows(store: Store, rel: str) -> list[dict]:
 
 
 def parquet_num_rows(store: Store, rel: str) -> int:
-    """Row count from the file's footer, without reading its rows."""
-    with store.fs.open_input_file(store.path(rel)) as f:
-        return pq.ParquetFile(f).metadata.num_rows
+    """Row count of a Parquet file, or of a folder of them (`stages.datasets`), from their
+    footers, without reading rows."""
+    parts = [f"{rel}/{n}" for n in store.names(rel, folders=False) if n.endswith(".parquet")]
+    total = 0
+    for part in parts or [rel]:
+        with store.fs.open_input_file(store.path(part)) as f:
+            total += pq.ParquetFile(f).metadata.num_rows
+    return total
 
 
 class ImageCache:
