@@ -686,8 +686,9 @@ def fleet_video(args) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def make_raw(root: Path, n: int, boxes: int) -> None:
-    """n raw rows as the inference actors write them: Parquet parts of 10,000 rows."""
+def make_raw(root: Path, n: int, boxes: int, uris: list[str] | None = None, classes: int = 3) -> None:
+    """n raw rows as the inference actors write them: Parquet parts of 10,000 rows; row i
+    points at `uris[i % len(uris)]` when given (real files), else at a made-up S3 key."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -699,19 +700,19 @@ def make_raw(root: Path, n: int, boxes: int) -> None:
     for start in range(0, n, 10_000):
         rows = []
         for i in range(start, min(n, start + 10_000)):
-            scores, classes = rng.random(boxes), rng.integers(0, 3, boxes)
+            scores, cls = rng.random(boxes), rng.integers(0, classes, boxes)
             rows.append(
                 {
-                    "image_id": f"{i:032x}",
-                    "uri": f"s3://fleet/2026-11/cam_{i % 8}/frame_{i:09d}.jpg",
-                    "width": 1920,
-                    "height": 1080,
+                    "image_id": f"{i + 1:032x}",
+                    "uri": uris[i % len(uris)] if uris else f"s3://fleet/2026-11/cam_{i % 8}/frame_{i:09d}.jpg",
+                    "width": 96 if uris else 1920,
+                    "height": 64 if uris else 1080,
                     "round": 0,
                     "reject_reason": "",
                     "reject_detail": "",
                     "boxes": [
                         {"cls": int(c), "x": 0.5, "y": 0.5, "w": 0.1, "h": 0.1, "score": float(s)}
-                        for c, s in zip(classes, scores)
+                        for c, s in zip(cls, scores)
                     ],
                 }
             )

@@ -29,11 +29,11 @@ import time
 from pathlib import Path
 
 from bench.common import RayMemory, emit, fresh_cluster
+from bench.label_throughput import make_raw
 
 DEMO = Path(__file__).parents[1] / "ssl_ray" / "configs" / "demo.yaml"
 NAMES = ["a", "b", "c"]
 FILES = 64  # the real images the rows point at
-PART = 20_000  # raw rows per Parquet part, as the inference actors write them
 
 
 def make_images(folder: Path) -> list[str]:
@@ -49,38 +49,6 @@ def make_images(folder: Path) -> list[str]:
         Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(path, quality=80)
         paths.append(str(path))
     return paths
-
-
-def make_raw(stage: Path, n: int, boxes: int, files: list[str]) -> None:
-    """n raw rows in parts of PART, image ids unique (hex of a counter), scores uniform."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from ssl_ray.core.schema import RAW_SCHEMA
-
-    rng = np.random.default_rng(1)
-    (stage / "raw").mkdir(parents=True)
-    for start in range(0, n, PART):
-        rows = []
-        for i in range(start, min(n, start + PART)):
-            scores, classes = rng.random(boxes), rng.integers(0, len(NAMES), boxes)
-            rows.append(
-                {
-                    "image_id": f"{i + 1:032x}",
-                    "uri": files[i % FILES],
-                    "width": 96,
-                    "height": 64,
-                    "round": 0,
-                    "reject_reason": "",
-                    "reject_detail": "",
-                    "boxes": [
-                        {"cls": int(c), "x": 0.5, "y": 0.5, "w": 0.1, "h": 0.1, "score": float(s)}
-                        for c, s in zip(classes, scores)
-                    ],
-                }
-            )
-        pq.write_table(pa.Table.from_pylist(rows, schema=RAW_SCHEMA), stage / "raw" / f"part-{start:09d}.parquet")
 
 
 def make_labeled(out, files: list[str], n_train: int = 1000, n_val: int = 100) -> None:
@@ -130,7 +98,7 @@ def one_size(n: int, boxes: int, work: Path) -> dict:
     root = work / f"n{n}"
     files = make_images(root / "images")
     t0 = time.perf_counter()
-    make_raw(root / "run" / "rounds" / "r001", n, boxes, files)
+    make_raw(root / "run" / "rounds" / "r001", n, boxes, files, len(NAMES))
     print(f"[{time.strftime('%H:%M:%S')}] {n:,} raw rows written in {time.perf_counter() - t0:.0f} s", flush=True)
     out = Store(str(root / "run"))
     make_labeled(out, files)
