@@ -103,6 +103,7 @@ def test_smoke_job_through_ray_job_submit_leaks_no_secret(ray_head, s3, bucket, 
     lab = metrics["label"]
     assert lab["items"] == POOL == lab["pseudo"] + lab["negative"] + lab["uncertain"] + lab["rejected"]
     assert lab["pseudo_used"] >= 1  # round 1 trained on pseudo-labels, not on the labels alone
+
     def table(folder):  # a folder of Parquet files, one table (ssl_ray.stages.datasets)
         parts = [v for k, v in sorted(objects.items()) if k.startswith(f"{folder}/") and k.endswith(".parquet")]
         assert parts, folder
