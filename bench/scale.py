@@ -9,8 +9,12 @@ set of 1,000 images, then in a fresh local cluster, one after another:
   merge     the labeled rows and the selection -> rounds/r001/merged.parquet/ (Ray Data)
   export    final/dataset.parquet/ and the YOLO tree final/yolo/: every image and label file
             written (Ray Data)
+  shares    the training trees of 2 ranks of the merged rows, as Ray Train's ranks build them
+            (`stages.train.materialize`), side by side, each rank on a "node" of its own (its
+            own image cache): the rows, images and bytes each holds against the whole set
 
-Printed per N and step: seconds and microseconds per row; the peak PSS of the largest single
+Printed per N and step: seconds and microseconds per row (for shares: rows over both ranks,
+side by side on the 2 cores); the peak PSS of the largest single
 Ray worker process (what one task holds), of all Ray processes together, and the growth of
 the driver's own peak RSS; then, from the smallest N to the largest, how time per row and
 each peak grew. Flat peaks and a flat time per row: nothing holds the pool.
@@ -113,7 +117,15 @@ def one_size(n: int, boxes: int, work: Path) -> dict:
     images = sum(1 for _ in (root / "run" / "final" / "yolo" / "images" / "train").iterdir())
     if not (merged == exported == images == parquet_num_rows(out, "final/dataset.parquet")):
         raise SystemExit(f"n={n}: merged {merged}, exported {exported}, images {images}: rows went missing")
-    for name, rows in (("finalize", n), ("merge", merged), ("export", exported)):
+    whole = sum(p.stat().st_size for p in (root / "run" / "final" / "yolo" / "images" / "train").iterdir())
+    shutil.rmtree(root / "run" / "final")
+    split, steps["shares"] = measure(lambda: shares(out, "rounds/r001/merged.parquet", root / "shares"))
+    for rank in split["ranks"]:  # a share of the rows, of the bytes and of what the node copied
+        rank["share_of_rows"] = round(rank["train_images"] / merged, 3)
+        rank["share_of_bytes"] = round(rank["train_image_bytes"] / whole, 3)
+        rank["node_cache_share"] = round(rank["node_cache_bytes"] / whole, 3)
+    steps["shares"].update(split)
+    for name, rows in (("finalize", n), ("merge", merged), ("export", exported), ("shares", merged)):
         steps[name]["rows"] = rows
         steps[name]["us_per_row"] = round(1e6 * steps[name]["seconds"] / max(rows, 1), 1)
     row = {
@@ -128,6 +140,33 @@ def one_size(n: int, boxes: int, work: Path) -> dict:
     print(row, flush=True)
     shutil.rmtree(root)
     return row
+
+
+def shares(out, merged: str, root: Path, world: int = 2) -> dict:
+    """Every rank's tree of `merged`, as Ray tasks side by side, each with a cache of its own
+    (as on separate nodes): per rank its images and the bytes its node copied."""
+    import ray
+
+    from ssl_ray.config import load_config
+    from ssl_ray.stages.train import TrainSpec, materialize
+
+    spec = TrainSpec(name="r001", train=[merged], val=["labeled/val.parquet"], names=NAMES, weights="yolo26n.yaml")
+
+    def one(rank: int) -> dict:
+        node = root / f"node{rank}"
+        cfg = load_config(DEMO, [f"output.dir={out.root}", f"output.cache_dir={node / 'cache'}"])
+        materialize(cfg, out, spec, node / "tree", rank, world)
+        images = [p for p in (node / "tree" / "images" / "train").iterdir()]
+        cached = [p for p in (node / "cache" / "images").rglob("*") if p.is_file()]
+        return {
+            "rank": rank,
+            "train_images": len(images),
+            "train_image_bytes": sum(p.stat().st_size for p in images),
+            "node_cache_bytes": sum(p.stat().st_size for p in cached),
+        }
+
+    task = ray.remote(num_cpus=1)(one)
+    return {"ranks": ray.get([task.remote(rank) for rank in range(world)])}
 
 
 def growth(rows: list[dict]) -> dict:

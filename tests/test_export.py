@@ -167,3 +167,11 @@ def test_round_trip_s3_to_yolo_trains_with_ultralytics(tmp_path, shapes, s3, buc
         verbose=False,
     )
     assert (tmp_path / "train" / "t" / "weights" / "last.pt").exists()
+
+
+def test_the_cache_looks_up_every_format_it_stores():
+    """`ImageCache.ensure` probes one name per stored format instead of listing the folder."""
+    from ssl_ray.io.export import _CACHED_EXTS
+    from ssl_ray.io.images import FORMATS
+
+    assert set(_CACHED_EXTS) == set(FORMATS.values()) - {"gif"}  # a GIF is stored as a PNG

@@ -75,10 +75,20 @@ def check_ddp(records, n_train, epochs):
         a, b = ranks[0], ranks[1]
         assert a["weights_digest"] == b["weights_digest"], f"epoch {epoch}: ranks disagree"  # DDP keeps them equal
         assert a["images_digest"] != b["images_digest"], f"epoch {epoch}: both ranks saw the same images"
-        assert n_train <= a["images"] + b["images"] <= n_train + 1  # a split (the sampler pads by at most 1)
-        assert a["images"] < n_train and b["images"] < n_train
+        assert a["images"] == b["images"] < n_train  # its own share, padded to the longer one
         digests.append(a["weights_digest"])
     assert len(set(digests)) == len(digests), "weights did not change between epochs"
+
+
+def check_shares(tmp_path, train_ids, name="t"):
+    """Each rank trained on a tree of its own share: disjoint, together the whole set."""
+    (work,) = (tmp_path / "cache" / "train").glob(f"{name}-*")
+    ids = [
+        {p.name.split(".")[0].split("~")[0] for p in (work / "data" / f"rank{r}" / "images" / "train").iterdir()}
+        for r in (0, 1)
+    ]
+    assert ids[0] and ids[1] and not ids[0] & ids[1]
+    assert ids[0] | ids[1] == set(train_ids)
 
 
 def check_outputs(out: Store, names, tmp_path):
@@ -108,6 +118,7 @@ def test_ddp_on_two_cpu_workers_local(ray_local, shapes, tmp_path):
         _, out, metrics, labeled = run_training(shapes, tmp_path, str(tmp_path / "run"))
     assert watch.samples > 20 and watch.found == set(), watch.found
     check_ddp(audit(tmp_path), len(labeled.train), epochs=2)
+    check_shares(tmp_path, [row["image_id"] for row in labeled.train])
     check_outputs(out, labeled.names, tmp_path)
     assert metrics["epochs"] == 2
 

@@ -70,15 +70,14 @@ def shard_batches(n: int, batch: int, seed: int, rank: int, start: int = 0) -> I
 
 
 class UnlabeledStream:
-    """This rank's share of the unlabeled images (every `world`-th of the sorted listing), as
-    endless uint8 batches; decoding runs in `workers` loader processes."""
+    """This rank's unlabeled images (its tree holds only its share: `core.shards`), as endless
+    uint8 batches in an order seeded by `seed` and `rank`; decoding runs in `workers` loader
+    processes."""
 
-    def __init__(
-        self, paths: list[str], size: int, batch: int, *, seed: int, rank: int, world: int, start: int = 0, workers=0
-    ):
+    def __init__(self, paths: list[str], size: int, batch: int, *, seed: int, rank: int, start: int = 0, workers=0):
         import torch
 
-        shard = sorted(paths)[rank::world]
+        shard = sorted(paths)
         loader = torch.utils.data.DataLoader(
             UnlabeledImages(shard, size),
             batch_sampler=_Batches(len(shard), batch, seed, rank, start),

@@ -19,6 +19,9 @@ checkpoint format) stays Ultralytics'. The subclass changes only how it meets Ra
 - **final evaluation**: `final_eval` strips checkpoints but does not re-validate best.pt (its
   standalone validator assumes CUDA inside DDP ranks); the best epoch's distributed
   validation is the result.
+- **data per rank**: each rank's tree holds only its share of the training rows
+  (`stages.train.materialize`), so its training loader samples that whole tree (one replica,
+  reshuffled per epoch) instead of 1/world of a tree every rank would hold.
 - **audit**: per epoch, each rank appends the images it trained on (count + digest) and a
   digest of its parameters to `<save_dir>/ranks/rank<N>.jsonl`: proof that the shards differ
   and the weights agree.
@@ -141,7 +144,6 @@ def _trainer_class():
                 max(self.batch_size // world, 1),
                 seed=self.args.seed,
                 rank=rank,
-                world=world,
                 start=self.start_epoch * len(self.train_loader),
                 workers=min(self.args.workers, 2),
             )
@@ -153,6 +155,27 @@ def _trainer_class():
                 o["unsup_warmup_steps"],
                 self.args.seed + rank,
             )
+
+        def get_dataloader(self, dataset_path, batch_size=16, rank=0, mode="train"):
+            """Ultralytics' loader; in a group, the training one samples this rank's whole
+            tree, which holds only its share (`core.shards`): Ultralytics' DistributedSampler
+            as the only replica, so it still reshuffles by epoch (`set_epoch`) and a resumed
+            epoch sees the same order. Validation stays split over the ranks, as Ultralytics
+            does (every rank's tree holds the whole held-out set)."""
+            if mode != "train" or self.world_size <= 1:
+                return super().get_dataloader(dataset_path, batch_size, rank, mode)
+            import functools
+            import types
+
+            import ultralytics.data.build as build
+
+            distributed = build.distributed
+            one = functools.partial(distributed.DistributedSampler, num_replicas=1, rank=0)
+            build.distributed = types.SimpleNamespace(DistributedSampler=one)
+            try:
+                return super().get_dataloader(dataset_path, batch_size, rank, mode)
+            finally:
+                build.distributed = distributed
 
         def preprocess_batch(self, batch):
             self._seen.extend(batch["im_file"])

@@ -14,7 +14,7 @@ import os
 import re
 import tempfile
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,6 +28,7 @@ from ssl_ray.io.images import for_training
 from ssl_ray.io.storage import Store
 
 _IMAGE_ID = re.compile(r"^[0-9a-f]{32}$")
+_CACHED_EXTS = ("jpg", "png", "webp", "bmp", "tif")  # what `for_training` writes (a GIF becomes a PNG)
 
 
 def write_table(store: Store, rel: str, table: pa.Table) -> None:
@@ -48,6 +49,15 @@ def write_rejects(store: Store, rel: str, rejects: list[dict]) -> None:
 
 def read_parquet_rows(store: Store, rel: str) -> list[dict]:
     return pq.read_table(store.path(rel), filesystem=store.fs, schema=schema.ROW_SCHEMA).to_pylist()
+
+
+def iter_row_batches(store: Store, rel: str, batch_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
+    """The contract rows of a Parquet file or a folder of them, a batch at a time: a reader
+    that keeps some rows never holds the whole table."""
+    import pyarrow.dataset as pads
+
+    dataset = pads.dataset(store.path(rel), filesystem=store.fs, format="parquet", schema=schema.ROW_SCHEMA)
+    yield from dataset.to_batches(batch_size=batch_rows, use_threads=False)
 
 
 def parquet_num_rows(store: Store, rel: str) -> int:
@@ -72,8 +82,8 @@ class ImageCache:
         if not _IMAGE_ID.match(image_id or ""):
             raise DatasetError(f"invalid image_id {image_id!r}: expected 32 hex digits")
         folder = self.root / image_id[:2]
-        for hit in folder.glob(f"{image_id}.*"):
-            if not hit.name.endswith(".tmp"):
+        for ext in _CACHED_EXTS:  # a stat per format, not a listing of a folder of thousands
+            if (hit := folder / f"{image_id}.{ext}").exists():
                 return hit
         data, ext = for_training(fetch())
         folder.mkdir(parents=True, exist_ok=True)
@@ -157,7 +167,9 @@ def write_yolo_tree(
     `splits` maps a split name ('train', 'val') to its rows. Images are hard links into the
     cache where the filesystem allows, copies otherwise. Safe to re-run over a partial or an
     older tree: afterwards each split holds exactly `rows`, and files of other rows are removed.
-    `repeat(row)` > 1 adds that many copies in all (`<id>~1.<ext>`, ...): oversampling.
+    `repeat(row)` > 1 adds that many copies in all (`<id>~1.<ext>`, ...) of a row of the
+    train split: oversampling. Other splits hold each row once (a held-out image repeated
+    would cost its validation again and change nothing).
     """
     out = Path(out_dir).expanduser().resolve()
     for split, rows in splits.items():
@@ -172,7 +184,7 @@ def write_yolo_tree(
         for row in rows:
             cached = cache.ensure(row["image_id"], lambda row=row: fetch(row))
             labels = label_lines(row["boxes"] or [])
-            for k in range(repeat(row) if repeat else 1):
+            for k in range(repeat(row) if repeat and split == "train" else 1):
                 stem = row["image_id"] if k == 0 else f"{row['image_id']}~{k}"
                 target = img_dir / f"{stem}{cached.suffix}"
                 if not target.exists():

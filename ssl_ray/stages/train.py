@@ -1,9 +1,11 @@
 """Stage: train the detector with Ray Train (TorchTrainer; DDP over `train.num_workers` ranks).
 
 Input is contract Parquet on storage (training rows: labeled + pseudo + negatives; held-out
-validation rows). Each node materializes it once into a node-local YOLO tree whose images
-come from the content-addressed cache (reused across rounds). Every rank runs Ultralytics'
-own trainer (`ray_trainer.RayDetectionTrainer`).
+validation rows). Each rank materializes only its share of the training rows (`core.shards`:
+a hash of the image id picks the rank) into a node-local YOLO tree whose images come from
+the node's content-addressed cache (reused across rounds), so the data each node copies
+shrinks as ranks are added. Every rank runs Ultralytics' own trainer
+(`adapters.trainer.RayDetectionTrainer`), which shuffles the rank's share every epoch.
 
 Checkpoints: after every epoch rank 0 reports `last.pt` (+ `best.pt`) with `ray.train.report`
 to `<out>/<stage>/ray/` (local or S3); after a worker dies, Ray restarts the group
@@ -113,7 +115,6 @@ def train_detector(cfg: Config, out: Store, spec: TrainSpec, also: tuple[str, ..
 def _train_loop(config: dict) -> None:
     """One Ray Train worker: materialize data, run Ultralytics' trainer as this rank."""
     import ray.train
-    import torch.distributed as dist
 
     from ssl_ray.adapters.runtime import prepare_ultralytics
 
@@ -123,12 +124,9 @@ def _train_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     work = work_dir(cfg, out, "train", spec.name)
-    data_yaml = work / "data" / "data.yaml"
-    if ctx.get_local_rank() == 0:
-        _materialize(cfg, out, spec, work / "data")
-    if dist.is_initialized():
-        dist.barrier()  # the node's tree is complete before any rank reads it
-    online = _online_settings(cfg, spec, work / "data") if spec.unlabeled else None
+    data = work / "data" / f"rank{rank}"
+    data_yaml = materialize(cfg, out, spec, data, rank, world)
+    online = _online_settings(cfg, spec, data) if spec.unlabeled else None
 
     prepare_ultralytics(cfg.output.cache_dir, threads=max(1, int(cfg.train.cpus_per_worker)))
     from ssl_ray.adapters.teacher import resolve_weights
@@ -189,30 +187,64 @@ def work_dir(cfg: Config, out: Store, kind: str, name: str) -> Path:
     return Path(cfg.output.cache_dir).expanduser() / kind / f"{name}-{run}"
 
 
-def _materialize(cfg: Config, out: Store, spec: TrainSpec, folder: Path) -> None:
-    """The node's YOLO tree of the training and held-out rows; in online mode also its copy
-    of the unlabeled images, listed in `unlabeled.txt` (a pool image that is also a labeled
-    training image is left out: it has its labels)."""
+def materialize(cfg: Config, out: Store, spec: TrainSpec, folder: Path, rank: int = 0, world: int = 1) -> Path:
+    """Rank `rank`'s YOLO tree at `folder`; its data.yaml. It holds the rank's share of the
+    training rows (`core.shards`: 1/world of them, padded to the longest share) and every
+    held-out row; in online mode also its share of the unlabeled images, listed in
+    `unlabeled.txt` (a pool image that is also a labeled training image is left out: it has
+    its labels). Rows are read a batch at a time and only the share is kept; images come
+    through the node's cache, so a node fetches its ranks' shares, not the whole set."""
+    from ssl_ray.core.shards import padded_copies
     from ssl_ray.io.export import ImageCache, UriReader, read_parquet_rows, write_yolo_tree
 
-    train = [row for rel in spec.train for row in read_parquet_rows(out, rel)]
+    def copies(source: str) -> int:
+        return spec.labeled_copies if source == "labeled" else 1
+
+    train, sizes, labeled = _share(out, spec.train, rank, world, copies)
+    if world > 1 and min(sizes) == 0:
+        from ssl_ray.errors import SslRayError
+
+        raise SslRayError(
+            f"train {spec.name}: {sum(sizes)} training images cannot be shared by {world} ranks "
+            f"(shares of {sizes}); use fewer train.num_workers"
+        )
+    repeat = dict(zip((r["image_id"] for r in train), padded_copies([copies(r["source"]) for r in train], max(sizes))))
     val = [row for rel in spec.val for row in read_parquet_rows(out, rel)]
     cache = ImageCache(Path(cfg.output.cache_dir).expanduser() / "images")
     reader = UriReader(cfg.storage)
-    write_yolo_tree(
-        folder,
-        {"train": train, "val": val},
-        spec.names,
-        cache,
-        reader,
-        repeat=lambda row: spec.labeled_copies if row["source"] == "labeled" else 1,
+    data_yaml = write_yolo_tree(
+        folder, {"train": train, "val": val}, spec.names, cache, reader, repeat=lambda row: repeat[row["image_id"]]
     )
     if spec.unlabeled:
-        labeled = {row["image_id"] for row in train if row["source"] == "labeled"}
-        rows = [row for rel in spec.unlabeled for row in read_parquet_rows(out, rel) if row["image_id"] not in labeled]
+        rows, _, _ = _share(out, spec.unlabeled, rank, world, copies)
+        rows = [row for row in rows if row["image_id"] not in labeled]
         rows.sort(key=lambda r: (r.get("video_uri") or "", r.get("frame_index") or 0, r["image_id"]))  # a video once
         paths = [str(cache.ensure(row["image_id"], lambda row=row: reader(row))) for row in rows]
         (folder / "unlabeled.txt").write_text("".join(f"{p}\n" for p in paths))
+    return data_yaml
+
+
+def _share(out: Store, rels: list[str], rank: int, world: int, copies) -> tuple[list[dict], list[int], set[str]]:
+    """Rank `rank`'s rows of the Parquet at `rels`, the size of every rank's share (images,
+    with `copies(source)` of each row) and the ids of every labeled row."""
+    import pyarrow as pa
+
+    from ssl_ray.core.shards import rank_of
+    from ssl_ray.io.export import iter_row_batches
+
+    mine: list[dict] = []
+    sizes = [0] * world
+    labeled: set[str] = set()
+    for rel in rels:
+        for batch in iter_row_batches(out, rel):
+            ids, sources = batch.column("image_id").to_pylist(), batch.column("source").to_pylist()
+            ranks = [rank_of(i or "", world) for i in ids]
+            for r, image_id, source in zip(ranks, ids, sources):
+                sizes[r] += copies(source)
+                if source == "labeled":
+                    labeled.add(image_id)
+            mine += batch.filter(pa.array([r == rank for r in ranks])).to_pylist()
+    return mine, sizes, labeled
 
 
 def _online_settings(cfg: Config, spec: TrainSpec, folder: Path) -> dict:

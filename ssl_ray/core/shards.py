@@ -1,0 +1,42 @@
+"""Which training rank holds which row (pure): data per rank that shrinks as ranks are added.
+
+Every training row, labeled or pseudo-labeled, belongs to exactly one rank: a hash of its
+image id modulo the number of ranks. The hash, not the row's position, decides, so a row
+keeps its rank as the training set grows from round to round and a node's image cache keeps
+serving it. Each rank materializes and trains on its share only and reshuffles it every epoch;
+DDP averages the ranks' gradients, so an epoch is still one pass over the training rows, as
+with Ultralytics' own distributed sampler, whatever the number of ranks (the recipe's epochs,
+patience and oversampling mean the same on 1 rank and on 64).
+
+DDP needs every rank to take the same number of steps: a share shorter than the longest gets
+extra copies of its own rows, spread evenly (with N rows over W ranks, about sqrt(N / W)
+copies per rank; none with one rank).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+
+def rank_of(image_id: str, world: int) -> int:
+    """The rank (0..world-1) that trains on the image `image_id`."""
+    if world <= 1:
+        return 0
+    digest = hashlib.blake2b(image_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % world
+
+
+def padded_copies(copies: list[int], target: int) -> list[int]:
+    """Copies per row of one rank's share (`copies`: what the recipe asks, e.g. oversampled
+    labeled rows) raised so that they sum to `target`, the longest share's size: one more
+    copy per row in turn, from the first row. An empty share stays empty (the caller refuses
+    it: a rank without rows cannot take steps)."""
+    out = list(copies)
+    missing = target - sum(out)
+    if missing < 0:
+        raise ValueError(f"share of {sum(out)} images is longer than the target {target}")
+    if not out:
+        return out
+    for i in range(missing):
+        out[i % len(out)] += 1
+    return out
