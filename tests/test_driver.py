@@ -102,7 +102,7 @@ def test_rounds_end_to_end_resume_and_config_guard(ray_local, shapes, tmp_path):
             assert boxes and all(b["agree"] in (0.0, 1.0) for b in boxes)  # one flipped view: agrees or not
             copies = metrics["labeled_copies"]
             assert copies == max(1, round(metrics["train_images"] / 24 - 1))
-            (tree,) = (tmp_path / "cache" / "train").glob(f"r{r:03d}-*/data/images/train")
+            (tree,) = (tmp_path / "cache" / "train").glob(f"r{r:03d}-*/data/rank0/images/train")  # one rank: all rows
             assert len(list(tree.iterdir())) == 24 * copies + metrics["train_images"] - 24
             export = stage / "review_export"
             tasks = json.loads((export / "label_studio.json").read_text())
