@@ -4,7 +4,8 @@
 #
 #     bash bench/gpu.sh OUT_DIR
 #
-# Writes OUT_DIR/{env.txt,label_1x1.json,label_2x05.json,train.json} and a log of each.
+# Writes OUT_DIR/{env.txt,teacher_profile.json,fleet_video.json,label_2x05.json,train.json} and a log
+# of each; ~8 minutes at most. The open question first: the trained-teacher collapse (17-19 images/s).
 set -u
 out=${1:?usage: bench/gpu.sh OUT_DIR}
 mkdir -p "$out"
@@ -14,15 +15,20 @@ py=${PYTHON:-python3}
   $py -c "import ray, ultralytics, torch; print('ray', ray.__version__, 'ultralytics', ultralytics.__version__,
 'torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } > "$out/env.txt" 2>&1
 cat "$out/env.txt"
-# Label stage: one actor per GPU, then two actors sharing it (0.5 GPU each).
-timeout 180 $py -m bench.label_throughput --device cuda --n 1000 --imgsz 640 --threads 4 --no-memory --stage-batch best \
-  --actors 1 --gpus-per-actor 1 --json "$out/label_1x1.json" > "$out/label_1x1.log" 2>&1
-echo "label 1x1 rc=$?"; cat "$out/label_1x1.json" 2>/dev/null
-# Training: one Ray Train worker on the GPU against YOLO.train(device=0), AMP on.
-timeout 180 $py -m bench.train_overhead --device cuda --epochs 4 --imgsz 640 --n-train 1024 --data-imgsz 320 \
-  --batch 32 --threads 8 --json "$out/train.json" > "$out/train.log" 2>&1
-echo "train rc=$?"; cat "$out/train.json" 2>/dev/null
-timeout 130 $py -m bench.label_throughput --device cuda --n 1000 --imgsz 640 --threads 4 --no-memory --stage-batch best \
+# Where an inference call spends its time, trained teacher against untrained (the collapse).
+timeout 90 $py -m bench.teacher_profile --device cuda --batch 64 --repeat 5 --threads 4 \
+  --json "$out/teacher_profile.json" > "$out/teacher_profile.log" 2>&1
+echo "teacher profile rc=$?"; cat "$out/teacher_profile.json" 2>/dev/null
+# Fleet video with the trained teacher: stage against Ultralytics, square and rect canvases, key frames.
+timeout 180 $py -m bench.label_throughput --mode fleet-video --device cuda --imgsz 640 --threads 4 --no-memory \
+  --clips 3 --seconds 60 --json "$out/fleet_video.json" > "$out/fleet_video.log" 2>&1
+echo "fleet video rc=$?"; cat "$out/fleet_video.json" 2>/dev/null
+# Label stage, untrained teacher (the reference figure): two actors sharing the GPU (0.5 GPU each).
+timeout 110 $py -m bench.label_throughput --device cuda --n 1000 --imgsz 640 --threads 4 --no-memory --stage-batch best \
   --actors 2 --gpus-per-actor 0.5 --json "$out/label_2x05.json" > "$out/label_2x05.log" 2>&1
 echo "label 2x0.5 rc=$?"; cat "$out/label_2x05.json" 2>/dev/null
+# Training: one Ray Train worker on the GPU against YOLO.train(device=0), AMP on.
+timeout 110 $py -m bench.train_overhead --device cuda --epochs 4 --imgsz 640 --n-train 1024 --data-imgsz 320 \
+  --batch 32 --threads 8 --json "$out/train.json" > "$out/train.log" 2>&1
+echo "train rc=$?"; cat "$out/train.json" 2>/dev/null
 tail -5 "$out"/*.log
