@@ -116,3 +116,19 @@ def test_final_export_refuses_an_image_id_that_would_steer_a_path(ray_local, sha
     with pytest.raises(Exception, match="invalid image_id"):
         datasets.export_final(cfg, out, "labeled/train.parquet", NAMES)
     assert not (tmp_path / "etc").exists()
+
+
+def test_a_read_task_holds_about_one_file_not_a_128_mib_bin_of_them(ray_local, shapes, tmp_path, monkeypatch):
+    """Ray Data packs small Parquet files into read tasks of up to 128 MiB by default; the
+    datasets' reads pack at READ_BIN_BYTES, so no task holds many files' rows (bench.scale: a
+    merge task held ~0.9 GiB at 10^6 rows before). The driver's environment is left as it was."""
+    import os
+
+    out, _, _, _ = _run(tmp_path, shapes, parts=4)
+    files = len(out.names("rounds/r001/pseudo", folders=False))
+    assert files == 4
+    monkeypatch.setattr(datasets, "READ_BIN_BYTES", 1)  # smaller than any file: one file a task
+    assert datasets._read(out, "rounds/r001/pseudo").materialize().num_blocks() == files
+    monkeypatch.setattr(datasets, "READ_BIN_BYTES", 128 * 2**20)  # Ray's default: all in one
+    assert datasets._read(out, "rounds/r001/pseudo").materialize().num_blocks() == 1
+    assert "RAY_DATA_PARQUET_BIN_PACKING_BYTES" not in os.environ

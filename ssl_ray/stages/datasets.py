@@ -29,7 +29,11 @@ from ssl_ray.core import rounds, schema
 from ssl_ray.errors import DatasetError
 from ssl_ray.io.storage import Store
 
-ROWS_PER_FILE = 200_000  # rows per Parquet file at most (at least half as many, blocks allowing)
+ROWS_PER_FILE = 50_000  # rows per Parquet file at most: a read task's share (~10 MB of Parquet)
+# Ray Data's Parquet reader packs files into read tasks of up to 128 MiB uncompressed by default
+# (RAY_DATA_PARQUET_BIN_PACKING_BYTES): ~600,000 of these rows, ~0.9 GiB in one worker. Packed
+# at 16 MiB, a read task holds about one file, whatever the size of the dataset.
+READ_BIN_BYTES = 16 * 2**20
 EXPORT_BATCH = 256  # rows (images) an export task copies at a time
 
 _IMAGE_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -96,10 +100,18 @@ def export_rows(batch: pa.Table, out: Store, folder: str, storage) -> pa.Table:
 
 
 def _read(out: Store, *rels: str):
-    """Contract rows at `rels` (files or folders of parts) as one Ray Dataset."""
+    """Contract rows at `rels` (files or folders of parts) as one Ray Dataset, each read task
+    about one file (`READ_BIN_BYTES`)."""
+    import os
+
     import ray
 
-    return ray.data.read_parquet([out.path(r) for r in rels], filesystem=out.fs, schema=schema.ROW_SCHEMA)
+    key, before = "RAY_DATA_PARQUET_BIN_PACKING_BYTES", os.environ.get("RAY_DATA_PARQUET_BIN_PACKING_BYTES")
+    os.environ[key] = str(READ_BIN_BYTES)  # read when the read is planned, here in the driver
+    try:
+        return ray.data.read_parquet([out.path(r) for r in rels], filesystem=out.fs, schema=schema.ROW_SCHEMA)
+    finally:
+        os.environ.pop(key) if before is None else os.environ.update({key: before})
 
 
 def _write(ds, out: Store, rel: str) -> int:
@@ -107,9 +119,9 @@ def _write(ds, out: Store, rel: str) -> int:
     from ssl_ray.io.export import parquet_num_rows
 
     out.delete_prefix(rel)
-    ds.write_parquet(
-        out.path(rel), filesystem=out.fs, min_rows_per_file=ROWS_PER_FILE // 2, max_rows_per_file=ROWS_PER_FILE
-    )
+    # No minimum rows per file: bundling blocks up to one would put several read tasks' rows
+    # in one write task.
+    ds.write_parquet(out.path(rel), filesystem=out.fs, max_rows_per_file=ROWS_PER_FILE)
     if not out.exists(rel):  # an empty dataset writes no file: still a table, with no rows
         from ssl_ray.io.export import write_parquet
 
