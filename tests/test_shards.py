@@ -1,6 +1,8 @@
 """Training data per rank (`core.shards`, `stages.train.materialize`): each rank's tree holds
-its share of the training rows, the shares are disjoint and together the whole set, every
-rank takes the same number of steps, and a node fetches only its ranks' images."""
+its share of the training rows, the shares are disjoint and together the whole set (an
+oversampled labeled image's copies spread over the ranks, so that with enough copies every rank
+holds it), every rank takes the same number of steps, and a node fetches only its ranks'
+images."""
 
 import collections
 from pathlib import Path
@@ -9,7 +11,7 @@ import pytest
 
 from ssl_ray.config import load_config
 from ssl_ray.core.schema import box, make_row
-from ssl_ray.core.shards import padded_copies, rank_of
+from ssl_ray.core.shards import padded_copies, rank_of, spread
 from ssl_ray.io.export import write_parquet
 from ssl_ray.io.storage import Store
 
@@ -23,6 +25,19 @@ def test_a_row_keeps_its_rank_whatever_else_is_in_the_set():
     assert set(ranks) == {0, 1, 2, 3}
     assert max(collections.Counter(ranks).values()) < 2000 / 4 * 1.15  # near even, sequential ids too
     assert {rank_of(i, 1) for i in ids} == {0}
+
+
+@pytest.mark.parametrize("copies, world", [(1, 4), (3, 2), (4, 4), (7, 3), (2, 8), (5, 1)])
+def test_a_repeated_rows_copies_spread_from_its_own_rank(copies, world):
+    for image_id in (f"{i:032x}" for i in range(50)):
+        per_rank = spread(image_id, copies, world)
+        assert len(per_rank) == world and sum(per_rank) == copies  # the recipe's copies, no more
+        assert max(per_rank) - min(per_rank) <= 1  # as even as they can be
+        assert per_rank[rank_of(image_id, world)] == max(per_rank)  # its own rank first
+        if copies >= world:
+            assert min(per_rank) >= 1  # every rank holds the image
+        if copies == 1:
+            assert per_rank.index(1) == rank_of(image_id, world)
 
 
 @pytest.mark.parametrize(
@@ -104,7 +119,7 @@ def _ids(files) -> set[str]:
     return {name.split(".")[0].split("~")[0] for name in files}
 
 
-def test_two_ranks_hold_disjoint_shares_that_make_the_whole_set(merged, tmp_path):
+def test_two_ranks_hold_disjoint_shares_that_make_the_whole_set_labeled_images_in_both(merged, tmp_path):
     from ssl_ray.stages.train import materialize
 
     out, train = merged
@@ -115,14 +130,23 @@ def test_two_ranks_hold_disjoint_shares_that_make_the_whole_set(merged, tmp_path
         materialize(cfg, out, spec, folder, rank, 2)
     files = {rank: _tree(folder, "train") for rank, folder in trees.items()}
     ids = {rank: _ids(names) for rank, names in files.items()}
-    assert not ids[0] & ids[1], "a training image is in both shares"
-    assert ids[0] | ids[1] == {r["image_id"] for r in train}, "the shares are not the whole set"
     labeled = {r["image_id"] for r in train if r["source"] == "labeled"}
-    assert ids[0] & labeled and ids[1] & labeled, "a rank has no labeled image"
+    assert ids[0] & ids[1] == labeled, "a pseudo-labeled image is in both shares, or a labeled one is not"
+    assert ids[0] | ids[1] == {r["image_id"] for r in train}, "the shares are not the whole set"
     assert len(files[0]) == len(files[1]), "the ranks would take different numbers of steps"
-    for rank, names in files.items():  # a labeled image x3, every copy with its label file
-        stems = collections.Counter(name.split(".")[0].split("~")[0] for name in names)
-        assert all(stems[i] >= 3 for i in ids[rank] & labeled)
+    stems = {
+        rank: collections.Counter(name.split(".")[0].split("~")[0] for name in names) for rank, names in files.items()
+    }
+    for image_id in labeled:  # x3 over the two ranks (1 + 2), more only where a share was padded
+        assert stems[0][image_id] + stems[1][image_id] >= 3
+        assert sorted(spread(image_id, 3, 2)) == [1, 2]
+    recipe = [  # each rank's images as the rule gives them, before padding
+        sum(spread(i, 3, 2)[rank] for i in labeled)
+        + sum(rank_of(r["image_id"], 2) == rank for r in train if r["source"] != "labeled")
+        for rank in (0, 1)
+    ]
+    assert len(files[0]) == max(recipe)  # the longer share as asked, the shorter one padded to it
+    for rank, names in files.items():  # every copy with its label file
         labels = {p.stem for p in (trees[rank] / "labels" / "train").iterdir()}
         assert labels == {name.split(".")[0] for name in names}
     for folder in trees.values():  # every rank validates on the whole held-out set
