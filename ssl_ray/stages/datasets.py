@@ -107,7 +107,7 @@ def _read(out: Store, *rels: str):
     import ray
 
     key, before = "RAY_DATA_PARQUET_BIN_PACKING_BYTES", os.environ.get("RAY_DATA_PARQUET_BIN_PACKING_BYTES")
-    os.environ[key] = str(READ_BIN_BYTES)  # read when the read is planned, here in the driver
+    os.environ[key] = str(READ_BIN_BYTES)  # Ray reads it as it plans the read, in this process
     try:
         return ray.data.read_parquet([out.path(r) for r in rels], filesystem=out.fs, schema=schema.ROW_SCHEMA)
     finally:
