@@ -34,6 +34,8 @@ CONSTRAINTS = Path(__file__).parents[1] / "constraints.txt"
 KEY_PACKAGES = ("torch", "torchvision", "ultralytics", "ray", "numpy", "opencv-python", "pillow", "pyarrow", "scipy")
 CPU_VARIABLES = ("ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA", "OMP_NUM_THREADS")  # kernels and threads, when set
 
+SOURCE_TEACHER = Path(__file__).parents[1] / "ssl_ray" / "assets" / "source-yolo26n.pt"  # the bundled one
+
 
 def environment() -> dict:
     import torch

@@ -55,7 +55,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import RayMemory, emit, fresh_cluster, make_pool, teacher_classes, untrained_teacher
+from bench.common import SOURCE_TEACHER, RayMemory, emit, fresh_cluster, make_pool, teacher_classes, untrained_teacher
 
 DEMO = Path(__file__).parents[1] / "ssl_ray" / "configs" / "demo.yaml"
 
@@ -530,9 +530,6 @@ def video_skip(args) -> int:
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-SOURCE_TEACHER = Path(__file__).parents[1] / "ssl_ray" / "assets" / "source-yolo26n.pt"
 
 
 def fleet_clip(path: Path, seconds: float, size: tuple[int, int] = (1280, 720), fps: int = 30, seed: int = 0) -> Path:

@@ -10,7 +10,7 @@ set of 1,000 images, then in a fresh local cluster, one after another:
   export    final/dataset.parquet/ and the YOLO tree final/yolo/: every image and label file
             written (Ray Data)
   shares    the training trees of 2 ranks of the merged rows, as Ray Train's ranks build them
-            (`stages.train.materialize`), side by side, each rank on a "node" of its own (its
+            (`stages.rank_data.materialize`), side by side, each rank on a "node" of its own (its
             own image cache): the rows, images and bytes each holds against the whole set
 
 Printed per N and step: seconds and microseconds per row (for shares: rows over both ranks,
@@ -148,7 +148,8 @@ def shares(out, merged: str, root: Path, world: int = 2) -> dict:
     import ray
 
     from ssl_ray.config import load_config
-    from ssl_ray.stages.train import TrainSpec, materialize
+    from ssl_ray.stages.rank_data import materialize
+    from ssl_ray.stages.train import TrainSpec
 
     spec = TrainSpec(name="r001", train=[merged], val=["labeled/val.parquet"], names=NAMES, weights="yolo26n.yaml")
 

@@ -4,7 +4,7 @@ stage with a trained teacher at 640 px ran at 17-19 images/s on an H200, the unt
 139-388).
 
 The inference actor's call, phase by phase, on the same batch of 640-px source-domain scenes
-(the bundled source-pretrained teacher finds ~40 boxes per scene at the 0.05 floor), each
+(the bundled source-pretrained teacher finds ~40-50 boxes per scene at the 0.05 floor), each
 phase timed on its own with the device synchronized before and after:
 
   upload    the uint8 batch to the device (pinned, as the teacher does it)
@@ -31,9 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import emit, untrained_teacher
-
-SOURCE_TEACHER = Path(__file__).parents[1] / "ssl_ray" / "assets" / "source-yolo26n.pt"
+from bench.common import SOURCE_TEACHER, emit, untrained_teacher
 
 
 def scenes(n: int, imgsz: int):
@@ -102,7 +100,8 @@ def profile(weights: str, images, device: str, floor: float, repeat: int, work: 
         "upload": upload,
         "forward": lambda: teacher.backend(x),
         "nms": lambda: [
-            d.float().cpu() for d in nms.non_max_suppression(out, floor, 0.7, max_det=300, nc=0, end2end=False)
+            d.float().cpu()
+            for d in nms.non_max_suppression(out, floor, 0.7, max_det=300, nc=0, end2end=teacher.backend.end2end)
         ],
         "predict": lambda: predict(images),
         "views": lambda: detect_with_views(predict, images, views, 0.5),

@@ -1,4 +1,4 @@
-"""Training data per rank (`core.shards`, `stages.train.materialize`): each rank's tree holds
+"""Training data per rank (`core.shards`, `stages.rank_data.materialize`): each rank's tree holds
 its share of the training rows, the shares are disjoint and together the whole set (an
 oversampled labeled image's copies spread over the ranks, so that with enough copies every rank
 holds it), every rank takes the same number of steps, and a node fetches only its ranks'
@@ -120,7 +120,7 @@ def _ids(files) -> set[str]:
 
 
 def test_two_ranks_hold_disjoint_shares_that_make_the_whole_set_labeled_images_in_both(merged, tmp_path):
-    from ssl_ray.stages.train import materialize
+    from ssl_ray.stages.rank_data import materialize
 
     out, train = merged
     cfg = load_config(None, [f"output.cache_dir={tmp_path / 'cache'}"])
@@ -163,7 +163,7 @@ def test_two_ranks_hold_disjoint_shares_that_make_the_whole_set_labeled_images_i
 
 
 def test_one_rank_holds_everything_as_before(merged, tmp_path):
-    from ssl_ray.stages.train import materialize
+    from ssl_ray.stages.rank_data import materialize
 
     out, train = merged
     cfg = load_config(None, [f"output.cache_dir={tmp_path / 'cache'}"])
@@ -176,7 +176,7 @@ def test_one_rank_holds_everything_as_before(merged, tmp_path):
 
 def test_more_ranks_than_the_set_can_share_is_a_clear_error(merged, tmp_path):
     from ssl_ray.errors import SslRayError
-    from ssl_ray.stages.train import materialize
+    from ssl_ray.stages.rank_data import materialize
 
     out, _ = merged
     cfg = load_config(None, [f"output.cache_dir={tmp_path / 'cache'}"])

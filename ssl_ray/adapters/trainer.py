@@ -20,7 +20,7 @@ checkpoint format) stays Ultralytics'. The subclass changes only how it meets Ra
   standalone validator assumes CUDA inside DDP ranks); the best epoch's distributed
   validation is the result.
 - **data per rank**: each rank's tree holds only its share of the training rows
-  (`stages.train.materialize`), so its training loader samples that whole tree (one replica,
+  (`stages.rank_data.materialize`), so its training loader samples that whole tree (one replica,
   reshuffled per epoch) instead of 1/world of a tree every rank would hold.
 - **audit**: per epoch, each rank appends the images it trained on (count + digest) and a
   digest of its parameters to `<save_dir>/ranks/rank<N>.jsonl`: proof that the shards differ
