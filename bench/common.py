@@ -106,11 +106,13 @@ def fresh_cluster(num_cpus: int | None = 8) -> None:
 
 class RayMemory:
     """Peak of the summed PSS of every Ray process (raylet, GCS, workers, actors), sampled;
-    `largest`: the peak PSS of any one worker process (what one task or actor holds);
-    `timeline` keeps every sample."""
+    `largest`: the peak PSS of any one worker process; `largest_heap`: the peak of any one
+    worker's anonymous memory (its heap: what a task holds, without the object-store pages it
+    mapped, which its PSS also counts); `timeline` keeps every sample."""
 
     def __init__(self, period: float = 0.25):
-        self.peak, self.largest, self.period, self._stop = 0, 0, period, threading.Event()
+        self.peak, self.largest, self.largest_heap = 0, 0, 0
+        self.period, self._stop = period, threading.Event()
         self.timeline: list[tuple[float, int]] = []  # (perf_counter, summed PSS) per sample
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -122,16 +124,27 @@ class RayMemory:
             for p in psutil.process_iter(["cmdline"]):
                 cmd = " ".join(p.info["cmdline"] or [])
                 if self.is_ray(cmd):
-                    try:
-                        pss = p.memory_full_info().pss
-                    except (psutil.Error, OSError):
+                    rollup = self.rollup(p.pid)
+                    if not rollup:
                         continue
-                    total += pss
+                    total += rollup["Pss"]
                     if "ray::" in cmd or "default_worker" in cmd:
-                        self.largest = max(self.largest, pss)
+                        self.largest = max(self.largest, rollup["Pss"])
+                        self.largest_heap = max(self.largest_heap, rollup.get("Pss_Anon", rollup["Pss"]))
             self.peak = max(self.peak, total)
             self.timeline.append((time.perf_counter(), total))
             self._stop.wait(self.period)
+
+    @staticmethod
+    def rollup(pid: int) -> dict[str, int]:
+        """A process's /proc smaps totals in bytes (Pss, Pss_Anon, Pss_Shmem, ...); {} once gone."""
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            return {}
+        fields = (line.split() for line in lines)
+        return {f[0].rstrip(":"): int(f[1]) * 1024 for f in fields if len(f) == 3 and f[2] == "kB"}
 
     @staticmethod
     def is_ray(cmd: str) -> bool:

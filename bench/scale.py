@@ -15,8 +15,9 @@ set of 1,000 images, then in a fresh local cluster, one after another:
 
 Printed per N and step: seconds and microseconds per row (for shares: rows over both ranks,
 side by side on the 2 cores); the peak PSS of the largest single
-Ray worker process (what one task holds), of all Ray processes together, and the growth of
-the driver's own peak RSS; then, from the smallest N to the largest, how time per row and
+Ray worker process, the peak heap of one (its anonymous memory: what one task holds, without
+the object-store pages it mapped), of all Ray processes together, and the growth of the
+driver's own peak RSS; then, from the smallest N to the largest, how time per row and
 each peak grew. Flat peaks and a flat time per row: nothing holds the pool.
 
     .venv/bin/python -m bench.scale --sizes 10000 100000 1000000 --json out.json
@@ -87,6 +88,7 @@ def measure(fn) -> tuple[object, dict]:
     return result, {
         "seconds": round(seconds, 1),
         "largest_worker_mib": round(mem.largest / 2**20),
+        "largest_worker_heap_mib": round(mem.largest_heap / 2**20),
         "ray_total_mib": round(mem.peak / 2**20),
         "driver_growth_mib": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024),
     }
@@ -173,7 +175,7 @@ def shares(out, merged: str, root: Path, world: int = 2) -> dict:
 def growth(rows: list[dict]) -> dict:
     """Largest N's figure over the smallest's, per step."""
     first, last = rows[0]["steps"], rows[-1]["steps"]
-    keys = ("us_per_row", "largest_worker_mib", "ray_total_mib")
+    keys = ("us_per_row", "largest_worker_mib", "largest_worker_heap_mib", "ray_total_mib")
     return {step: {k: round(last[step][k] / max(first[step][k], 1e-9), 2) for k in keys} for step in first}
 
 

@@ -24,3 +24,13 @@ def test_read_constraints_skips_comments_and_normalizes_names(tmp_path):
     path.write_text("# header\n\nopencv_python==5.0.0.93\nPyYAML==6.0.3  # trailing\nsome-tool>=1\n")
     assert provenance._read_constraints(path) == {"opencv-python": "5.0.0.93", "pyyaml": "6.0.3"}
     assert provenance._read_constraints(tmp_path / "missing.txt") == {}
+
+
+def test_ray_memory_reads_a_process_heap_apart_from_its_pss():
+    import os
+
+    from bench.common import RayMemory
+
+    mine = RayMemory.rollup(os.getpid())
+    assert 0 < mine["Pss_Anon"] <= mine["Pss"]  # the heap is a part of the PSS
+    assert RayMemory.rollup(2**22 + 1) == {}  # no such process: nothing, not an error

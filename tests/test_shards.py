@@ -11,7 +11,7 @@ import pytest
 
 from ssl_ray.config import load_config
 from ssl_ray.core.schema import box, make_row
-from ssl_ray.core.shards import padded_copies, rank_of, spread
+from ssl_ray.core.shards import padding, rank_of, spread
 from ssl_ray.io.export import write_parquet
 from ssl_ray.io.storage import Store
 
@@ -51,13 +51,14 @@ def test_a_repeated_rows_copies_spread_from_its_own_rank(copies, world):
     ],
 )
 def test_padding_evens_the_shares(copies, target, expected):
-    assert padded_copies(copies, target) == expected
+    missing = target - sum(copies)
+    assert [c + padding(i, len(copies), missing) for i, c in enumerate(copies)] == expected
     assert sum(expected) == target
 
 
 def test_padding_never_shortens_a_share():
     with pytest.raises(ValueError):
-        padded_copies([1, 1, 1], 2)
+        padding(0, 3, -1)
 
 
 def _rows(files, offset, n, source):
@@ -182,3 +183,31 @@ def test_more_ranks_than_the_set_can_share_is_a_clear_error(merged, tmp_path):
     cfg = load_config(None, [f"output.cache_dir={tmp_path / 'cache'}"])
     with pytest.raises(SslRayError, match="cannot be shared by 200 ranks.*fewer train.num_workers"):
         materialize(cfg, out, _spec(), tmp_path / "node" / "rank0", 0, 200)
+
+
+def test_a_share_read_in_small_batches_makes_the_same_tree(merged, tmp_path, monkeypatch):
+    """The rows stream (ids first, then the rows a batch at a time): padding and oversampling
+    come out the same whatever the batches, so a large share needs no more than a batch."""
+    import ssl_ray.io.export as export
+    from ssl_ray.stages.rank_data import materialize
+
+    out, _ = merged
+    cfg = load_config(None, [f"output.cache_dir={tmp_path / 'cache'}"])
+    spec = _spec(labeled_copies=3)
+    batches = export.iter_row_batches
+    trees = {}
+    for batch_rows in (65_536, 7):
+        monkeypatch.setattr(
+            export, "iter_row_batches", lambda *a, n=batch_rows, **k: batches(*a, **{**k, "batch_rows": n})
+        )
+        for rank in (0, 1):
+            trees[batch_rows, rank] = folder = tmp_path / "node" / f"{batch_rows}-{rank}"
+            materialize(cfg, out, spec, folder, rank, 2)
+    for rank in (0, 1):
+        whole, small = trees[65_536, rank], trees[7, rank]
+        for split in ("train", "val"):
+            assert _tree(small, split) == _tree(whole, split)
+            labels = {p.name: p.read_text() for p in (whole / "labels" / split).iterdir()}
+            assert {p.name: p.read_text() for p in (small / "labels" / split).iterdir()} == labels
+    padded = [len(_tree(trees[7, r], "train")) - len(_ids(_tree(trees[7, r], "train"))) for r in (0, 1)]
+    assert min(padded) > 0 and padded[0] != padded[1]  # copies, and one share padded more than the other

@@ -41,17 +41,12 @@ def spread(image_id: str, copies: int, world: int) -> list[int]:
     return out
 
 
-def padded_copies(copies: list[int], target: int) -> list[int]:
-    """Copies per row of one rank's share (`copies`: what the recipe asks, e.g. oversampled
-    labeled rows) raised so that they sum to `target`, the longest share's size: one more
-    copy per row in turn, from the first row. An empty share stays empty (the caller refuses
-    it: a rank without rows cannot take steps)."""
-    out = list(copies)
-    missing = target - sum(out)
+def padding(index: int, rows: int, missing: int) -> int:
+    """Extra copies of the `index`-th of a share's `rows` rows that make the share `missing`
+    images longer (to the longest share's size): one more copy per row in turn, from the
+    first row. A row's extra copies depend on its position alone, so a reader that streams
+    the share needs only the count of its rows, not the rows."""
     if missing < 0:
-        raise ValueError(f"share of {sum(out)} images is longer than the target {target}")
-    if not out:
-        return out
-    for i in range(missing):
-        out[i % len(out)] += 1
-    return out
+        raise ValueError(f"a share cannot be padded by {missing} images: it is longer than the longest")
+    base, extra = divmod(missing, rows) if rows else (0, 0)
+    return base + int(index < extra)

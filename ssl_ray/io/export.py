@@ -51,13 +51,16 @@ def read_parquet_rows(store: Store, rel: str) -> list[dict]:
     return pq.read_table(store.path(rel), filesystem=store.fs, schema=schema.ROW_SCHEMA).to_pylist()
 
 
-def iter_row_batches(store: Store, rel: str, batch_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
-    """The contract rows of a Parquet file or a folder of them, a batch at a time: a reader
-    that keeps some rows never holds the whole table."""
+def iter_row_batches(
+    store: Store, rel: str, columns: list[str] | None = None, batch_rows: int = 65_536
+) -> Iterator[pa.RecordBatch]:
+    """The contract rows of a Parquet file or a folder of them (only `columns` when given), a
+    batch at a time, in the same order on every call: a reader that keeps some rows never
+    holds the whole table."""
     import pyarrow.dataset as pads
 
     dataset = pads.dataset(store.path(rel), filesystem=store.fs, format="parquet", schema=schema.ROW_SCHEMA)
-    yield from dataset.to_batches(batch_size=batch_rows, use_threads=False)
+    yield from dataset.to_batches(columns=columns, batch_size=batch_rows, use_threads=False)
 
 
 def parquet_num_rows(store: Store, rel: str) -> int:
@@ -99,7 +102,7 @@ class UriReader:
 
     A video frame's row yields that frame as JPEG. The last S3 video read stays in a local
     temp file (removed with the reader), so a video's frames read one after another download
-    it once: `write_yolo_tree` reads frames in that order.
+    it once: `YoloTree.prefetch` reads frames in that order.
     """
 
     def __init__(self, storage: StorageConfig):
@@ -164,41 +167,73 @@ def write_yolo_tree(
 ) -> Path:
     """Write `images/<split>/`, `labels/<split>/` and `data.yaml` under `out_dir`; return data.yaml.
 
-    `splits` maps a split name ('train', 'val') to its rows. Images are hard links into the
-    cache where the filesystem allows, copies otherwise. Safe to re-run over a partial or an
-    older tree: afterwards each split holds exactly `rows`, and files of other rows are removed.
-    `repeat(row)` > 1 adds that many copies in all (`<id>~1.<ext>`, ...) of a row of the
-    train split: oversampling. Other splits hold each row once (a held-out image repeated
-    would cost its validation again and change nothing).
+    `splits` maps a split name ('train', 'val') to its rows; `repeat(row)` > 1 oversamples a
+    train row (`YoloTree.add`). A video's frames are fetched together, in frame order.
     """
-    out = Path(out_dir).expanduser().resolve()
+    tree = YoloTree(out_dir, names, cache, fetch)
     for split, rows in splits.items():
-        img_dir, lbl_dir = out / "images" / split, out / "labels" / split
-        img_dir.mkdir(parents=True, exist_ok=True)
-        lbl_dir.mkdir(parents=True, exist_ok=True)
-        written: set[str] = set()
-        # A video's frames are fetched together, in frame order: the reader opens (from S3,
-        # downloads) each video once instead of once per frame.
-        for row in sorted((r for r in rows if r.get("video_uri")), key=lambda r: (r["video_uri"], r["frame_index"])):
-            cache.ensure(row["image_id"], lambda row=row: fetch(row))
+        tree.prefetch(rows)
+        tree.split(split)
         for row in rows:
-            cached = cache.ensure(row["image_id"], lambda row=row: fetch(row))
-            labels = label_lines(row["boxes"] or [])
-            for k in range(repeat(row) if repeat and split == "train" else 1):
-                stem = row["image_id"] if k == 0 else f"{row['image_id']}~{k}"
-                target = img_dir / f"{stem}{cached.suffix}"
-                if not target.exists():
-                    _link_or_copy(cached, target)
-                (lbl_dir / f"{stem}.txt").write_text(labels)
-                written.update((target.name, f"{stem}.txt"))
-        for stale in [f for d in (img_dir, lbl_dir) for f in d.iterdir() if f.name not in written]:
-            stale.unlink()
-    # No 'path': Ultralytics then resolves the splits next to data.yaml, wherever the tree is
-    # copied (a relative 'path' would be taken relative to its global datasets folder).
-    meta = {**{s: f"images/{s}" for s in splits}, "names": dict(enumerate(names))}
-    data_yaml = out / "data.yaml"
-    data_yaml.write_text(yaml.safe_dump(meta, sort_keys=False))
-    return data_yaml
+            tree.add(split, row, repeat(row) if repeat and split == "train" else 1)
+    return tree.finish()
+
+
+class YoloTree:
+    """A YOLO tree written a row at a time: a writer that streams its rows holds their file
+    names, not the rows.
+
+    Images are hard links into the cache where the filesystem allows, copies otherwise. Safe
+    to re-run over a partial or an older tree: after `finish` each split holds exactly the
+    rows added to it, and files of other rows are removed.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, names: list[str], cache: ImageCache, fetch: Callable[[dict], bytes]):
+        self.out = Path(out_dir).expanduser().resolve()
+        self.names, self.cache, self.fetch = names, cache, fetch
+        self._written: dict[str, set[str]] = {}
+
+    def prefetch(self, rows: Iterable[dict]) -> None:
+        """Bring the video frames among `rows` into the cache in frame order: the reader opens
+        (from S3, downloads) each video once instead of once per frame. A row needs only its
+        `image_id`, `video_uri` and `frame_index`."""
+        for row in sorted((r for r in rows if r.get("video_uri")), key=lambda r: (r["video_uri"], r["frame_index"])):
+            self.cache.ensure(row["image_id"], lambda row=row: self.fetch(row))
+
+    def split(self, split: str) -> None:
+        """Start the split `split` (a split with no rows is still a folder)."""
+        if split not in self._written:
+            for kind in ("images", "labels"):
+                (self.out / kind / split).mkdir(parents=True, exist_ok=True)
+            self._written[split] = set()
+
+    def add(self, split: str, row: dict, copies: int = 1) -> None:
+        """The row's image and label file in `split`; `copies` > 1 adds that many copies in
+        all (`<id>~1.<ext>`, ...): oversampling."""
+        self.split(split)
+        img_dir, lbl_dir, written = self.out / "images" / split, self.out / "labels" / split, self._written[split]
+        cached = self.cache.ensure(row["image_id"], lambda: self.fetch(row))
+        labels = label_lines(row["boxes"] or [])
+        for k in range(copies):
+            stem = row["image_id"] if k == 0 else f"{row['image_id']}~{k}"
+            target = img_dir / f"{stem}{cached.suffix}"
+            if not target.exists():
+                _link_or_copy(cached, target)
+            (lbl_dir / f"{stem}.txt").write_text(labels)
+            written.update((target.name, f"{stem}.txt"))
+
+    def finish(self) -> Path:
+        """Remove the files of rows not added; write data.yaml and return its path."""
+        for split, written in self._written.items():
+            for folder in (self.out / "images" / split, self.out / "labels" / split):
+                for stale in [f for f in folder.iterdir() if f.name not in written]:
+                    stale.unlink()
+        # No 'path': Ultralytics then resolves the splits next to data.yaml, wherever the tree
+        # is copied (a relative 'path' would be taken relative to its global datasets folder).
+        meta = {**{s: f"images/{s}" for s in self._written}, "names": dict(enumerate(self.names))}
+        data_yaml = self.out / "data.yaml"
+        data_yaml.write_text(yaml.safe_dump(meta, sort_keys=False))
+        return data_yaml
 
 
 def export_yolo_tree(cfg, out: Store, rel: str, splits: dict[str, list[dict]], names: list[str]) -> dict[str, str]:
