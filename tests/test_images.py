@@ -152,3 +152,74 @@ def test_rect_canvases_are_ultralytics_predict_letterbox_and_boxes_map_back(widt
     x, y, w, h = truth * [width, height, width, height]
     on_canvas = np.array([[x - w / 2, y - h / 2, x + w / 2, y + h / 2]]) * lb.ratio + [lb.pad_x, lb.pad_y] * 2
     np.testing.assert_allclose(to_normalized_xywh(on_canvas, lb, width, height)[0], truth, atol=1e-9)
+
+
+def scene(width: int, height: int) -> Image.Image:
+    """A gradient with a red block: something for a decode to get right or wrong."""
+    rgb = np.zeros((height, width, 3), np.uint8)
+    rgb[:] = np.linspace(0, 255, width, dtype=np.uint8)[None, :, None]
+    rgb[height // 5 : height // 2, width // 6 : width // 2] = (200, 30, 30)
+    return Image.fromarray(rgb)
+
+
+def with_orientation(img: Image.Image, fmt: str, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(img, fmt, exif=exif, **({"quality": 90} if fmt == "JPEG" else {}))
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+@pytest.mark.parametrize("stride", [0, 32])
+def test_a_large_jpeg_is_decoded_at_reduced_scale_onto_the_canvas_a_full_decode_gives(orientation, stride, monkeypatch):
+    """A 1920x1080 JPEG for a 640 canvas is decoded at half scale, yet lands on the same canvas
+    at the same placement, in its displayed orientation, with the full image's size: boxes map
+    back exactly as before."""
+    from PIL import JpegImagePlugin
+
+    from ssl_ray.io.images import decode_letterboxed, letterbox
+
+    scales = []
+    draft = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, size):
+        out = draft(self, mode, size)
+        scales.append(self.decoderconfig[0] if out else 1)
+        return out
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    data = with_orientation(scene(1920, 1080), "JPEG", orientation)
+    full = decode_rgb(data)
+    theirs, their_lb = letterbox(full, 640, stride)
+    ours, lb, width, height = decode_letterboxed(data, 640, stride)
+    assert scales == [2]  # 1920 / 640 = 3: the largest DCT scale that keeps >= the canvas
+    assert (width, height) == (full.shape[1], full.shape[0]) and lb == their_lb and ours.shape == theirs.shape
+    assert np.abs(ours.astype(int) - theirs).mean() < 1.5
+    red = [np.argwhere((c[..., 0] > 150) & (c[..., 1] < 80)).mean(axis=0) for c in (ours, theirs)]
+    np.testing.assert_allclose(red[0], red[1], atol=1.0)  # the object where a full decode puts it
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        encode(scene(1000, 700), "JPEG", quality=90),  # < 2x the canvas: decoded at full size
+        with_orientation(scene(1920, 1080), "PNG", 6),  # not a JPEG (and turned): decoded at full size
+    ],
+    ids=["small-jpeg", "png-turned"],
+)
+def test_an_image_decoded_at_full_size_gets_exactly_the_full_decode_canvas(data):
+    from ssl_ray.io.images import decode_letterboxed, letterbox
+
+    full = decode_rgb(data)
+    theirs, their_lb = letterbox(full, 640)
+    ours, lb, width, height = decode_letterboxed(data, 640)
+    assert np.array_equal(ours, theirs) and lb == their_lb and (width, height) == (full.shape[1], full.shape[0])
+
+
+def test_a_large_grey_jpeg_reduced_is_still_an_rgb_canvas():
+    from ssl_ray.io.images import decode_letterboxed, letterbox
+
+    data = encode(scene(1920, 1080).convert("L"), "JPEG", quality=90)
+    ours, _, width, height = decode_letterboxed(data, 640)
+    theirs, _ = letterbox(decode_rgb(data), 640)
+    assert ours.shape == theirs.shape == (640, 640, 3) and (width, height) == (1920, 1080)
+    assert np.abs(ours.astype(int) - theirs).mean() < 1.5

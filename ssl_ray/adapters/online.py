@@ -44,9 +44,9 @@ class UnlabeledImages:
     def __getitem__(self, i: int) -> torch.Tensor:
         import torch
 
-        from ssl_ray.io.images import decode_rgb, letterbox
+        from ssl_ray.io.images import decode_letterboxed
 
-        canvas, _ = letterbox(decode_rgb(Path(self.paths[i]).read_bytes()), self.size)
+        canvas = decode_letterboxed(Path(self.paths[i]).read_bytes(), self.size)[0]
         return torch.from_numpy(np.ascontiguousarray(canvas.transpose(2, 0, 1)))
 
 

@@ -135,7 +135,43 @@ def inspect_image(data: bytes, max_pixels: int = 64_000_000) -> tuple[int, int, 
 
 def decode_rgb(data: bytes, max_pixels: int = 64_000_000) -> np.ndarray:
     """Decode to an HxWx3 uint8 RGB array in displayed orientation (any mode: L, I;16, CMYK, RGBA)."""
-    img = _load(_open(data, max_pixels))
+    return _rgb(_load(_open(data, max_pixels)))
+
+
+def decode_letterboxed(
+    data: bytes, size: int, stride: int = 0, max_pixels: int = 64_000_000
+) -> tuple[np.ndarray, Letterbox, int, int]:
+    """(canvas, placement, displayed width, displayed height): `letterbox(decode_rgb(data))`,
+    except that a JPEG at least twice the letterboxed size is decoded at a reduced DCT scale
+    (1/2, 1/4 or 1/8, the largest that keeps it at least that size: Pillow's `draft`), then
+    resized the rest of the way. The placement is the full-size image's, so boxes map back
+    to its pixels as they would from a full decode."""
+    import cv2
+
+    img = _open(data, max_pixels)
+    jpeg, turned = img.format == "JPEG", _orientation(img) in (5, 6, 7, 8)  # displayed turned by 90 degrees
+    width, height = (img.height, img.width) if turned else img.size
+    if jpeg:
+        nw, nh, _ = letterbox_params(width, height, size, stride)
+        img.draft(img.mode, (nh, nw) if turned else (nw, nh))  # a no-op below 2x
+    rgb = _rgb(_load(img))
+    if not jpeg:  # decoded at full size: its own
+        height, width = rgb.shape[:2]
+    nw, nh, lb = letterbox_params(width, height, size, stride)
+    resized = rgb if rgb.shape[:2] == (nh, nw) else cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    return place(resized, size, lb, stride), lb, width, height
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation `_load` will apply (1: none); 1 when the EXIF cannot be read, and
+    then `_load` rejects the image."""
+    try:
+        return int(img.getexif().get(0x0112, 1))
+    except (OSError, ValueError, SyntaxError, EOFError, TypeError):
+        return 1
+
+
+def _rgb(img: Image.Image) -> np.ndarray:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float32)
         scale = 257.0 if arr.max(initial=0) > 255 else 1.0

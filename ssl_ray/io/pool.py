@@ -26,7 +26,15 @@ from ssl_ray.core import schema
 from ssl_ray.core.geometry import letterbox_params
 from ssl_ray.core.schema import REASONS
 from ssl_ray.errors import StorageError
-from ssl_ray.io.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, BadImage, decode_rgb, letterbox, media_kind, place
+from ssl_ray.io.images import (
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    BadImage,
+    decode_letterboxed,
+    letterbox,
+    media_kind,
+    place,
+)
 from ssl_ray.io.storage import Store
 from ssl_ray.io.video import TO_END, frame_step, iter_frames, largest_change, plan_chunks, probe, thumbnail
 
@@ -193,15 +201,12 @@ def _load_image(uri: str, size: int, opts: LoadOptions, read_bytes) -> dict:
         return reject_row(uri, "empty", REASONS["empty"], opts.imgsz)
     try:
         data = read_bytes(uri)
-        rgb = decode_rgb(data, opts.pool.max_pixels)
+        canvas, lb, width, height = decode_letterboxed(data, opts.imgsz, opts.stride, opts.pool.max_pixels)
     except BadImage as e:
         return reject_row(uri, e.reason, e.detail, opts.imgsz)
     except (StorageError, OSError) as e:
         return reject_row(uri, "unreadable", str(e), opts.imgsz)
-    canvas, lb = letterbox(rgb, opts.imgsz, opts.stride)
-    return item_row(
-        image_id=schema.image_id_of_bytes(data), uri=uri, width=rgb.shape[1], height=rgb.shape[0], image=canvas, lb=lb
-    )
+    return item_row(image_id=schema.image_id_of_bytes(data), uri=uri, width=width, height=height, image=canvas, lb=lb)
 
 
 def _load_video(uri: str, size: int, opts: LoadOptions, open_file, chunk: tuple[int, int]) -> Iterator[dict]:

@@ -31,7 +31,7 @@ def _val_thresholds(cfg: Config, out: Store, weights: str, names: list[str], fal
     from ssl_ray.core.geometry import to_normalized_xywh
     from ssl_ray.core.thresholds import match_detections, precision_thresholds
     from ssl_ray.io.export import ImageCache, UriReader, read_parquet_rows
-    from ssl_ray.io.images import decode_rgb, letterbox
+    from ssl_ray.io.images import decode_letterboxed
     from ssl_ray.stages.label import canvas_stride
 
     rows = read_parquet_rows(out, "labeled/val.parquet")
@@ -44,11 +44,12 @@ def _val_thresholds(cfg: Config, out: Store, weights: str, names: list[str], fal
     for start in range(0, len(rows), cfg.label.batch_size):
         chunk = rows[start : start + cfg.label.batch_size]
         boxed = [
-            letterbox(
-                decode_rgb(cache.ensure(r["image_id"], lambda r=r: reader(r)).read_bytes(), cfg.pool.max_pixels),
+            decode_letterboxed(  # the canvases the label stage will score the pool on
+                cache.ensure(r["image_id"], lambda r=r: reader(r)).read_bytes(),
                 cfg.model.imgsz,
-                canvas_stride(cfg),  # the canvases the label stage will score the pool on
-            )
+                canvas_stride(cfg),
+                cfg.pool.max_pixels,
+            )[:2]
             for r in chunk
         ]
         canvases = [canvas for canvas, _ in boxed]

@@ -84,7 +84,7 @@ def labeled_canvases(cfg: Config, rows: list[dict]) -> tuple[list[np.ndarray], l
     (xyxy); at most refine.max_images of them (a seeded sample), images without boxes skipped."""
     from ssl_ray.core.geometry import to_canvas_xyxy
     from ssl_ray.io.export import UriReader
-    from ssl_ray.io.images import decode_rgb, letterbox
+    from ssl_ray.io.images import decode_letterboxed
 
     rows = [r for r in rows if r["boxes"]]
     if len(rows) > cfg.refine.max_images:
@@ -93,10 +93,9 @@ def labeled_canvases(cfg: Config, rows: list[dict]) -> tuple[list[np.ndarray], l
     reader = UriReader(cfg.storage)
     images, boxes = [], []
     for row in rows:
-        image = decode_rgb(reader(row), cfg.pool.max_pixels)
-        canvas, lb = letterbox(image, cfg.model.imgsz)
+        canvas, lb, width, height = decode_letterboxed(reader(row), cfg.model.imgsz, max_pixels=cfg.pool.max_pixels)
         images.append(canvas)
-        boxes.append(to_canvas_xyxy(row["boxes"], lb, image.shape[1], image.shape[0]))
+        boxes.append(to_canvas_xyxy(row["boxes"], lb, width, height))
     return images, boxes
 
 
