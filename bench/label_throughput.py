@@ -1,4 +1,4 @@
-"""Label-stage benchmarks, one script with three modes (`--mode`):
+"""Label-stage benchmarks, one script with six modes (`--mode`):
 
 throughput (default): the same images, model, imgsz and threads, three ways.
   (a) the workflow users start from: YOLO(w).predict(source=dir, stream=True, save_txt=True, conf=...)
@@ -24,6 +24,14 @@ video-skip: the near-duplicate frame filter (`pool.video_min_change`) on real cl
   share of sampled frames skipped (the inference they no longer cost) and the decode cost per
   sampled frame with the filter off and on, through the stage's own frame loader.
 
+photos: photo-like 1920x1080 camera JPEGs (quality 90, sensor noise; source-domain scenes, which
+  the bundled source-pretrained teacher detects) at imgsz 640: (a) Ultralytics'
+  predict(source=dir) against (b) the stage end to end and steady, square and rectangular
+  canvases (label.canvas), and (c) the square-canvas forward bound; the decode cost per photo
+  to its canvas, full-size decode against the stage's reduced-scale JPEG decode; the confident
+  detections (score >= 0.5) each finds, and how many of Ultralytics' the stage's match (IoU >= 0.5,
+  same class), so a canvas or a decode that loses objects shows.
+
 fleet-video: generated fleet clips (H.264, 30 fps, a key frame a second, 1280x720, a camera
   panning along a street of the source domain's objects, which the bundled source-pretrained
   teacher detects) at imgsz 640, every 30th frame: (a) Ultralytics' predict(source=dir,
@@ -32,6 +40,7 @@ fleet-video: generated fleet clips (H.264, 30 fps, a key frame a second, 1280x72
   decode cost per kept frame three ways (OpenCV grab/read as before, PyAV chunks, key frames);
   the stage's peak memory on a 1-minute against a 10-minute clip.
 
+    .venv/bin/python -m bench.label_throughput --mode photos --n 200 --imgsz 640
     .venv/bin/python -m bench.label_throughput --n 1000 --repeat 3
     .venv/bin/python -m bench.label_throughput --mode load --n 20000 --imgsz 64
     .venv/bin/python -m bench.label_throughput --mode finalize-memory --n 200000 --rows-per-task 25000
@@ -219,7 +228,7 @@ def device_name(device: str) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.label_throughput")
-    modes = ("throughput", "load", "finalize-memory", "video-skip", "fleet-video")
+    modes = ("throughput", "load", "finalize-memory", "video-skip", "fleet-video", "photos")
     ap.add_argument("--mode", choices=modes, default="throughput")
     ap.add_argument("--n", type=int, default=400)
     ap.add_argument("--imgsz", type=int, default=160)
@@ -285,6 +294,7 @@ def main() -> int:
         "finalize-memory": finalize_memory,
         "video-skip": video_skip,
         "fleet-video": fleet_video,
+        "photos": photos,
     }
     return modes[args.mode](args)
 
@@ -539,14 +549,10 @@ def fleet_clip(path: Path, seconds: float, size: tuple[int, int] = (1280, 720), 
     import av
     import numpy as np
 
-    from ssl_ray.synth import TASK, SynthSpec, render
-
     w, h = size
-    spec = SynthSpec(imgsz=h, domain="source", seed=seed, **TASK)
-    tiles = [np.asarray(render(np.random.default_rng([seed, 7, i]), spec)[0]) for i in range(2 * w // h + 8)]
-    street = np.concatenate(tiles, axis=1)
-    street = np.concatenate([street, street[:, :w]], axis=1)  # wraps around: any length of clip
-    period = street.shape[1] - w
+    scenes = scene_strip(seed, h, 2 * w // h + 8)
+    scenes = np.concatenate([scenes, scenes[:, :w]], axis=1)  # wraps around: any length of clip
+    period = scenes.shape[1] - w
     rng = np.random.default_rng(seed)
     noise = [rng.integers(-3, 4, (h, w, 1), np.int16) for _ in range(8)]
     with av.open(str(path), "w") as out:
@@ -555,10 +561,162 @@ def fleet_clip(path: Path, seconds: float, size: tuple[int, int] = (1280, 720), 
         stream.codec_context.gop_size = fps
         for i in range(int(seconds * fps)):
             x = (8 * i) % period
-            frame = np.clip(street[:, x : x + w].astype(np.int16) + noise[i % 8], 0, 255).astype(np.uint8)
+            frame = np.clip(scenes[:, x : x + w].astype(np.int16) + noise[i % 8], 0, 255).astype(np.uint8)
             out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         out.mux(stream.encode())
     return path
+
+
+def scene_strip(seed: int, height: int, tiles: int):
+    """Source-domain scenes `height` px tall side by side, `tiles` of them (objects 7-32 % of
+    the height): what the bundled source-pretrained teacher was trained to find."""
+    import numpy as np
+
+    from ssl_ray.synth import TASK, SynthSpec, render
+
+    spec = SynthSpec(imgsz=height, domain="source", seed=seed, **TASK)
+    return np.concatenate([np.asarray(render(np.random.default_rng([seed, 7, i]), spec)[0]) for i in range(tiles)], 1)
+
+
+def photo(path: Path, seed: int, size: tuple[int, int] = (1920, 1080)) -> Path:
+    """A photo-like camera JPEG: a `size` crop of a street of scenes, sensor noise, quality 90."""
+    import numpy as np
+    from PIL import Image
+
+    w, h = size
+    rng = np.random.default_rng([seed, 11])
+    scenes = scene_strip(seed, h, -(-w // h) + 1)
+    x = int(rng.integers(0, scenes.shape[1] - w + 1))
+    noisy = scenes[:, x : x + w].astype(np.int16) + rng.integers(-4, 5, (h, w, 1), np.int16)
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(path, quality=90)
+    return path
+
+
+def confident_boxes(weights: str, pool: Path, imgsz: int, work: Path, conf: float) -> dict[str, list]:
+    """Ultralytics' own predict(source=dir) detections at `conf`: file name -> [(cls, xyxy in pixels)]."""
+    from ssl_ray.adapters.runtime import prepare_ultralytics
+
+    model = prepare_ultralytics(work / "ul").YOLO(weights)
+    out = {}
+    for r in model.predict(source=str(pool), stream=True, conf=conf, imgsz=imgsz, verbose=False):
+        out[Path(r.path).name] = [(int(c), xyxy) for c, xyxy in zip(r.boxes.cls.tolist(), r.boxes.xyxy.numpy())]
+    return out
+
+
+def stage_boxes(run: Path, conf: float) -> dict[str, list]:
+    """A stage run's detections at `conf`, as `confident_boxes` gives Ultralytics'."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from ssl_ray.core.geometry import xyxy_of
+
+    out = {}
+    for row in pq.read_table(run / "rounds" / "r001" / "predictions").to_pylist():
+        scale = np.array([row["width"], row["height"]] * 2)
+        out[Path(row["uri"]).name] = [
+            (b["cls"], xyxy_of(b) * scale) for b in row["boxes"] or [] if b["score"] is not None and b["score"] >= conf
+        ]
+    return out
+
+
+def agreement(ours: dict[str, list], theirs: dict[str, list], min_iou: float = 0.5) -> dict:
+    """How many of `theirs` boxes `ours` find (same class, IoU >= min_iou, one to one, greedy)."""
+    import numpy as np
+
+    from ssl_ray.core.geometry import iou
+
+    found = 0
+    for name, boxes in theirs.items():
+        left = list(ours.get(name, []))
+        for cls, xyxy in boxes:
+            same = [i for i, (c, _) in enumerate(left) if c == cls]
+            if same:
+                overlaps = iou(xyxy, np.array([left[i][1] for i in same]))
+                if overlaps.max() >= min_iou:
+                    left.pop(same[int(overlaps.argmax())])
+                    found += 1
+    n_theirs, n_ours = sum(map(len, theirs.values())), sum(map(len, ours.values()))
+    return {"theirs": n_theirs, "ours": n_ours, "theirs_found": round(found / max(n_theirs, 1), 3)}
+
+
+def photos(args) -> int:
+    """Photo-like 1080p JPEGs through the label stage with a trained teacher, against Ultralytics."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from ssl_ray.io.images import decode_letterboxed, decode_rgb, letterbox
+
+    work = Path(tempfile.mkdtemp(prefix="ssl_ray-photos-"))
+    try:
+        weights = str(SOURCE_TEACHER)
+        pool = work / "pool"
+        pool.mkdir()
+        t0 = time.perf_counter()
+        with ProcessPoolExecutor(os.cpu_count(), mp_context=multiprocessing.get_context("spawn")) as ex:
+            list(ex.map(photo, [pool / f"photo{i:05d}.jpg" for i in range(args.n)], range(args.n)))
+        files = sorted(pool.iterdir())
+        mean_kb = sum(f.stat().st_size for f in files) / len(files) / 1024
+        print(f"{args.n} photos ({mean_kb:.0f} KB each) in {time.perf_counter() - t0:.0f} s", flush=True)
+
+        # Decode to the canvas, one core: full-size decode then resize, against reduced-scale.
+        decode = {}
+        for name, fn in (
+            ("full_ms_per_photo", lambda data: letterbox(decode_rgb(data), args.imgsz)),
+            ("reduced_ms_per_photo", lambda data: decode_letterboxed(data, args.imgsz)),
+        ):
+            t0 = time.perf_counter()
+            for f in files:
+                fn(f.read_bytes())
+            decode[name] = round(1000 * (time.perf_counter() - t0) / len(files), 2)
+        decode["full_over_reduced"] = round(decode["full_ms_per_photo"] / decode["reduced_ms_per_photo"], 2)
+        print(json.dumps({"decode": decode}), flush=True)
+
+        a, a_threads = bench_predict(weights, pool, args.imgsz, args.floor, work, args.device)
+        c, best_bs, _ = bench_forward(weights, pool, args.imgsz, work, args.threads, args.device)
+        conf = ["select.conf=0.5", *args.set]
+        runs = {}
+        for canvas in ("square", "rect"):
+            t, b, _, summary = bench_stage(
+                weights, pool, args, int(args.stage_batch), work, canvas, [*conf, f"label.canvas={canvas}"]
+            )
+            runs[canvas] = (t, b, summary)
+        theirs = confident_boxes(weights, pool, args.imgsz, work, 0.5)  # untimed
+        t_b, b, summary = runs["square"]
+        t_r, r, summary_r = runs["rect"]
+        emit(
+            {
+                "mode": "photos",
+                "n": args.n,
+                "imgsz": args.imgsz,
+                "cores": os.cpu_count(),
+                "photo": f"1920x1080 JPEG q90, {mean_kb:.0f} KB mean",
+                "teacher": "ssl_ray/assets/source-yolo26n.pt (source-domain shapes)",
+                "decode": decode,
+                "a_predict_img_s": round(a, 2),
+                "a_threads": a_threads,
+                "b_stage_img_s": round(b, 2),
+                "b_stage_steady_img_s": summary["inference_items_per_s"],
+                "b_over_a": round(b / a, 2),
+                "c_forward_img_s": round(c, 2),
+                "c_batch": best_bs,
+                "b_steady_over_c": round(summary["inference_items_per_s"] / c, 2),
+                "rect_stage_img_s": round(r, 2),
+                "rect_stage_steady_img_s": summary_r["inference_items_per_s"],
+                "rect_over_a": round(r / a, 2),
+                "rect_over_square_steady": round(
+                    summary_r["inference_items_per_s"] / summary["inference_items_per_s"], 2
+                ),
+                "stage_seconds": {"square": round(t_b, 1), "rect": round(t_r, 1)},
+                "confident_boxes_vs_ultralytics": {
+                    "square": agreement(stage_boxes(work / "square", 0.5), theirs),
+                    "rect": agreement(stage_boxes(work / "rect", 0.5), theirs),
+                },
+            },
+            args.json,
+        )
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def opencv_frames(path: str, every_n: int, imgsz: int) -> int:

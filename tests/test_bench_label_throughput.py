@@ -74,3 +74,45 @@ def test_the_fleet_clip_is_h264_with_a_key_frame_a_second_and_objects_the_teache
         np.stack([r["image"] for r in rows]), 0.25
     )
     assert all(len(d) >= 1 for d in found)
+
+
+def test_the_generated_photo_is_a_1080p_jpeg_with_objects_the_teacher_finds(tmp_path):
+    """photos' generated camera JPEG: its size and format, and the bundled source-pretrained
+    teacher finds confident objects on its 640 canvas (the stage's own decode)."""
+    from PIL import Image
+
+    from ssl_ray.adapters.teacher import Teacher
+    from ssl_ray.io.images import decode_letterboxed
+
+    path = label_throughput.photo(tmp_path / "p.jpg", seed=1)
+    with Image.open(path) as img:
+        assert (img.format, img.size) == ("JPEG", (1920, 1080))
+    canvas = decode_letterboxed(path.read_bytes(), 640)[0]
+    found = Teacher(str(label_throughput.SOURCE_TEACHER), str(tmp_path), threads=1).predict(canvas[None], 0.5)
+    assert len(found[0]) >= 3
+
+
+@pytest.mark.parametrize(
+    "ours, theirs, expected",
+    [
+        ({}, {}, {"theirs": 0, "ours": 0, "theirs_found": 0.0}),
+        # one of two found: the other is another class, though it overlaps exactly
+        (
+            {"a": [(0, [0, 0, 10, 10]), (2, [20, 20, 30, 30])]},
+            {"a": [(0, [1, 0, 10, 10]), (1, [20, 20, 30, 30])]},
+            {"theirs": 2, "ours": 2, "theirs_found": 0.5},
+        ),
+        # one of ours cannot match two of theirs; IoU below 0.5 is a miss
+        (
+            {"a": [(0, [0, 0, 10, 10])]},
+            {"a": [(0, [0, 0, 10, 10]), (0, [0, 0, 10, 11])], "b": [(0, [0, 0, 4, 4])]},
+            {"theirs": 3, "ours": 1, "theirs_found": 0.333},
+        ),
+        ({"a": [(0, [0, 0, 10, 10])]}, {"a": [(0, [5, 5, 15, 15])]}, {"theirs": 1, "ours": 1, "theirs_found": 0.0}),
+    ],
+)
+def test_agreement_counts_theirs_found_one_to_one_by_class_and_iou(ours, theirs, expected):
+    import numpy as np
+
+    as_arrays = [{k: [(c, np.array(b, float)) for c, b in v] for k, v in d.items()} for d in (ours, theirs)]
+    assert label_throughput.agreement(*as_arrays) == expected
