@@ -26,6 +26,7 @@ each peak grew. Flat peaks and a flat time per row: nothing holds the pool.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import shutil
 import sys
@@ -116,10 +117,9 @@ def one_size(n: int, boxes: int, work: Path) -> dict:
     )
     merged, steps["merge"] = measure(lambda: merge_round(out, "rounds/r001"))
     exported, steps["export"] = measure(lambda: export_final(cfg, out, "rounds/r001/merged.parquet", NAMES))
-    images = sum(1 for _ in (root / "run" / "final" / "yolo" / "images" / "train").iterdir())
+    images, whole = files_and_bytes(root / "run" / "final" / "yolo" / "images" / "train")
     if not (merged == exported == images == parquet_num_rows(out, "final/dataset.parquet")):
         raise SystemExit(f"n={n}: merged {merged}, exported {exported}, images {images}: rows went missing")
-    whole = sum(p.stat().st_size for p in (root / "run" / "final" / "yolo" / "images" / "train").iterdir())
     shutil.rmtree(root / "run" / "final")
     split, steps["shares"] = measure(lambda: shares(out, "rounds/r001/merged.parquet", root / "shares"))
     for rank in split["ranks"]:  # a share of the rows, of the bytes and of what the node copied
@@ -159,17 +159,29 @@ def shares(out, merged: str, root: Path, world: int = 2) -> dict:
         node = root / f"node{rank}"
         cfg = load_config(DEMO, [f"output.dir={out.root}", f"output.cache_dir={node / 'cache'}"])
         materialize(cfg, out, spec, node / "tree", rank, world)
-        images = [p for p in (node / "tree" / "images" / "train").iterdir()]
-        cached = [p for p in (node / "cache" / "images").rglob("*") if p.is_file()]
+        images, image_bytes = files_and_bytes(node / "tree" / "images" / "train")
+        cache = node / "cache" / "images"
+        cached_bytes = sum(files_and_bytes(folder)[1] for folder in cache.iterdir() if folder.is_dir())
         return {
             "rank": rank,
-            "train_images": len(images),
-            "train_image_bytes": sum(p.stat().st_size for p in images),
-            "node_cache_bytes": sum(p.stat().st_size for p in cached),
+            "train_images": images,
+            "train_image_bytes": image_bytes,
+            "node_cache_bytes": cached_bytes,
         }
 
     task = ray.remote(num_cpus=1)(one)
     return {"ranks": ray.get([task.remote(rank) for rank in range(world)])}
+
+
+def files_and_bytes(folder: Path) -> tuple[int, int]:
+    """How many files `folder` holds and their bytes, without holding their names (the
+    measurement must not be what grows)."""
+    count = size = 0
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_file():
+                count, size = count + 1, size + entry.stat().st_size
+    return count, size
 
 
 def growth(rows: list[dict]) -> dict:

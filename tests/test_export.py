@@ -67,6 +67,7 @@ def test_yolo_tree_over_another_tree_holds_exactly_the_new_rows(tmp_path, shapes
     rows = read_split(load_data_yaml(str(shapes), Store), "train").rows[:6]
     names, cache, fetch = ["circle", "square", "triangle"], ImageCache(tmp_path / "cache"), UriReader(Store(".").cfg)
     write_yolo_tree(tmp_path / "yolo", {"train": rows[:4]}, names, cache, fetch, repeat=lambda r: 2)
+    (tmp_path / "yolo" / "images" / "train" / "cut-off-copy.jpg.1f2e.tmp").write_bytes(b"partial")
     new = [{**rows[0], "boxes": []}, *rows[4:]]
     write_yolo_tree(tmp_path / "yolo", {"train": new}, names, cache, fetch)
     stems = lambda kind: sorted(p.stem for p in (tmp_path / "yolo" / kind / "train").iterdir())  # noqa: E731

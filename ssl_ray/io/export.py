@@ -60,7 +60,10 @@ def iter_row_batches(
     import pyarrow.dataset as pads
 
     dataset = pads.dataset(store.path(rel), filesystem=store.fs, format="parquet", schema=schema.ROW_SCHEMA)
-    yield from dataset.to_batches(columns=columns, batch_size=batch_rows, use_threads=False)
+    # One file and one batch read ahead (pyarrow's defaults: 4 files, 16 batches, ~4 files of rows).
+    yield from dataset.to_batches(
+        columns=columns, batch_size=batch_rows, use_threads=False, fragment_readahead=1, batch_readahead=1
+    )
 
 
 def parquet_num_rows(store: Store, rel: str) -> int:
@@ -180,8 +183,8 @@ def write_yolo_tree(
 
 
 class YoloTree:
-    """A YOLO tree written a row at a time: a writer that streams its rows holds their file
-    names, not the rows.
+    """A YOLO tree written a row at a time; it holds the names of the files that were in the
+    tree before it started (none for a fresh tree), never the rows or their files' names.
 
     Images are hard links into the cache where the filesystem allows, copies otherwise. Safe
     to re-run over a partial or an older tree: after `finish` each split holds exactly the
@@ -191,7 +194,7 @@ class YoloTree:
     def __init__(self, out_dir: str | os.PathLike, names: list[str], cache: ImageCache, fetch: Callable[[dict], bytes]):
         self.out = Path(out_dir).expanduser().resolve()
         self.names, self.cache, self.fetch = names, cache, fetch
-        self._written: dict[str, set[str]] = {}
+        self._stale: dict[str, dict[str, set[str]]] = {}  # split -> kind -> files not (yet) re-added
 
     def prefetch(self, rows: Iterable[dict]) -> None:
         """Bring the video frames among `rows` into the cache in frame order: the reader opens
@@ -202,35 +205,41 @@ class YoloTree:
 
     def split(self, split: str) -> None:
         """Start the split `split` (a split with no rows is still a folder)."""
-        if split not in self._written:
+        if split not in self._stale:
+            self._stale[split] = {}
             for kind in ("images", "labels"):
-                (self.out / kind / split).mkdir(parents=True, exist_ok=True)
-            self._written[split] = set()
+                folder = self.out / kind / split
+                folder.mkdir(parents=True, exist_ok=True)
+                with os.scandir(folder) as entries:
+                    self._stale[split][kind] = {e.name for e in entries}
 
     def add(self, split: str, row: dict, copies: int = 1) -> None:
         """The row's image and label file in `split`; `copies` > 1 adds that many copies in
         all (`<id>~1.<ext>`, ...): oversampling."""
         self.split(split)
-        img_dir, lbl_dir, written = self.out / "images" / split, self.out / "labels" / split, self._written[split]
+        img_dir, lbl_dir, stale = self.out / "images" / split, self.out / "labels" / split, self._stale[split]
         cached = self.cache.ensure(row["image_id"], lambda: self.fetch(row))
         labels = label_lines(row["boxes"] or [])
         for k in range(copies):
             stem = row["image_id"] if k == 0 else f"{row['image_id']}~{k}"
             target = img_dir / f"{stem}{cached.suffix}"
-            if not target.exists():
+            if target.name in stale["images"]:
+                stale["images"].discard(target.name)
+            else:
                 _link_or_copy(cached, target)
             (lbl_dir / f"{stem}.txt").write_text(labels)
-            written.update((target.name, f"{stem}.txt"))
+            stale["labels"].discard(f"{stem}.txt")
 
     def finish(self) -> Path:
         """Remove the files of rows not added; write data.yaml and return its path."""
-        for split, written in self._written.items():
-            for folder in (self.out / "images" / split, self.out / "labels" / split):
-                for stale in [f for f in folder.iterdir() if f.name not in written]:
-                    stale.unlink()
+        for split, kinds in self._stale.items():
+            for kind, names in kinds.items():
+                for name in names:
+                    (self.out / kind / split / name).unlink(missing_ok=True)
+                names.clear()
         # No 'path': Ultralytics then resolves the splits next to data.yaml, wherever the tree
         # is copied (a relative 'path' would be taken relative to its global datasets folder).
-        meta = {**{s: f"images/{s}" for s in self._written}, "names": dict(enumerate(self.names))}
+        meta = {**{s: f"images/{s}" for s in self._stale}, "names": dict(enumerate(self.names))}
         data_yaml = self.out / "data.yaml"
         data_yaml.write_text(yaml.safe_dump(meta, sort_keys=False))
         return data_yaml

@@ -94,9 +94,11 @@ class _Share:
             if batch.column("video_uri").null_count < len(batch):
                 self.videos += [r for r, h in zip(batch.to_pylist(), held) if h and r["video_uri"]]
 
-    def rows(self):
+    def rows(self, slice_rows: int = 4096):
         for batch, held in self._batches(self.columns):
-            yield from zip(batch.filter(pa.array([h > 0 for h in held])).to_pylist(), (h for h in held if h))
+            kept, copies = batch.filter(pa.array([h > 0 for h in held])), [h for h in held if h]
+            for start in range(0, len(kept), slice_rows):  # a slice of Python dicts at a time
+                yield from zip(kept.slice(start, slice_rows).to_pylist(), copies[start : start + slice_rows])
 
     def _batches(self, columns, sizes: list[int] | None = None):
         """(batch, copies of each of its rows on this rank); adds every rank's copies to `sizes`."""
