@@ -3,7 +3,8 @@
 
 Per pool size N: raw rows as the inference actors write them (unique image ids, `--boxes`
 detections with random scores, each row pointing at one of 64 small real JPEGs), a labeled
-set of 1,000 images, then in a fresh local cluster, one after another:
+set of 1,000 images, then one after another, each step in a fresh local cluster of its own (a
+worker that kept memory from an earlier step would count in the next one's peak):
 
   finalize  the label stage's last step (dedupe, select, write; Ray tasks of one bucket each)
   merge     the labeled rows and the selection -> rounds/r001/merged.parquet/ (Ray Data)
@@ -80,7 +81,9 @@ def make_labeled(out, files: list[str], n_train: int = 1000, n_val: int = 100) -
 
 
 def measure(fn) -> tuple[object, dict]:
-    """fn()'s result and its seconds, Ray peaks and the driver's peak RSS growth."""
+    """fn()'s result and its seconds, Ray peaks and the driver's peak RSS growth, in a fresh
+    cluster: the peaks are fn's own processes."""
+    fresh_cluster()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with RayMemory(period=0.5) as mem:
         start = time.perf_counter()
@@ -110,7 +113,6 @@ def one_size(n: int, boxes: int, work: Path) -> dict:
     out = Store(str(root / "run"))
     make_labeled(out, files)
     cfg = load_config(DEMO, [f"output.dir={out.root}", "select.adaptive=global"])
-    fresh_cluster()
     steps = {}
     summary, steps["finalize"] = measure(
         lambda: finalize(cfg, out.child("rounds/r001"), NAMES, 1, "teacher.pt", None, n, None, ray_mapper(cfg))

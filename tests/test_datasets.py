@@ -118,17 +118,36 @@ def test_final_export_refuses_an_image_id_that_would_steer_a_path(ray_local, sha
     assert not (tmp_path / "etc").exists()
 
 
-def test_a_read_task_holds_about_one_file_not_a_128_mib_bin_of_them(ray_local, shapes, tmp_path, monkeypatch):
-    """Ray Data packs small Parquet files into read tasks of up to 128 MiB by default; the
-    datasets' reads pack at READ_BIN_BYTES, so no task holds many files' rows (bench.scale: a
-    merge task held ~0.9 GiB at 10^6 rows before). The driver's environment is left as it was."""
+def test_a_task_holds_a_row_group_or_a_bounded_block_not_the_pool(ray_local, shapes, tmp_path, monkeypatch):
+    """Ray Data's defaults pack ~3x10^6 of these rows into one read task and one block, so one
+    map task (one core) got a whole 3x10^5-row pool and held it (bench.scale). The datasets'
+    reads take a row group a task and cut blocks at BLOCK_BYTES; the transforms after the read
+    keep the bound, and the driver's environment is left as it was."""
     import os
 
-    out, _, _, _ = _run(tmp_path, shapes, parts=4)
-    files = len(out.names("rounds/r001/pseudo", folders=False))
-    assert files == 4
-    monkeypatch.setattr(datasets, "READ_BIN_BYTES", 1)  # smaller than any file: one file a task
-    assert datasets._read(out, "rounds/r001/pseudo").materialize().num_blocks() == files
+    out, _, _, selected = _run(tmp_path, shapes, parts=4)
+
+    def blocks():
+        ds = datasets._read(out, "rounds/r001/pseudo").map_batches(lambda b: b, batch_format="pyarrow")
+        return [b.num_rows for b in ds.iter_batches(batch_size=None, batch_format="pyarrow")]
+
+    assert len(blocks()) == 4  # a row group (here a file) a task
     monkeypatch.setattr(datasets, "READ_BIN_BYTES", 128 * 2**20)  # Ray's default: all in one
-    assert datasets._read(out, "rounds/r001/pseudo").materialize().num_blocks() == 1
+    assert len(blocks()) == 1
+    monkeypatch.setattr(datasets, "BLOCK_BYTES", 1024)  # a few rows' worth: the block is cut
+    assert len(blocks()) > 4 and sum(blocks()) == len(selected)
     assert "RAY_DATA_PARQUET_BIN_PACKING_BYTES" not in os.environ
+
+
+def test_parquet_files_are_written_in_bounded_row_groups(tmp_path, monkeypatch):
+    from ssl_ray.io import export
+
+    monkeypatch.setattr(export, "ROW_GROUP_ROWS", 3)
+    out = Store(str(tmp_path))
+    rows = [
+        schema.make_row(image_id=f"{i:032x}", uri=f"/x/{i}.jpg", width=8, height=8, source="labeled", round=0)
+        for i in range(7)
+    ]
+    write_parquet(out, "t.parquet", rows)
+    meta = pq.ParquetFile(tmp_path / "t.parquet").metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [3, 3, 1]

@@ -29,12 +29,15 @@ from ssl_ray.io.storage import Store
 
 _IMAGE_ID = re.compile(r"^[0-9a-f]{32}$")
 _CACHED_EXTS = ("jpg", "png", "webp", "bmp", "tif")  # what `for_training` writes (a GIF becomes a PNG)
+# Rows per Parquet row group at most (pyarrow's default is 1,048,576): a row group is what one
+# Ray Data read task holds (`stages.datasets`), ~6 MiB of these rows in memory.
+ROW_GROUP_ROWS = 32_768
 
 
 def write_table(store: Store, rel: str, table: pa.Table) -> None:
     """One Parquet file (atomic on local disk; S3 objects appear whole)."""
     buf = io.BytesIO()
-    pq.write_table(table, buf)
+    pq.write_table(table, buf, row_group_size=ROW_GROUP_ROWS)
     store.write_bytes(rel, buf.getvalue())
 
 

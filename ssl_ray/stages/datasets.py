@@ -29,11 +29,15 @@ from ssl_ray.core import rounds, schema
 from ssl_ray.errors import DatasetError
 from ssl_ray.io.storage import Store
 
-ROWS_PER_FILE = 50_000  # rows per Parquet file at most: a read task's share (~10 MB of Parquet)
-# Ray Data's Parquet reader packs files into read tasks of up to 128 MiB uncompressed by default
-# (RAY_DATA_PARQUET_BIN_PACKING_BYTES): ~600,000 of these rows, ~0.9 GiB in one worker. Packed
-# at 16 MiB, a read task holds about one file, whatever the size of the dataset.
-READ_BIN_BYTES = 16 * 2**20
+ROWS_PER_FILE = 50_000  # rows per Parquet file at most (~10 MB of Parquet)
+# What one task holds must not grow with the dataset. Ray Data's defaults let it: its Parquet
+# reader packs row groups into read tasks of up to 128 MiB of *encoded* size (~3x10^6 of these
+# rows; RAY_DATA_PARQUET_BIN_PACKING_BYTES) and yields blocks of up to 128 MiB
+# (DataContext.target_max_block_size), so one map task got a whole 3x10^5-row pool, on one
+# core (bench.scale). Here a read task holds one row group (at most ROW_GROUP_ROWS) and a
+# block at most BLOCK_BYTES: the map tasks run side by side, each with a bounded share.
+READ_BIN_BYTES = 1  # smaller than any row group: one a task
+BLOCK_BYTES = 8 * 2**20
 EXPORT_BATCH = 256  # rows (images) an export task copies at a time
 
 _IMAGE_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -100,8 +104,9 @@ def export_rows(batch: pa.Table, out: Store, folder: str, storage) -> pa.Table:
 
 
 def _read(out: Store, *rels: str):
-    """Contract rows at `rels` (files or folders of parts) as one Ray Dataset, each read task
-    about one file (`READ_BIN_BYTES`)."""
+    """Contract rows at `rels` (files or folders of parts) as one Ray Dataset: a read task a
+    row group (`READ_BIN_BYTES`), blocks of at most `BLOCK_BYTES` (its transforms and write
+    inherit the bound)."""
     import os
 
     import ray
@@ -109,19 +114,26 @@ def _read(out: Store, *rels: str):
     key, before = "RAY_DATA_PARQUET_BIN_PACKING_BYTES", os.environ.get("RAY_DATA_PARQUET_BIN_PACKING_BYTES")
     os.environ[key] = str(READ_BIN_BYTES)  # Ray reads it as it plans the read, in this process
     try:
-        return ray.data.read_parquet([out.path(r) for r in rels], filesystem=out.fs, schema=schema.ROW_SCHEMA)
+        ds = ray.data.read_parquet([out.path(r) for r in rels], filesystem=out.fs, schema=schema.ROW_SCHEMA)
     finally:
         os.environ.pop(key) if before is None else os.environ.update({key: before})
+    ds.context.target_max_block_size = BLOCK_BYTES
+    return ds
 
 
 def _write(ds, out: Store, rel: str) -> int:
     """`ds` as the Parquet folder `rel` (anything there before is deleted); its rows."""
-    from ssl_ray.io.export import parquet_num_rows
+    from ssl_ray.io.export import ROW_GROUP_ROWS, parquet_num_rows
 
     out.delete_prefix(rel)
     # No minimum rows per file: bundling blocks up to one would put several read tasks' rows
     # in one write task.
-    ds.write_parquet(out.path(rel), filesystem=out.fs, max_rows_per_file=ROWS_PER_FILE)
+    ds.write_parquet(
+        out.path(rel),
+        filesystem=out.fs,
+        max_rows_per_file=ROWS_PER_FILE,
+        row_group_size=min(ROW_GROUP_ROWS, ROWS_PER_FILE),
+    )
     if not out.exists(rel):  # an empty dataset writes no file: still a table, with no rows
         from ssl_ray.io.export import write_parquet
 
