@@ -152,9 +152,9 @@ class LabelConfig:
         operational=True,
     )
     canvas: Literal["square", "rect"] = setting(
-        "square",
-        "the teacher's canvas: model.imgsz square, or the smallest rectangle with the long side model.imgsz "
-        "and padding a multiple of 32 (as Ultralytics' predict: 1280x720 is 640x384 at 640)",
+        "rect",
+        "the teacher's canvas: the smallest rectangle with the long side model.imgsz and padding a "
+        "multiple of 32 (as Ultralytics' predict: 1280x720 is 640x384 at 640), or a model.imgsz square",
     )
     consistency_views: list[str] = setting(
         ["flip"], "test-time views a pseudo-box must agree with: 'flip', 'scale:S' (empty = off)"

@@ -148,13 +148,13 @@ def test_label_local_pool(ray_local, pool_dir, teachers, tmp_path, bikes_mp4):
 
 
 @pytest.mark.ray
-def test_label_rect_canvases_and_video_chunks(ray_local, pool_dir, teachers, tmp_path, bikes_mp4):
-    """`label.canvas: rect` over a pool of several shapes (square stills, a 640x272 video, a
-    placeholder per reject: Ray Data carries them as variable-shaped tensors), with the video
-    in chunks of two sampled frames: every item is accounted for as with square canvases,
-    and every box lands on its image."""
+def test_label_square_canvases_and_video_chunks(ray_local, pool_dir, teachers, tmp_path, bikes_mp4):
+    """`label.canvas: square` (the other tests run the default, rectangles of several shapes:
+    square stills, a 640x272 video, a placeholder per reject) with the video in chunks of two
+    sampled frames: every item is accounted for as with rectangles, and every box lands on
+    its image."""
     n_frames, fps = expected_frames(bikes_mp4)
-    extra = ["label.canvas=rect", "pool.video_chunk_samples=2"]
+    extra = ["label.canvas=square", "pool.video_chunk_samples=2"]
     _, out, summary = run_stage(str(pool_dir), str(tmp_path / "run"), teachers["yolo11n"], extra)
     check_accounting(out, summary, n_frames, fps)
     assert summary["video_chunks"] == -(-n_frames // 2) + 1  # and broken.mp4, one chunk
