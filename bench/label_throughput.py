@@ -30,7 +30,10 @@ photos: photo-like 1920x1080 camera JPEGs (quality 90, sensor noise; source-doma
   canvases (label.canvas), and (c) the square-canvas forward bound; the decode cost per photo
   to its canvas, full-size decode against the stage's reduced-scale JPEG decode; the confident
   detections (score >= 0.5) each finds, and how many of Ultralytics' the stage's match (IoU >= 0.5,
-  same class), so a canvas or a decode that loses objects shows.
+  same class), so a canvas or a decode that loses objects shows. With --device-decode also
+  the rectangular run with label.decode: gpu (JPEGs decoded in the inference actor: nvJPEG
+  with --device cuda, torchvision's libjpeg on a CPU), side by side with the CPU decode tasks,
+  and how many of the CPU-decoded run's confident boxes it finds.
 
 fleet-video: generated fleet clips (H.264, 30 fps, a key frame a second, 1280x720, a camera
   panning along a street of the source domain's objects, which the bundled source-pretrained
@@ -40,7 +43,7 @@ fleet-video: generated fleet clips (H.264, 30 fps, a key frame a second, 1280x72
   decode cost per kept frame three ways (OpenCV grab/read as before, PyAV chunks, key frames);
   the stage's peak memory on a 1-minute against a 10-minute clip.
 
-    .venv/bin/python -m bench.label_throughput --mode photos --n 200 --imgsz 640
+    .venv/bin/python -m bench.label_throughput --mode photos --n 200 --imgsz 640 --device-decode
     .venv/bin/python -m bench.label_throughput --n 1000 --repeat 3
     .venv/bin/python -m bench.label_throughput --mode load --n 20000 --imgsz 64
     .venv/bin/python -m bench.label_throughput --mode finalize-memory --n 200000 --rows-per-task 25000
@@ -282,6 +285,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=60, help="fleet-video: length of each clip")
     ap.add_argument("--long-minutes", type=float, default=10, help="fleet-video: the long clip of the memory runs")
     ap.add_argument("--every-n", type=int, default=30, help="fleet-video: pool.video_every_n (Ultralytics' vid_stride)")
+    ap.add_argument(
+        "--device-decode", action="store_true", help="photos: also the rect run with label.decode=gpu, side by side"
+    )
     ap.add_argument("--json", help="also write the figures here")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)  # finalize-memory: root, n, rows per task
     args = ap.parse_args()
@@ -680,9 +686,29 @@ def photos(args) -> int:
                 weights, pool, args, int(args.stage_batch), work, canvas, [*conf, f"label.canvas={canvas}"]
             )
             runs[canvas] = (t, b, summary)
+        if args.device_decode:
+            rect = [*conf, "label.canvas=rect", "label.decode=gpu"]
+            t_d, _, _, summary_d = bench_stage(weights, pool, args, int(args.stage_batch), work, "device", rect)
         theirs = confident_boxes(weights, pool, args.imgsz, work, 0.5)  # untimed
         t_b, b, summary = runs["square"]
         t_r, r, summary_r = runs["rect"]
+        device = {}
+        if args.device_decode:
+            device = {
+                "device_decode": {
+                    "stage_img_s": round(summary_d["items"] / t_d, 2),
+                    "stage_steady_img_s": summary_d["inference_items_per_s"],
+                    "steady_over_cpu_decode": round(
+                        summary_d["inference_items_per_s"] / summary_r["inference_items_per_s"], 2
+                    ),
+                    "decoded_in_actors": summary_d["decoded_in_actors"],
+                    "stage_seconds": round(t_d, 1),
+                    "cpu_decode_boxes_found": agreement(
+                        stage_boxes(work / "device", 0.5), stage_boxes(work / "rect", 0.5)
+                    ),
+                    "ultralytics_boxes_found": agreement(stage_boxes(work / "device", 0.5), theirs)["theirs_found"],
+                }
+            }
         emit(
             {
                 "mode": "photos",
@@ -711,6 +737,7 @@ def photos(args) -> int:
                     "square": agreement(stage_boxes(work / "square", 0.5), theirs),
                     "rect": agreement(stage_boxes(work / "rect", 0.5), theirs),
                 },
+                **device,
             },
             args.json,
         )

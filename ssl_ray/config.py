@@ -156,6 +156,13 @@ class LabelConfig:
         "the teacher's canvas: the smallest rectangle with the long side model.imgsz and padding a "
         "multiple of 32 (as Ultralytics' predict: 1280x720 is 640x384 at 640), or a model.imgsz square",
     )
+    decode: Literal["cpu", "gpu", "auto"] = setting(
+        "cpu",
+        "where JPEGs are decoded: cpu (decode tasks, reduced DCT scale for large photos), gpu (the "
+        "inference actor, batched nvJPEG on its GPU, letterbox on the GPU; encoded bytes cross the object "
+        "store), auto (gpu when label.num_gpus_per_actor > 0); other formats and video frames always on CPU",
+        operational=True,
+    )
     consistency_views: list[str] = setting(
         ["flip"], "test-time views a pseudo-box must agree with: 'flip', 'scale:S' (empty = off)"
     )
@@ -170,6 +177,11 @@ class LabelConfig:
             parse_views(self.consistency_views, 640)
         except ValueError as e:
             raise ValueError(f"label.consistency_views: {e}") from None
+
+    @property
+    def device_decode(self) -> bool:
+        """Whether the inference actors decode JPEGs (`decode: gpu`, or `auto` with GPUs)."""
+        return self.decode == "gpu" or (self.decode == "auto" and self.num_gpus_per_actor > 0)
 
 
 @_section

@@ -88,20 +88,20 @@ def read_dir(store: Store, rel: str):
     return pq.read_table(store.path(rel), filesystem=store.fs).to_pylist()
 
 
-def check_accounting(out: Store, summary: dict, n_frames: int, fps: float):
+def check_accounting(out: Store, summary: dict, n_frames: int, fps: float, broken: dict = BROKEN):
     stage = out.child("rounds/r001")
     preds = read_dir(stage, "predictions")
     rejects = read_dir(stage, "rejects")
     selection = read_dir(stage, "selection")
     n_images = 20 + EXTRA_IMAGES
-    assert summary["files_listed"] == n_images + len(BROKEN) + 1  # images + broken files + the good video
-    assert summary["items"] == n_images + n_frames + len(BROKEN)
+    assert summary["files_listed"] == n_images + len(broken) + 1  # images + broken files + the good video
+    assert summary["items"] == n_images + n_frames + len(broken)
     assert summary["skipped_not_media"] == len(SKIPPED)
     assert summary["skipped_by_extension"] == {".txt": 2, ".yaml": 1, "(none)": 1}
     assert len(preds) == n_images + n_frames == len({p["image_id"] for p in preds})
     stills = {p["uri"].rsplit("/", 1)[1]: p for p in preds if not p["video_uri"]}
     assert (stills["single.gif"]["width"], stills["frame_without_extension"]["width"]) == (96, 96)
-    assert {r["uri"].rsplit("/", 1)[1]: r["reason"] for r in rejects} == BROKEN
+    assert {r["uri"].rsplit("/", 1)[1]: r["reason"] for r in rejects} == broken
     assert all(r["detail"] for r in rejects)
     assert sorted(r["image_id"] for r in selection) == sorted(p["image_id"] for p in preds)
     assert summary["pseudo"] + summary["negative"] + summary["uncertain"] + summary["rejected"] == summary["items"]
@@ -163,6 +163,24 @@ def test_label_square_canvases_and_video_chunks(ray_local, pool_dir, teachers, t
     assert frames == list(range(0, n_frames * EVERY_N, EVERY_N))  # each sampled frame once, over the chunks
     boxes = [b for p in preds for b in p["boxes"] or []]
     assert boxes and all(0 <= b["x"] <= 1 and 0 <= b["y"] <= 1 and 0 < b["w"] <= 1 for b in boxes)
+
+
+@pytest.mark.ray
+def test_label_decoding_jpegs_in_the_actors(ray_local, pool_dir, teachers, tmp_path, bikes_mp4):
+    """`label.decode: gpu` (here the actors' device is the CPU): JPEGs cross the object store
+    encoded and are decoded in the inference actors, PNGs, GIFs and video frames in the decode
+    tasks; a JPEG whose scan no decoder reads is quarantined alone, and every item is
+    accounted for as with `label.decode: cpu`."""
+    pool = tmp_path / "pool"
+    shutil.copytree(pool_dir, pool)
+    data = next(pool.glob("pool_*.jpg")).read_bytes()
+    sos = data.index(b"\xff\xda")
+    (pool / "unreadable scan.jpg").write_bytes(data[: sos + 5] + b"\x09" + data[sos + 6 :])
+    n_frames, fps = expected_frames(bikes_mp4)
+    _, out, summary = run_stage(str(pool), str(tmp_path / "run"), teachers["yolo26n"], ["label.decode=gpu"])
+    check_accounting(out, summary, n_frames, fps, broken={**BROKEN, "unreadable scan.jpg": "corrupt"})
+    # the pool's JPEGs that pass the header check went to the actors: its 20 stills, the copy, the bad scan
+    assert summary["decoded_in_actors"] == 20 + 1 + 1
 
 
 @pytest.mark.ray

@@ -15,7 +15,7 @@ import numpy as np
 
 from ssl_ray.config import StorageConfig
 from ssl_ray.core.detections import Detections
-from ssl_ray.core.geometry import pad_to_stride
+from ssl_ray.core.geometry import PAD_VALUE, pad_to_stride
 from ssl_ray.errors import ConfigError
 
 
@@ -73,22 +73,37 @@ class Teacher:
         self.backend.eval()
         self.names = [self.backend.names[i] for i in sorted(self.backend.names)]
 
-    def predict(self, images: np.ndarray, score_floor: float, max_det: int = 300) -> list[Detections]:
+    def predict(self, images, score_floor: float, max_det: int = 300) -> list[Detections]:
+        """Detections on an (N, H, W, 3) uint8 batch: a numpy array, or a tensor (e.g. canvases
+        decoded on the device, `adapters.decode`)."""
         import torch
         from ultralytics.utils import nms
 
-        images = pad_to_stride(images, int(max(self.backend.stride, 1)))
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(images))
-            if self.device.type == "cuda":  # a pinned upload that does not block the host
-                x = x.pin_memory().to(self.device, non_blocking=True)
-            x = x.permute(0, 3, 1, 2)
-            x = x.half() if self.backend.fp16 else x.float()
-            out = self.backend(x / 255.0)
+            out = self.backend(self._input(images))
             dets = nms.non_max_suppression(out, score_floor, 0.7, max_det=max_det, nc=0, end2end=self.backend.end2end)
             counts = [len(d) for d in dets]
             every = torch.cat(dets).float().cpu().numpy() if dets else np.zeros((0, 6))  # one copy to the host
         return [Detections.from_array(part) for part in np.split(every, np.cumsum(counts)[:-1])]
+
+    def _input(self, images):
+        """The model's input: (N, 3, H, W) on the device, in [0, 1], padded to its stride."""
+        import torch
+        import torch.nn.functional as F
+
+        stride = int(max(self.backend.stride, 1))
+        if isinstance(images, np.ndarray):
+            x = torch.from_numpy(np.ascontiguousarray(pad_to_stride(images, stride)))
+            if self.device.type == "cuda":  # a pinned upload that does not block the host
+                x = x.pin_memory().to(self.device, non_blocking=True)
+            x = x.permute(0, 3, 1, 2)
+        else:
+            x = images.to(self.device).permute(0, 3, 1, 2)
+            ph, pw = -x.shape[2] % stride, -x.shape[3] % stride
+            if ph or pw:  # at the bottom and right, as `pad_to_stride`
+                x = F.pad(x, (0, pw, 0, ph), value=PAD_VALUE)
+        x = x.half() if self.backend.fp16 else x.float()
+        return x / 255.0
 
 
 def preflight_weights(cfg, weights: str, names: list[str] | None, role: str) -> list[str]:

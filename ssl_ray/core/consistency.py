@@ -110,24 +110,27 @@ def fuse(base: Detections, others: list[Detections], iou_thr: float) -> Detectio
     return Detections(xyxy, score, base.cls, agree if others else None)
 
 
-def detect_with_views(predict, images: np.ndarray, views: list[View], iou_thr: float) -> list[Detections]:
+def detect_with_views(
+    predict, images: np.ndarray, views: list[View], iou_thr: float, *, apply=apply_view, concat=np.concatenate
+) -> list[Detections]:
     """Each canvas's detections, fused over `views` (with agreement; none without views).
 
     `predict(batch) -> [Detections per canvas]` runs the teacher; the canvases and all their
-    views go through it in one call."""
+    views go through it in one call. `apply` and `concat` make the views and join the batch
+    (numpy's here; `adapters.decode.apply_view` and `torch.cat` for canvases on a device)."""
     if not views:
         return predict(images)
     n = len(images)
-    found = predict(np.concatenate([images] + [apply_view(images, v) for v in views]))
+    found = predict(concat([images] + [apply(images, v) for v in views]))
     return [
         fuse(found[i], [undo_view(found[(k + 1) * n + i], v) for k, v in enumerate(views)], iou_thr) for i in range(n)
     ]
 
 
-def detect_by_shape(detect, images) -> list[Detections]:
+def detect_by_shape(detect, images, stack=np.stack) -> list[Detections]:
     """`detect(batch of one shape) -> [Detections per canvas]` over canvases that may differ
-    in shape (an (N, H, W, 3) array, or a sequence of (H, W, 3) arrays): one call per shape,
-    the results in the canvases' order."""
+    in shape (an (N, H, W, 3) array, or a sequence of (H, W, 3) arrays or, with `stack=torch.stack`,
+    tensors): one call per shape, the results in the canvases' order."""
     if isinstance(images, np.ndarray) and images.dtype != object:
         return detect(images)
     groups: dict[tuple, list[int]] = {}
@@ -135,6 +138,6 @@ def detect_by_shape(detect, images) -> list[Detections]:
         groups.setdefault(image.shape, []).append(i)
     found: list[Detections | None] = [None] * len(images)
     for members in groups.values():
-        for i, dets in zip(members, detect(np.stack([images[i] for i in members])), strict=True):
+        for i, dets in zip(members, detect(stack([images[i] for i in members])), strict=True):
             found[i] = dets
     return found

@@ -162,6 +162,26 @@ def decode_letterboxed(
     return place(resized, size, lb, stride), lb, width, height
 
 
+def jpeg_header(data: bytes, max_pixels: int = 64_000_000) -> tuple[int, int, int] | None:
+    """(displayed width, displayed height, EXIF orientation) of a JPEG that a device may decode
+    (`label.decode: gpu`), from its header alone; None for any other image, and for a JPEG
+    whose verdict only a full decode gives here (no end-of-image marker: a truncated file;
+    unreadable EXIF): those take the CPU path. Raises `BadImage` as `decode_rgb` would for
+    what the header already shows (empty, not an image, too large)."""
+    img = _open(data, max_pixels)
+    if img.format != "JPEG" or not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        return None
+    try:
+        orientation = int(img.getexif().get(0x0112, 1))
+    except (OSError, ValueError, SyntaxError, EOFError, TypeError):
+        return None
+    if orientation not in range(1, 9):
+        return None  # Pillow ignores it; so does the CPU path
+    turned = orientation in (5, 6, 7, 8)
+    width, height = (img.height, img.width) if turned else img.size
+    return width, height, orientation
+
+
 def _orientation(img: Image.Image) -> int:
     """The EXIF orientation `_load` will apply (1: none); 1 when the EXIF cannot be read, and
     then `_load` rejects the image."""

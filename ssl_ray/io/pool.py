@@ -7,7 +7,9 @@ YAML, notes) are skipped and counted by extension, never quarantined. `video_chu
 listed video into frame ranges (`io.video.plan_chunks`). `load_items` turns a listed file, or
 one chunk of a video, into zero or more items: an image gives one, a video chunk one per
 sampled frame, anything broken one reject with a reason. Items are letterboxed to `imgsz` so inference
-batches are plain stacked arrays.
+batches are plain stacked arrays; with `LoadOptions.device_decode` a JPEG instead travels
+encoded, with its placement worked out from its header, and the inference actor decodes it
+(`adapters.decode`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ssl_ray.io.images import (
     VIDEO_EXTENSIONS,
     BadImage,
     decode_letterboxed,
+    jpeg_header,
     letterbox,
     media_kind,
     place,
@@ -105,9 +108,28 @@ class LoadOptions:
     imgsz: int
     pool: PoolConfig
     stride: int = 0  # 0: square canvases; else the smallest stride-aligned rectangles (label.canvas: rect)
+    device_decode: bool = False  # JPEGs travel encoded, for the inference actor to decode (label.decode)
 
 
-def item_row(*, image_id, uri, width, height, image, lb, video_uri=None, frame_index=None, timestamp_s=None) -> dict:
+ENCODED = np.zeros((1, 1, 3), np.uint8)  # the `image` of an item that travels encoded
+
+
+def item_row(
+    *,
+    image_id,
+    uri,
+    width,
+    height,
+    image,
+    lb,
+    video_uri=None,
+    frame_index=None,
+    timestamp_s=None,
+    encoded=b"",
+    orientation=1,
+) -> dict:
+    """An item: its canvas `image` placed at `lb`, or (`encoded` non-empty) the placeholder
+    `ENCODED`, the JPEG's bytes and its EXIF orientation, for the inference actor to decode."""
     return {
         "image_id": image_id,
         "uri": uri,
@@ -122,6 +144,8 @@ def item_row(*, image_id, uri, width, height, image, lb, video_uri=None, frame_i
         "pad_y": lb.pad_y,
         "reject_reason": "",
         "reject_detail": "",
+        "encoded": encoded,
+        "orientation": orientation,
     }
 
 
@@ -142,6 +166,8 @@ def reject_row(uri: str, reason: str, detail: str, imgsz: int) -> dict:
         "pad_y": 0.0,
         "reject_reason": reason,
         "reject_detail": detail[:500],
+        "encoded": b"",
+        "orientation": 1,
     }
 
 
@@ -201,12 +227,28 @@ def _load_image(uri: str, size: int, opts: LoadOptions, read_bytes) -> dict:
         return reject_row(uri, "empty", REASONS["empty"], opts.imgsz)
     try:
         data = read_bytes(uri)
-        canvas, lb, width, height = decode_letterboxed(data, opts.imgsz, opts.stride, opts.pool.max_pixels)
+        header = jpeg_header(data, opts.pool.max_pixels) if opts.device_decode else None
+        if header is None:
+            canvas, lb, width, height = decode_letterboxed(data, opts.imgsz, opts.stride, opts.pool.max_pixels)
     except BadImage as e:
         return reject_row(uri, e.reason, e.detail, opts.imgsz)
     except (StorageError, OSError) as e:
         return reject_row(uri, "unreadable", str(e), opts.imgsz)
-    return item_row(image_id=schema.image_id_of_bytes(data), uri=uri, width=width, height=height, image=canvas, lb=lb)
+    image_id = schema.image_id_of_bytes(data)
+    if header is None:
+        return item_row(image_id=image_id, uri=uri, width=width, height=height, image=canvas, lb=lb)
+    width, height, orientation = header
+    lb = letterbox_params(width, height, opts.imgsz, opts.stride)[2]
+    return item_row(
+        image_id=image_id,
+        uri=uri,
+        width=width,
+        height=height,
+        image=ENCODED,
+        lb=lb,
+        encoded=data,
+        orientation=orientation,
+    )
 
 
 def _load_video(uri: str, size: int, opts: LoadOptions, open_file, chunk: tuple[int, int]) -> Iterator[dict]:

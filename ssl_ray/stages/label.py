@@ -1,8 +1,9 @@
 """Stage: label the pool with a teacher on Ray (the thin Ray adapter over `io.pool`, the
 teacher, `core.consistency`, `core.raw` and the finalize passes).
 
-    listing (streaming Ray task -> Arrow blocks)  ->  decode + letterbox (CPU tasks)
-      ->  batched inference (actor pool, GPUs from config)  ->  raw Parquet (at-least-once)
+    listing (streaming Ray task -> Arrow blocks)  ->  decode + letterbox (CPU tasks; with
+      label.decode: gpu a JPEG's header only)  ->  batched inference (actor pool, GPUs from
+      config; with label.decode: gpu it decodes the JPEGs first)  ->  raw Parquet (at-least-once)
       ->  finalize (`stages.finalize`: parallel Ray tasks over hash buckets of the raw rows):
           dedupe, select, write the round's Parquet, summary
 
@@ -145,6 +146,8 @@ def label_pool(
     summary["video_chunks"] = listed - (files - listing_summary["videos"])
     summary["skipped_not_media"] = sum(skipped.values())
     summary["skipped_by_extension"] = skipped
+    if cfg.label.device_decode:  # JPEG decodes in the inference actors (at least once)
+        summary["decoded_in_actors"] = ray_get(counter.get_decoded.remote())
     summary["seconds"] = significant(time.perf_counter() - start)
     summary["items_per_s"] = significant(summary["items"] / max(summary["seconds"], 1e-9))
     span = _inference_span(ds)  # the stage's rate once running: start-up (listing, actors' load) excluded
@@ -236,16 +239,21 @@ _list_pool = LazyRemote(_list_pool_impl, num_cpus=1, num_returns="streaming")
 
 
 class _CounterImpl:
-    """Items the inference actors have labeled so far (they add; the driver reads)."""
+    """Items the inference actors have labeled so far, and JPEGs they decoded (they add; the
+    driver reads). At least once: a batch redone after a lost actor counts again."""
 
     def __init__(self):
-        self.items = 0
+        self.items = self.decoded = 0
 
-    def add(self, n: int) -> None:
+    def add(self, n: int, decoded: int = 0) -> None:
         self.items += n
+        self.decoded += decoded
 
     def get(self) -> int:
         return self.items
+
+    def get_decoded(self) -> int:
+        return self.decoded
 
 
 _Counter = LazyRemote(_CounterImpl)
@@ -289,7 +297,9 @@ def _load_batch(batch: dict, cfg: Config):
     from ssl_ray.io.pool import LoadOptions, load_items
 
     reader = UriReader(cfg.storage)
-    opts = LoadOptions(imgsz=cfg.model.imgsz, pool=cfg.pool, stride=canvas_stride(cfg))
+    opts = LoadOptions(
+        imgsz=cfg.model.imgsz, pool=cfg.pool, stride=canvas_stride(cfg), device_decode=cfg.label.device_decode
+    )
     rows: list[dict] = []
     entries = zip(batch["uri"], batch["size"], batch["kind"], batch["start"], batch["stop"])
     for uri, size, kind, start, stop in entries:
@@ -339,12 +349,22 @@ def columns(rows: list[dict]) -> dict:
         "reject_reason": np.array(col("reject_reason")),
         "reject_detail": np.array(col("reject_detail")),
         "image": stack_images(col("image")),
+        "encoded": objects(col("encoded")),  # a JPEG for the actor to decode (label.decode: gpu), else b""
+        "orientation": np.array(col("orientation"), np.int8),
     }
+
+
+def objects(values: list) -> np.ndarray:
+    """A 1-D object array of `values` (numpy would make bytes a fixed-width, NUL-stripped type)."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
 
 
 class _Predict:
     """Inference actor: one teacher per actor, a batched forward over the canvases and their
-    consistency views, detections fused and mapped back, then the optional box refiner."""
+    consistency views, detections fused and mapped back, then the optional box refiner. With
+    `label.decode: gpu` it first decodes the batch's JPEGs on its device (`device_canvases`)."""
 
     def __init__(self, weights: str, cfg: Config, names: list[str], refiner: str | None = None, counter=None):
         from ssl_ray.adapters.teacher import Teacher, resolve_weights
@@ -360,15 +380,24 @@ class _Predict:
         self.iou = cfg.label.consistency_iou
         self.refiner = load_refiner(refiner, cfg.storage, str(self.teacher.device), cfg.refine) if refiner else None
         self.counter = counter
+        self.device_decode = cfg.label.device_decode
+        self.imgsz, self.stride, self.max_pixels = cfg.model.imgsz, canvas_stride(cfg), cfg.pool.max_pixels
+        if self.device_decode and self.teacher.device.type == "cpu":
+            log.warning("label.decode: %s on an actor without a GPU: JPEGs are decoded in the actor", cfg.label.decode)
 
     def detect(self, images) -> list[Detections]:
         """Each canvas's detections, fused over the views, refined when a refiner is loaded;
-        canvases of different shapes (`label.canvas: rect`) one shape at a time."""
+        canvases of different shapes (`label.canvas: rect`) one shape at a time. `images`:
+        an array (or object array) of canvases, or a list of tensors on the device."""
         from ssl_ray.core.consistency import detect_by_shape
 
-        return detect_by_shape(self._detect, images)
+        if isinstance(images, np.ndarray):
+            return detect_by_shape(self._detect, images)
+        import torch
 
-    def _detect(self, images: np.ndarray) -> list[Detections]:
+        return detect_by_shape(self._detect, images, stack=torch.stack)
+
+    def _detect(self, images) -> list[Detections]:
         from ssl_ray.core.consistency import detect_with_views, parse_views
         from ssl_ray.stages.refine import refine_detections
 
@@ -376,13 +405,88 @@ class _Predict:
         if (h, w) not in self.views:
             self.views[(h, w)] = parse_views(self.view_specs, w, h)
         predict = lambda batch: self.teacher.predict(batch, self.floor)  # noqa: E731
-        found = detect_with_views(predict, images, self.views[(h, w)], self.iou)
-        return found if self.refiner is None else refine_detections(self.refiner, images, found)
+        if isinstance(images, np.ndarray):
+            found = detect_with_views(predict, images, self.views[(h, w)], self.iou)
+        else:
+            import torch
+
+            from ssl_ray.adapters.decode import apply_view
+
+            found = detect_with_views(predict, images, self.views[(h, w)], self.iou, apply=apply_view, concat=torch.cat)
+        if self.refiner is None:
+            return found
+        on_host = images if isinstance(images, np.ndarray) else images.cpu().numpy()  # the refiner takes arrays
+        return refine_detections(self.refiner, on_host, found)
 
     def __call__(self, batch: dict) -> pa.Table:
-        ok = np.array([not r for r in batch["reject_reason"]], dtype=bool)
-        images = batch["image"] if ok.all() else batch["image"][ok]  # no copy when nothing was rejected
-        table = raw_table(batch, self.detect(images) if ok.any() else [])
+        if self.device_decode:
+            batch, images = self.decode(batch)
+        else:
+            ok = np.array([not r for r in batch["reject_reason"]], dtype=bool)
+            images = batch["image"] if ok.all() else batch["image"][ok]  # no copy when nothing was rejected
+        table = raw_table(batch, self.detect(images) if len(images) else [])
         if self.counter is not None:
-            self.counter.add.remote(len(ok))  # fire and forget: progress only
+            self.count(len(batch["uri"]), sum(1 for data in batch["encoded"] if len(data)))
         return table
+
+    def count(self, items: int, decoded: int) -> None:
+        """Progress, fire and forget; with JPEGs decoded here, waited for, so that the stage's
+        summary counts them all (a lost counter costs the figure, never the stage)."""
+        if not decoded:
+            self.counter.add.remote(items)
+            return
+        try:
+            ray_get(self.counter.add.remote(items, decoded))
+        except Exception as e:  # noqa: BLE001 - a figure for the summary, never a failed batch
+            log.warning("the label stage's counter did not answer: %s", e)
+
+    def decode(self, batch: dict) -> tuple[dict, list]:
+        """(the batch, its canvases on the device): the JPEGs that travelled encoded decoded
+        here in one call (`device_canvases`), the other items' canvases uploaded. A JPEG the
+        device cannot decode is decoded on CPU as the decode tasks would (reduced scale and
+        all); one that fails there too becomes a reject with that path's reason, alone."""
+        import torch
+
+        from ssl_ray.adapters.decode import device_canvases
+        from ssl_ray.io.images import BadImage, decode_letterboxed
+
+        device = self.teacher.device
+        reasons = list(batch["reject_reason"])
+        encoded = [i for i, (r, data) in enumerate(zip(reasons, batch["encoded"])) if not r and len(data)]
+        pick = lambda k: [batch[k][i] for i in encoded]  # noqa: E731
+        made = device_canvases(
+            pick("encoded"), pick("orientation"), pick("width"), pick("height"), self.imgsz, self.stride, device
+        )
+        on_device = dict(zip(encoded, made, strict=True))
+        canvases, failed = [], {}
+        for i, reason in enumerate(reasons):
+            if reason:
+                continue
+            canvas = (
+                on_device[i] if i in on_device else torch.from_numpy(np.array(batch["image"][i]))
+            )  # a copy: Ray's are read-only
+            if canvas is None:
+                try:
+                    canvas = torch.from_numpy(
+                        decode_letterboxed(bytes(batch["encoded"][i]), self.imgsz, self.stride, self.max_pixels)[0]
+                    )
+                except BadImage as e:
+                    failed[i] = e
+                    continue
+            canvases.append(canvas.to(device))
+        return (quarantine(batch, failed) if failed else batch), canvases
+
+
+def quarantine(batch: dict, failed: dict[int, Exception]) -> dict:
+    """`batch` with the items at `failed`'s indices turned into rejects (`BadImage`s), as
+    `io.pool.reject_row` makes them: no id, no size, the reason and its detail."""
+    out = dict(batch)
+    for key in ("image_id", "reject_reason", "reject_detail"):
+        out[key] = list(batch[key])
+    for key in ("width", "height", "ratio", "pad_x", "pad_y"):
+        out[key] = np.array(batch[key], copy=True)
+    for i, e in failed.items():
+        out["image_id"][i], out["reject_reason"][i], out["reject_detail"][i] = "", e.reason, e.detail[:500]
+        out["width"][i] = out["height"][i] = 0
+        out["ratio"][i], out["pad_x"][i], out["pad_y"][i] = 1.0, 0.0, 0.0
+    return out
