@@ -462,18 +462,18 @@ class _Predict:
         for i, reason in enumerate(reasons):
             if reason:
                 continue
-            canvas = (
-                on_device[i] if i in on_device else torch.from_numpy(np.array(batch["image"][i]))
-            )  # a copy: Ray's are read-only
-            if canvas is None:
+            if i not in on_device:  # decoded by its task (not a JPEG, a video frame): upload a copy
+                canvases.append(torch.from_numpy(np.array(batch["image"][i])).to(device))
+            elif on_device[i] is not None:
+                canvases.append(on_device[i])
+            else:  # the device could not decode it: the CPU path's verdict
                 try:
-                    canvas = torch.from_numpy(
-                        decode_letterboxed(bytes(batch["encoded"][i]), self.imgsz, self.stride, self.max_pixels)[0]
-                    )
+                    data = bytes(batch["encoded"][i])
+                    canvas = decode_letterboxed(data, self.imgsz, self.stride, self.max_pixels)[0]
                 except BadImage as e:
                     failed[i] = e
                     continue
-            canvases.append(canvas.to(device))
+                canvases.append(torch.from_numpy(canvas).to(device))
         return (quarantine(batch, failed) if failed else batch), canvases
 
 
