@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -160,16 +161,16 @@ def _train_loop(config: dict) -> None:
                 return
             resume = work / "resume" / "last.pt"
             resume.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(Path(folder) / "last.pt", resume)
+            _copy_whole(Path(folder) / "last.pt", resume)
             if online is not None and (Path(folder) / "online.pt").exists():
                 online["resume_state"] = str(resume.with_name("online.pt"))
-                shutil.copyfile(Path(folder) / "online.pt", online["resume_state"])
+                _copy_whole(Path(folder) / "online.pt", Path(online["resume_state"]))
             # The best epoch so far stays the best unless beaten: its weights where Ultralytics
             # keeps best.pt (this node may not have them) and its metrics.
             if (Path(folder) / "best.pt").exists():
                 weights = work / "run" / "weights"
                 weights.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(Path(folder) / "best.pt", weights / "best.pt")
+                _copy_whole(Path(folder) / "best.pt", weights / "best.pt")
                 best.update(saved)
         overrides["resume"] = str(resume)
 
@@ -177,6 +178,15 @@ def _train_loop(config: dict) -> None:
     trainer.add_callback("on_fit_epoch_end", lambda t: _report_epoch(t, rank, spec.names, best, spec.name))
     trainer.train()
     _report_final(trainer.best if trainer.best.exists() else trainer.last, best, rank)
+
+
+def _copy_whole(src: Path, dst: Path) -> None:
+    """Copy `src` to `dst` so that a reader never sees part of it: the ranks of a restarted
+    group on one node copy the same checkpoint to the same path, and a plain copy truncates
+    the file another rank is loading (seen as a "truncated" last.pt on resume)."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 def work_dir(cfg: Config, out: Store, kind: str, name: str) -> Path:
