@@ -15,7 +15,10 @@ Printed per seed and as mean ± spread: held-out mAP50 and mAP50-95 of each, the
 (ssl − control) / (oracle − control) in both, and per round the pseudo-labels' precision,
 recall and mean box IoU against the pool's true labels. `--check-control` also trains, once
 (the first seed), a control with twice the budget (`rounds.control: 2`): if it gains less than
-the run-to-run noise, the control has converged and the comparison is fair.
+the run-to-run noise, the control has converged and the comparison is fair. `--variant NAME
+KEY=VALUE...` (repeatable) screens a change: per seed, one more SSL run with those settings and
+no control of its own, side by side with the others, scored against the seed's control and
+oracle (fair when it trains as many steps as the SSL run; the table says its settings).
 
     .venv/bin/python -m bench.ssl_gain --seeds 0 1 2 --jobs 2 --work /tmp/gain --json out.json
     .venv/bin/python -m bench.ssl_gain --init my_pretrained.pt --data my/data.yaml --pool my/pool_images
@@ -277,6 +280,7 @@ def one_seed(
     threads: ThreadPoolExecutor,
     double_control: bool,
     also: list[str] = (),
+    variants: dict[str, list[str]] | None = None,
 ) -> dict:
     """Every run of one seed: the SSL run (with its control), then the oracle at its budget."""
     from ssl_ray.synth import generate
@@ -307,6 +311,14 @@ def one_seed(
                 work / "logs" / f"{seed}-ssl-control2.log",
             )
         )
+    screened = {
+        name: threads.submit(
+            execute,
+            [*base, *overrides, f"output.dir={work / f'{seed}-{name}'}", "rounds.control=0"],
+            work / "logs" / f"{seed}-{name}.log",
+        )
+        for name, overrides in (variants or {}).items()
+    }
     ssl_report = report(runs[0].result())
     rounds, control = ssl_report["rounds"], ssl_report["control"]
     r0 = rounds[0]
@@ -363,6 +375,19 @@ def one_seed(
             [twice["rounds"][0]["held_out"], *(c["held_out"] for c in twice["control"])], key=lambda h: h["mAP50-95"]
         )
         row["control_x2"] = {k: alone2[k] for k in ("mAP50", "mAP50-95")}
+    row["variants"] = {}
+    for name, future in screened.items():
+        screen = report(future.result())
+        held_out = screen["rounds"][screen["best_round"]]["held_out"]
+        row["variants"][name] = {
+            "settings": variants[name],
+            **{k: held_out[k] for k in ("mAP50", "mAP50-95")},
+            **{
+                f"gap_recovered_{m}": gap(held_out[m], row["control"][m], row["oracle"][m])
+                for m in ("mAP50-95", "mAP50")
+            },
+            "rounds_mAP50-95": [round(r["held_out"]["mAP50-95"], 4) for r in screen["rounds"]],
+        }
     row["seconds_per_step"] = step_seconds(work / "cache" / "train", control)
     row["minutes"] = round((time.perf_counter() - t0) / 60, 1)
     return row
@@ -416,12 +441,23 @@ def main() -> int:
     ap.add_argument("--json", help="also write the figures here")
     ap.add_argument("--protocol", nargs="*", default=[], metavar="FIELD=VALUE", help="change the protocol (Protocol)")
     ap.add_argument("--also", nargs="*", default=[], metavar="KEY=VALUE", help="product settings of the SSL run")
+    ap.add_argument(
+        "--variant",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar="NAME KEY=VALUE",
+        help="screen a change: an SSL run with these settings per seed, scored against the seed's control and oracle",
+    )
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one config (a list of overrides), JSON
     args = ap.parse_args()
     if args.one:
         return run_one(json.loads(args.one))
     if args.data and not args.pool:
         ap.error("--data needs --pool")
+    variants = {v[0]: v[1:] for v in args.variant}
+    if any("=" in name or not overrides for name, overrides in variants.items()):
+        ap.error("--variant takes a name, then one or more KEY=VALUE settings")
     global SLOTS
     SLOTS = threading.Semaphore(args.jobs)
     p = dataclasses.replace(Protocol(), **{k: int(v) for k, v in (a.split("=", 1) for a in args.protocol)})
@@ -437,6 +473,7 @@ def main() -> int:
         "task": TASK,
         "init": str(init),
         "also": args.also,
+        "variants": variants,
         "environment": environment(),
         "seeds": {},
     }
@@ -453,6 +490,7 @@ def main() -> int:
                 threads,
                 args.check_control and i == 0,
                 args.also,
+                variants,
             )
             for i, seed in enumerate(args.seeds)
         }
@@ -469,6 +507,10 @@ def main() -> int:
     }
     for metric in ("mAP50-95", "mAP50"):
         results["summary"][f"gap_recovered_{metric}"] = spread([r[f"gap_recovered_{metric}"] for r in rows])
+    for name in variants:
+        for metric in ("mAP50-95", "mAP50"):
+            values = [r["variants"][name][f"gap_recovered_{metric}"] for r in rows]
+            results["summary"][f"{name}_gap_recovered_{metric}"] = spread(values)
     results["minutes_per_seed"] = [r["minutes"] for r in rows]
     print(json.dumps({"summary": results["summary"]}, indent=2))
     if args.json:
