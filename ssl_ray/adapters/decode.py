@@ -84,8 +84,10 @@ def _canvas(image, orientation: int, width: int, height: int, imgsz: int, stride
         return None  # the header and the data disagree: the CPU path decides
     nw, nh, lb = letterbox_params(width, height, imgsz, stride)
     if (nh, nw) != (height, width):
-        # antialiased like the CPU path's reduced-scale decode, not aliased like a plain bilinear
-        resized = F.interpolate(image[None].float(), size=(nh, nw), mode="bilinear", antialias=nh < height)
+        # a plain bilinear, as Ultralytics' letterbox (cv2 INTER_LINEAR from the full-size
+        # decode): on 1080p photos the teacher then finds exactly Ultralytics' boxes (1.00 of
+        # them; 0.91 antialiased; bench.label_throughput --mode photos --device-decode)
+        resized = F.interpolate(image[None].float(), size=(nh, nw), mode="bilinear", align_corners=False)
         image = resized[0].round_().clamp_(0, 255).to(torch.uint8)
     cw, ch = canvas_size(nw, nh, imgsz, stride)
     canvas = torch.full((ch, cw, 3), PAD_VALUE, dtype=torch.uint8, device=image.device)
