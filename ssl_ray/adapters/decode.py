@@ -14,8 +14,57 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
+
 from ssl_ray.core.consistency import View
 from ssl_ray.core.geometry import PAD_VALUE, canvas_size, letterbox_params
+from ssl_ray.io.images import BadImage, decode_letterboxed
+
+
+def decode_batch(batch: dict, imgsz: int, stride: int, max_pixels: int, device) -> tuple[dict, list]:
+    """(the batch, its canvases on `device`) for a decoded batch (`stages.label.columns`): the
+    JPEGs that travelled encoded decoded in one call (`device_canvases`), the other items'
+    canvases uploaded. A JPEG the device cannot decode is decoded on CPU as the decode tasks
+    would (reduced scale and all); one that fails there too becomes a reject with that path's
+    reason, alone."""
+    import torch
+
+    reasons = list(batch["reject_reason"])
+    encoded = [i for i, (r, data) in enumerate(zip(reasons, batch["encoded"])) if not r and len(data)]
+    pick = lambda k: [batch[k][i] for i in encoded]  # noqa: E731
+    made = device_canvases(pick("encoded"), pick("orientation"), pick("width"), pick("height"), imgsz, stride, device)
+    on_device = dict(zip(encoded, made, strict=True))
+    canvases, failed = [], {}
+    for i, reason in enumerate(reasons):
+        if reason:
+            continue
+        if i not in on_device:  # decoded by its task (not a JPEG, a video frame): upload a copy
+            canvases.append(torch.from_numpy(np.array(batch["image"][i])).to(device))
+        elif on_device[i] is not None:
+            canvases.append(on_device[i])
+        else:  # the device could not decode it: the CPU path's verdict
+            try:
+                canvas = decode_letterboxed(bytes(batch["encoded"][i]), imgsz, stride, max_pixels)[0]
+            except BadImage as e:
+                failed[i] = e
+                continue
+            canvases.append(torch.from_numpy(canvas).to(device))
+    return (quarantine(batch, failed) if failed else batch), canvases
+
+
+def quarantine(batch: dict, failed: dict[int, BadImage]) -> dict:
+    """`batch` with the items at `failed`'s indices turned into rejects, as
+    `io.pool.reject_row` makes them: no id, no size, the reason and its detail."""
+    out = dict(batch)
+    for key in ("image_id", "reject_reason", "reject_detail"):
+        out[key] = list(batch[key])
+    for key in ("width", "height", "ratio", "pad_x", "pad_y"):
+        out[key] = np.array(batch[key], copy=True)
+    for i, e in failed.items():
+        out["image_id"][i], out["reject_reason"][i], out["reject_detail"][i] = "", e.reason, e.detail[:500]
+        out["width"][i] = out["height"][i] = 0
+        out["ratio"][i], out["pad_x"][i], out["pad_y"][i] = 1.0, 0.0, 0.0
+    return out
 
 
 def device_canvases(encoded, orientations, widths, heights, imgsz: int, stride: int, device) -> list:

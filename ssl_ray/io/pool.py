@@ -229,24 +229,23 @@ def _load_image(uri: str, size: int, opts: LoadOptions, read_bytes) -> dict:
         data = read_bytes(uri)
         header = jpeg_header(data, opts.pool.max_pixels) if opts.device_decode else None
         if header is None:
-            canvas, lb, width, height = decode_letterboxed(data, opts.imgsz, opts.stride, opts.pool.max_pixels)
+            image, lb, width, height = decode_letterboxed(data, opts.imgsz, opts.stride, opts.pool.max_pixels)
+            encoded, orientation = b"", 1
     except BadImage as e:
         return reject_row(uri, e.reason, e.detail, opts.imgsz)
     except (StorageError, OSError) as e:
         return reject_row(uri, "unreadable", str(e), opts.imgsz)
-    image_id = schema.image_id_of_bytes(data)
-    if header is None:
-        return item_row(image_id=image_id, uri=uri, width=width, height=height, image=canvas, lb=lb)
-    width, height, orientation = header
-    lb = letterbox_params(width, height, opts.imgsz, opts.stride)[2]
+    if header is not None:  # the inference actor decodes it: placed by its header
+        width, height, orientation = header
+        image, encoded, lb = ENCODED, data, letterbox_params(width, height, opts.imgsz, opts.stride)[2]
     return item_row(
-        image_id=image_id,
+        image_id=schema.image_id_of_bytes(data),
         uri=uri,
         width=width,
         height=height,
-        image=ENCODED,
+        image=image,
         lb=lb,
-        encoded=data,
+        encoded=encoded,
         orientation=orientation,
     )
 
