@@ -18,7 +18,8 @@ recall and mean box IoU against the pool's true labels. `--check-control` also t
 the run-to-run noise, the control has converged and the comparison is fair. `--variant NAME
 KEY=VALUE...` (repeatable) screens a change: per seed, one more SSL run with those settings and
 no control of its own, side by side with the others, scored against the seed's control and
-oracle (fair when it trains as many steps as the SSL run; the table says its settings).
+oracle (fair when it trains as many steps as the SSL run; the table says its settings);
+with `--branch` each variant starts from the SSL run's round 0 instead of training its own.
 
     .venv/bin/python -m bench.ssl_gain --seeds 0 1 2 --jobs 2 --work /tmp/gain --json out.json
     .venv/bin/python -m bench.ssl_gain --init my_pretrained.pt --data my/data.yaml --pool my/pool_images
@@ -137,6 +138,17 @@ def execute(overrides: list[str], log: Path) -> Path:
             f"[{time.strftime('%H:%M:%S')}] done   {out.name} in {(time.perf_counter() - t0) / 60:.1f} min", flush=True
         )
     return out
+
+
+def branched(overrides: list[str], log: Path, ssl_out: Path) -> Path:
+    """`execute` a variant from the SSL run's round 0: once that round is done, its weights
+    are the variant's round 0 (`rounds.round0: evaluate` scores them and trains nothing), so
+    the variant and the SSL run differ only from round 1 on, and round 0's own run-to-run
+    noise (±0.01 mAP50-95) drops out of their difference."""
+    round0 = ssl_out / "rounds" / "r000"
+    while not (round0 / "metrics.json").exists():  # written after weights/best.pt, when round 0 is done
+        time.sleep(10)
+    return execute([*overrides, f"model.weights={round0 / 'weights' / 'best.pt'}", "rounds.round0=evaluate"], log)
 
 
 def run_one(overrides: list[str]) -> int:
@@ -281,8 +293,10 @@ def one_seed(
     double_control: bool,
     also: list[str] = (),
     variants: dict[str, list[str]] | None = None,
+    branch: bool = False,
 ) -> dict:
-    """Every run of one seed: the SSL run (with its control), then the oracle at its budget."""
+    """Every run of one seed: the SSL run (with its control), then the oracle at its budget;
+    the variants beside them (with `branch`, from the SSL run's round 0)."""
     from ssl_ray.synth import generate
 
     t0 = time.perf_counter()
@@ -313,9 +327,10 @@ def one_seed(
         )
     screened = {
         name: threads.submit(
-            execute,
+            branched if branch else execute,
             [*base, *overrides, f"output.dir={work / f'{seed}-{name}'}", "rounds.control=0"],
             work / "logs" / f"{seed}-{name}.log",
+            *([ssl_out] if branch else []),
         )
         for name, overrides in (variants or {}).items()
     }
@@ -449,6 +464,11 @@ def main() -> int:
         metavar="NAME KEY=VALUE",
         help="screen a change: an SSL run with these settings per seed, scored against the seed's control and oracle",
     )
+    ap.add_argument(
+        "--branch",
+        action="store_true",
+        help="variants start from the SSL run's round 0 (for variants of rounds 1.. only): paired on one round 0",
+    )
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one config (a list of overrides), JSON
     args = ap.parse_args()
     if args.one:
@@ -458,6 +478,9 @@ def main() -> int:
     variants = {v[0]: v[1:] for v in args.variant}
     if any("=" in name or not overrides for name, overrides in variants.items()):
         ap.error("--variant takes a name, then one or more KEY=VALUE settings")
+    round0_keys = ("model.", "labeled.", "seed", "train.round0_epochs", "rounds.round0")
+    if args.branch and any(o.startswith(round0_keys) for overrides in variants.values() for o in overrides):
+        ap.error(f"--branch: a variant changes round 0 ({', '.join(round0_keys)}); run it without --branch")
     global SLOTS
     SLOTS = threading.Semaphore(args.jobs)
     p = dataclasses.replace(Protocol(), **{k: int(v) for k, v in (a.split("=", 1) for a in args.protocol)})
@@ -474,6 +497,7 @@ def main() -> int:
         "init": str(init),
         "also": args.also,
         "variants": variants,
+        "branch": args.branch,
         "environment": environment(),
         "seeds": {},
     }
@@ -491,6 +515,7 @@ def main() -> int:
                 args.check_control and i == 0,
                 args.also,
                 variants,
+                args.branch,
             )
             for i, seed in enumerate(args.seeds)
         }
