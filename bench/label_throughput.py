@@ -30,7 +30,8 @@ photos: photo-like 1920x1080 camera JPEGs (quality 90, sensor noise; source-doma
   canvases (label.canvas), and (c) the square-canvas forward bound; the decode cost per photo
   to its canvas, full-size decode against the stage's reduced-scale JPEG decode; the confident
   detections (score >= 0.5) each finds, and how many of Ultralytics' the stage's match (IoU >= 0.5,
-  same class), so a canvas or a decode that loses objects shows. With --device-decode also
+  same class), so a canvas or a decode that loses objects shows; and each one's recall and
+  precision against the photos' true objects (the generator's labels). With --device-decode also
   the rectangular run with label.decode: gpu (JPEGs decoded in the inference actor: nvJPEG
   with --device cuda, torchvision's libjpeg on a CPU), side by side with the CPU decode tasks,
   and how many of the CPU-decoded run's confident boxes it finds.
@@ -556,7 +557,7 @@ def fleet_clip(path: Path, seconds: float, size: tuple[int, int] = (1280, 720), 
     import numpy as np
 
     w, h = size
-    scenes = scene_strip(seed, h, 2 * w // h + 8)
+    scenes, _ = scene_strip(seed, h, 2 * w // h + 8)
     scenes = np.concatenate([scenes, scenes[:, :w]], axis=1)  # wraps around: any length of clip
     period = scenes.shape[1] - w
     rng = np.random.default_rng(seed)
@@ -575,27 +576,43 @@ def fleet_clip(path: Path, seconds: float, size: tuple[int, int] = (1280, 720), 
 
 def scene_strip(seed: int, height: int, tiles: int):
     """Source-domain scenes `height` px tall side by side, `tiles` of them (objects 7-32 % of
-    the height): what the bundled source-pretrained teacher was trained to find."""
+    the height): what the bundled source-pretrained teacher was trained to find. Returns the
+    strip and its objects, (class, [x0, y0, x1, y1]) in the strip's pixels."""
     import numpy as np
 
     from ssl_ray.synth import TASK, SynthSpec, render
 
     spec = SynthSpec(imgsz=height, domain="source", seed=seed, **TASK)
-    return np.concatenate([np.asarray(render(np.random.default_rng([seed, 7, i]), spec)[0]) for i in range(tiles)], 1)
+    tiles_and_lines = [render(np.random.default_rng([seed, 7, i]), spec) for i in range(tiles)]
+    objects = []
+    for i, (_, lines) in enumerate(tiles_and_lines):
+        for line in lines:
+            cls, cx, cy, bw, bh = line.split()
+            cx, cy, bw, bh = (float(v) * height for v in (cx, cy, bw, bh))
+            x = cx + i * height
+            objects.append((int(cls), [x - bw / 2, cy - bh / 2, x + bw / 2, cy + bh / 2]))
+    return np.concatenate([np.asarray(tile) for tile, _ in tiles_and_lines], 1), objects
 
 
-def photo(path: Path, seed: int, size: tuple[int, int] = (1920, 1080)) -> Path:
-    """A photo-like camera JPEG: a `size` crop of a street of scenes, sensor noise, quality 90."""
+def photo(path: Path, seed: int, size: tuple[int, int] = (1920, 1080)) -> list[tuple[int, list[float]]]:
+    """A photo-like camera JPEG at `path`: a `size` crop of a street of scenes, sensor noise,
+    quality 90. Returns its true objects, (class, xyxy in pixels): those the crop leaves at
+    least half of, clipped to it."""
     import numpy as np
     from PIL import Image
 
     w, h = size
     rng = np.random.default_rng([seed, 11])
-    scenes = scene_strip(seed, h, -(-w // h) + 1)
+    scenes, objects = scene_strip(seed, h, -(-w // h) + 1)
     x = int(rng.integers(0, scenes.shape[1] - w + 1))
     noisy = scenes[:, x : x + w].astype(np.int16) + rng.integers(-4, 5, (h, w, 1), np.int16)
     Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(path, quality=90)
-    return path
+    truth = []
+    for cls, (x0, y0, x1, y1) in objects:
+        left, right = max(x0 - x, 0.0), min(x1 - x, float(w))
+        if right - left >= 0.5 * (x1 - x0):
+            truth.append((cls, [left, y0, right, y1]))
+    return truth
 
 
 def confident_boxes(weights: str, pool: Path, imgsz: int, work: Path, conf: float) -> dict[str, list]:
@@ -645,6 +662,18 @@ def agreement(ours: dict[str, list], theirs: dict[str, list], min_iou: float = 0
     return {"theirs": n_theirs, "ours": n_ours, "theirs_found": round(found / max(n_theirs, 1), 3)}
 
 
+def against_truth(found: dict[str, list], truth: dict[str, list]) -> dict:
+    """Recall and precision of confident boxes against the photos' true objects (same class,
+    IoU >= 0.5, one to one): which way of decoding and letterboxing finds the objects."""
+    recall = agreement(found, truth)
+    return {
+        "objects": recall["theirs"],
+        "boxes": recall["ours"],
+        "recall": recall["theirs_found"],
+        "precision": agreement(truth, found)["theirs_found"],
+    }
+
+
 def photos(args) -> int:
     """Photo-like 1080p JPEGs through the label stage with a trained teacher, against Ultralytics."""
     import multiprocessing
@@ -658,8 +687,9 @@ def photos(args) -> int:
         pool = work / "pool"
         pool.mkdir()
         t0 = time.perf_counter()
+        paths = [pool / f"photo{i:05d}.jpg" for i in range(args.n)]
         with ProcessPoolExecutor(os.cpu_count(), mp_context=multiprocessing.get_context("spawn")) as ex:
-            list(ex.map(photo, [pool / f"photo{i:05d}.jpg" for i in range(args.n)], range(args.n)))
+            truth = {p.name: objects for p, objects in zip(paths, ex.map(photo, paths, range(args.n)))}
         files = sorted(pool.iterdir())
         mean_kb = sum(f.stat().st_size for f in files) / len(files) / 1024
         print(f"{args.n} photos ({mean_kb:.0f} KB each) in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -709,6 +739,9 @@ def photos(args) -> int:
                     "ultralytics_boxes_found": agreement(stage_boxes(work / "device", 0.5), theirs)["theirs_found"],
                 }
             }
+        found = {"ultralytics": theirs, **{run: stage_boxes(work / run, 0.5) for run in ("square", "rect")}}
+        if args.device_decode:
+            found["device_decode"] = stage_boxes(work / "device", 0.5)
         emit(
             {
                 "mode": "photos",
@@ -737,6 +770,7 @@ def photos(args) -> int:
                     "square": agreement(stage_boxes(work / "square", 0.5), theirs),
                     "rect": agreement(stage_boxes(work / "rect", 0.5), theirs),
                 },
+                "against_truth": {run: against_truth(boxes, truth) for run, boxes in found.items()},
                 **device,
             },
             args.json,
