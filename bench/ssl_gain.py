@@ -140,13 +140,15 @@ def execute(overrides: list[str], log: Path) -> Path:
     return out
 
 
-def branched(overrides: list[str], log: Path, ssl_out: Path) -> Path:
+def branched(overrides: list[str], log: Path, ssl_out: Path, ssl_run) -> Path:
     """`execute` a variant from the SSL run's round 0: once that round is done, its weights
     are the variant's round 0 (`rounds.round0: evaluate` scores them and trains nothing), so
     the variant and the SSL run differ only from round 1 on, and round 0's own run-to-run
     noise (±0.01 mAP50-95) drops out of their difference."""
     round0 = ssl_out / "rounds" / "r000"
     while not (round0 / "metrics.json").exists():  # written after weights/best.pt, when round 0 is done
+        if ssl_run.done():
+            raise RuntimeError(f"{ssl_out.name} ended without a round 0 to branch from: {ssl_run.exception()}")
         time.sleep(10)
     return execute([*overrides, f"model.weights={round0 / 'weights' / 'best.pt'}", "rounds.round0=evaluate"], log)
 
@@ -330,7 +332,7 @@ def one_seed(
             branched if branch else execute,
             [*base, *overrides, f"output.dir={work / f'{seed}-{name}'}", "rounds.control=0"],
             work / "logs" / f"{seed}-{name}.log",
-            *([ssl_out] if branch else []),
+            *([ssl_out, runs[0]] if branch else []),
         )
         for name, overrides in (variants or {}).items()
     }

@@ -45,6 +45,23 @@ def test_execute_retries_only_a_ray_start_timeout(monkeypatch, tmp_path, codes, 
     assert all(json.loads(c[-1]) == overrides for c in calls)
 
 
+def test_a_branched_variant_starts_from_the_ssl_runs_round0_or_fails_with_it(monkeypatch, tmp_path):
+    from concurrent.futures import Future
+
+    calls = _children(monkeypatch, [0])
+    ssl_out, overrides = tmp_path / "0-ssl", [f"output.dir={tmp_path / '0-v'}", "train.ssl=online"]
+    failed = Future()
+    failed.set_exception(RuntimeError("0-ssl failed (exit 1)"))
+    with pytest.raises(RuntimeError, match="ended without a round 0 to branch from: 0-ssl failed"):
+        ssl_gain.branched(overrides, tmp_path / "v.log", ssl_out, failed)  # never waits forever
+    assert calls == []
+    (ssl_out / "rounds" / "r000").mkdir(parents=True)
+    (ssl_out / "rounds" / "r000" / "metrics.json").write_text("{}")
+    assert ssl_gain.branched(overrides, tmp_path / "v.log", ssl_out, Future()) == tmp_path / "0-v"
+    best = ssl_out / "rounds" / "r000" / "weights" / "best.pt"
+    assert json.loads(calls[0][-1]) == [*overrides, f"model.weights={best}", "rounds.round0=evaluate"]
+
+
 def test_run_one_exits_75_only_when_ray_timed_out_starting(monkeypatch):
     import ssl_ray.adapters.runtime
 
