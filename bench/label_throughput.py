@@ -720,6 +720,8 @@ def photos(args) -> int:
             rect = [*conf, "label.canvas=rect", "label.decode=gpu"]
             t_d, _, _, summary_d = bench_stage(weights, pool, args, int(args.stage_batch), work, "device", rect)
         theirs = confident_boxes(weights, pool, args.imgsz, work, 0.5)  # untimed
+        runs_found = ("square", "rect", *(["device"] if args.device_decode else []))
+        found = {"ultralytics": theirs, **{run: stage_boxes(work / run, 0.5) for run in runs_found}}
         t_b, b, summary = runs["square"]
         t_r, r, summary_r = runs["rect"]
         device = {}
@@ -733,15 +735,10 @@ def photos(args) -> int:
                     ),
                     "decoded_in_actors": summary_d["decoded_in_actors"],
                     "stage_seconds": round(t_d, 1),
-                    "cpu_decode_boxes_found": agreement(
-                        stage_boxes(work / "device", 0.5), stage_boxes(work / "rect", 0.5)
-                    ),
-                    "ultralytics_boxes_found": agreement(stage_boxes(work / "device", 0.5), theirs)["theirs_found"],
+                    "cpu_decode_boxes_found": agreement(found["device"], found["rect"]),
+                    "ultralytics_boxes_found": agreement(found["device"], theirs)["theirs_found"],
                 }
             }
-        found = {"ultralytics": theirs, **{run: stage_boxes(work / run, 0.5) for run in ("square", "rect")}}
-        if args.device_decode:
-            found["device_decode"] = stage_boxes(work / "device", 0.5)
         emit(
             {
                 "mode": "photos",
@@ -767,10 +764,13 @@ def photos(args) -> int:
                 ),
                 "stage_seconds": {"square": round(t_b, 1), "rect": round(t_r, 1)},
                 "confident_boxes_vs_ultralytics": {
-                    "square": agreement(stage_boxes(work / "square", 0.5), theirs),
-                    "rect": agreement(stage_boxes(work / "rect", 0.5), theirs),
+                    "square": agreement(found["square"], theirs),
+                    "rect": agreement(found["rect"], theirs),
                 },
-                "against_truth": {run: against_truth(boxes, truth) for run, boxes in found.items()},
+                "against_truth": {  # the in-actor run under its JSON name, as in "device_decode"
+                    {"device": "device_decode"}.get(run, run): against_truth(boxes, truth)
+                    for run, boxes in found.items()
+                },
                 **device,
             },
             args.json,
