@@ -23,3 +23,7 @@ class DatasetError(SslRayError):
 
 class ResourceError(SslRayError):
     """The cluster cannot (or did not in time) provide what a stage asks for."""
+
+
+class LabelError(SslRayError):
+    """The label stage ran but its result is not acceptable (e.g. too many rejects)."""

@@ -110,7 +110,7 @@ def test_views_of_device_canvases_match_numpy_views(spec):
 def items(tmp_path: Path, device_decode: bool) -> dict:
     """One decoded batch of a pool: JPEGs (one turned by EXIF), one whose scan is unreadable,
     a truncated one, a PNG."""
-    from ssl_ray.stages.label import columns
+    from ssl_ray.stages.label_workers import columns
 
     files = {f"photo{i}.jpg": jpeg(photo(160, 90, i), 6 if i == 1 else 1) for i in range(4)}
     files["unreadable_scan.jpg"] = unreadable_scan(files["photo0.jpg"])
@@ -126,7 +126,7 @@ def items(tmp_path: Path, device_decode: bool) -> dict:
 
 
 def test_a_corrupt_jpeg_in_a_device_decoded_batch_is_quarantined_alone(tmp_path, teachers):
-    from ssl_ray.stages.label import _Predict
+    from ssl_ray.stages.label_workers import Predict
 
     on_device, on_cpu = items(tmp_path, True), items(tmp_path, False)
     travelled = {u.rsplit("/", 1)[1] for u, e in zip(on_device["uri"], on_device["encoded"]) if len(e)}
@@ -137,7 +137,7 @@ def test_a_corrupt_jpeg_in_a_device_decoded_batch_is_quarantined_alone(tmp_path,
     tables = {}
     for decode, batch in (("gpu", on_device), ("cpu", on_cpu)):
         cfg = load_config(DEMO, ["model.imgsz=64", f"label.decode={decode}", "label.score_floor=0.0"])
-        tables[decode] = _Predict(teachers["yolo26n"], cfg, NAMES)(batch).to_pylist()
+        tables[decode] = Predict(teachers["yolo26n"], cfg, NAMES)(batch).to_pylist()
     gpu, cpu = tables["gpu"], tables["cpu"]
     reasons = {r["uri"].rsplit("/", 1)[1]: r["reject_reason"] for r in gpu if r["reject_reason"]}
     assert reasons == {"unreadable_scan.jpg": "corrupt", "truncated.jpg": "corrupt"}

@@ -326,7 +326,7 @@ def test_killing_an_inference_actor_mid_pool_loses_and_duplicates_nothing(ray_lo
         while time.time() < deadline and not killed:
             for p in psutil.process_iter(["cmdline", "pid"]):
                 cmd = " ".join(p.info["cmdline"] or [])
-                if "MapWorker(MapBatches(_Predict))" in cmd and "__init__" not in cmd:
+                if "MapWorker(MapBatches(Predict))" in cmd and "__init__" not in cmd:
                     time.sleep(0.2)  # let it take some batches first
                     try:
                         os.kill(p.info["pid"], signal.SIGKILL)

@@ -22,7 +22,7 @@ from ssl_ray.io.images import BadImage, decode_letterboxed
 
 
 def decode_batch(batch: dict, imgsz: int, stride: int, max_pixels: int, device) -> tuple[dict, list]:
-    """(the batch, its canvases on `device`) for a decoded batch (`stages.label.columns`): the
+    """(the batch, its canvases on `device`) for a decoded batch (`stages.label_workers.columns`): the
     JPEGs that travelled encoded decoded in one call (`device_canvases`), the other items'
     canvases uploaded. A JPEG the device cannot decode is decoded on CPU as the decode tasks
     would (reduced scale and all); one that fails there too becomes a reject with that path's

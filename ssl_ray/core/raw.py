@@ -15,7 +15,7 @@ from ssl_ray.core.detections import Detections
 
 
 def raw_table(batch: dict, dets: list[Detections]) -> pa.Table:
-    """One RAW_SCHEMA row per item of a decoded batch (`stages.label.columns`).
+    """One RAW_SCHEMA row per item of a decoded batch (`stages.label_workers.columns`).
 
     `dets` holds, for each item not rejected and in order, its `Detections`. Boxes are mapped
     back to normalized xywh on the original image; a box clipped to nothing is dropped.

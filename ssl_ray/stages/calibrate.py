@@ -32,7 +32,7 @@ def _val_thresholds(cfg: Config, out: Store, weights: str, names: list[str], fal
     from ssl_ray.core.thresholds import match_detections, precision_thresholds
     from ssl_ray.io.export import ImageCache, UriReader, read_parquet_rows
     from ssl_ray.io.images import decode_letterboxed
-    from ssl_ray.stages.label import canvas_stride
+    from ssl_ray.stages.label_workers import canvas_stride
 
     rows = read_parquet_rows(out, "labeled/val.parquet")
     threads = max(1, int(cfg.label.num_cpus_per_actor)) if cfg.label.num_gpus_per_actor == 0 else None
