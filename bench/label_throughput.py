@@ -103,19 +103,27 @@ def bench_predict(
 
 
 def bench_forward(
-    weights: str, pool: Path, imgsz: int, work: Path, threads: int, device: str, batch: int | None = None
+    weights: str,
+    pool: Path,
+    imgsz: int,
+    work: Path,
+    threads: int,
+    device: str,
+    batch: int | None = None,
+    stride: int = 0,
 ) -> tuple[float, int, float | None]:
     """(images/s, best batch, the sweep's own figure for it) of the bare model forward, in a
-    fresh process, as the stage's inference actor is."""
+    fresh process, as the stage's inference actor is; on square canvases, or with `stride`
+    on the stage's rect canvases (`label.canvas: rect`)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool_:
-        return pool_.submit(_forward, weights, pool, imgsz, work, threads, device, batch).result()
+        return pool_.submit(_forward, weights, pool, imgsz, work, threads, device, batch, stride).result()
 
 
 def _forward(
-    weights: str, pool: Path, imgsz: int, work: Path, threads: int, device: str, batch: int | None
+    weights: str, pool: Path, imgsz: int, work: Path, threads: int, device: str, batch: int | None, stride: int
 ) -> tuple[float, int, float | None]:
     """`bench_forward` inside its process.
 
@@ -130,7 +138,8 @@ def _forward(
     from ssl_ray.io.images import decode_rgb, letterbox
 
     teacher = Teacher(weights, str(work), device=device, threads=threads)
-    images = np.stack([letterbox(decode_rgb(p.read_bytes()), imgsz)[0] for p in sorted(pool.iterdir())[:256]])
+    files = sorted(pool.iterdir())[:256]
+    images = np.stack([letterbox(decode_rgb(p.read_bytes()), imgsz, stride)[0] for p in files])
     gpu = teacher.device.type == "cuda"
     sync = torch.cuda.synchronize if gpu else (lambda: None)
 
@@ -709,6 +718,7 @@ def photos(args) -> int:
 
         a, a_threads = bench_predict(weights, pool, args.imgsz, args.floor, work, args.device)
         c, best_bs, _ = bench_forward(weights, pool, args.imgsz, work, args.threads, args.device)
+        c_rect, best_rect, _ = bench_forward(weights, pool, args.imgsz, work, args.threads, args.device, stride=32)
         conf = ["select.conf=0.5", *args.set]
         runs = {}
         for canvas in ("square", "rect"):
@@ -759,6 +769,9 @@ def photos(args) -> int:
                 "rect_stage_img_s": round(r, 2),
                 "rect_stage_steady_img_s": summary_r["inference_items_per_s"],
                 "rect_over_a": round(r / a, 2),
+                "rect_forward_img_s": round(c_rect, 2),
+                "rect_forward_batch": best_rect,
+                "rect_steady_over_c": round(summary_r["inference_items_per_s"] / c_rect, 2),
                 "rect_over_square_steady": round(
                     summary_r["inference_items_per_s"] / summary["inference_items_per_s"], 2
                 ),
@@ -842,6 +855,7 @@ def fleet_video(args) -> int:
         for i, (_, _, rgb) in enumerate(iter_frames(str(clips[0]), args.every_n, None)):
             cv2.imwrite(str(stills / f"{i:04d}.jpg"), rgb[..., ::-1])
         c, best_bs, _ = bench_forward(weights, stills, args.imgsz, work, args.threads, args.device)
+        c_rect, best_rect, _ = bench_forward(weights, stills, args.imgsz, work, args.threads, args.device, stride=32)
         every = [f"pool.video_every_n={args.every_n}", "select.conf=0.5", *args.set]
         t_b, b, _, summary = bench_stage(weights, pool, args, int(args.stage_batch), work, "every_n", every)
         rect = [*every, "label.canvas=rect"]  # Ultralytics' predict canvas: 640x384 for 16:9
@@ -888,6 +902,9 @@ def fleet_video(args) -> int:
                     summary_r["inference_items_per_s"] / summary["inference_items_per_s"], 2
                 ),
                 "rect_over_a": round(r / a, 2),
+                "rect_forward_img_s": round(c_rect, 2),
+                "rect_forward_batch": best_rect,
+                "rect_steady_over_c": round(summary_r["inference_items_per_s"] / c_rect, 2),
                 "keyframes_stage_img_s": round(k, 2),
                 "keyframes_items": summary_k["items"],
                 "keyframes_over_a": round(k / a, 2),
