@@ -405,22 +405,28 @@ def one_seed(
             },
             "rounds_mAP50-95": [round(r["held_out"]["mAP50-95"], 4) for r in screen["rounds"]],
         }
-    row["seconds_per_step"] = step_seconds(work / "cache" / "train", control)
+    row["seconds_per_step"] = step_seconds(work / "cache" / "train", ssl_out, control)
     row["minutes"] = round((time.perf_counter() - t0) / 60, 1)
     return row
 
 
-def step_seconds(cache: Path, control: list[dict]) -> dict:
-    """Training seconds per optimizer step of the SSL rounds (>= 1) and of their control
-    segments, from each run's own results.csv (cumulative seconds, validation included), in
-    the same run of the benchmark: the cost of a round's step against a supervised one."""
+def step_seconds(cache: Path, ssl_out: Path, control: list[dict]) -> dict:
+    """Training seconds per optimizer step of the SSL run's rounds (>= 1) and of their control
+    segments, from their own results.csv (cumulative seconds, validation included), in the
+    same run of the benchmark: the cost of a round's step against a supervised one. The
+    folders are the SSL run's (keyed by its output folder, as `stages.train.work_dir` keys
+    them), never the variants' or another seed's that share the cache."""
     import csv
 
+    from ssl_ray.io.storage import Store
+
+    run = hashlib.blake2b(Store(str(ssl_out)).uri.encode(), digest_size=8).hexdigest()
+
     def seconds(name: str) -> float | None:
-        found = sorted(cache.glob(f"{name}-*/run/results.csv"))
-        if not found:
+        found = cache / f"{name}-{run}" / "run" / "results.csv"
+        if not found.exists():
             return None
-        with open(found[-1]) as f:
+        with open(found) as f:
             rows = list(csv.DictReader(f))
         return float(rows[-1]["time"]) if rows else None
 

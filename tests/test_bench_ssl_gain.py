@@ -127,3 +127,23 @@ def test_pseudo_quality_scores_kept_boxes_against_the_truth(tmp_path):
     pq.write_table(rows_to_table(rows), tmp_path / "merged.parquet")
     quality = ssl_gain.pseudo_quality(tmp_path / "merged.parquet", truth)
     assert quality == {"images": 2, "boxes": 2, "precision": 0.5, "recall": 0.333, "mean_iou": 1.0}
+
+
+def test_step_seconds_reads_the_ssl_runs_own_training_folders(tmp_path):
+    """The cache is shared by every run of a benchmark (seeds, variants): the cost per step
+    is the SSL run's, found by the key `stages.train.work_dir` gives its folders."""
+    from ssl_ray.config import load_config
+    from ssl_ray.io.storage import Store
+    from ssl_ray.stages.train import work_dir
+
+    cache = tmp_path / "cache"
+    cfg = load_config(ssl_gain.DEMO, [f"output.cache_dir={cache}"])
+    runs = {"0-ssl": (10.0, 20.0), "0-variant": (99.0, 99.0)}  # seconds of round 1 and its control
+    for name, (r, c) in runs.items():
+        for stage, seconds in (("r001", r), ("c001", c)):
+            folder = work_dir(cfg, Store(str(tmp_path / name)), "train", stage) / "run"
+            folder.mkdir(parents=True)
+            (folder / "results.csv").write_text(f"epoch,time\n1,{seconds / 2}\n2,{seconds}\n")
+    control = [{"round": 1, "round_iterations": 10, "iterations": 10}]
+    found = ssl_gain.step_seconds(cache / "train", tmp_path / "0-ssl", control)
+    assert found == {"ssl_round": 1.0, "control": 2.0, "ratio": 0.5}
