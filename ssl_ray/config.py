@@ -111,7 +111,7 @@ class TrainConfig:
         "rounds 1..: train on the round's pseudo-labeled dataset (offline), or with a mean teacher that labels "
         "an unlabeled batch every step (online; docs/training.md)",
     )
-    teacher_decay: float = setting(0.99, "online: the teacher's EMA decay per optimizer step", gt=0, lt=1)
+    teacher_decay: float = setting(0.98, "online: the teacher's EMA decay per optimizer step", gt=0, lt=1)
     unsup_weight: float = setting(1.0, "online: weight of the unlabeled batch's loss next to the labeled one's", ge=0)
     unsup_warmup_steps: int = setting(
         50, "online: optimizer steps over which the unlabeled loss's weight ramps up from 0 each round", ge=0
