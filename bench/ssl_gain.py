@@ -415,12 +415,13 @@ def step_seconds(cache: Path, ssl_out: Path, control: list[dict]) -> dict:
     segments, from their own results.csv (cumulative seconds, validation included), in the
     same run of the benchmark: the cost of a round's step against a supervised one. The
     folders are the SSL run's (keyed by its output folder, as `stages.train.work_dir` keys
-    them), never the variants' or another seed's that share the cache."""
+    them: `stages.train.run_key`), never the variants' or another seed's that share the cache."""
     import csv
 
     from ssl_ray.io.storage import Store
+    from ssl_ray.stages.train import run_key
 
-    run = hashlib.blake2b(Store(str(ssl_out)).uri.encode(), digest_size=8).hexdigest()
+    run = run_key(Store(str(ssl_out)))
 
     def seconds(name: str) -> float | None:
         found = cache / f"{name}-{run}" / "run" / "results.csv"

@@ -194,8 +194,12 @@ def work_dir(cfg: Config, out: Store, kind: str, name: str) -> Path:
     project): in the shared cache, but keyed by the run directory as well as the stage name,
     so that two runs sharing `output.cache_dir`, one after the other or side by side on one
     node, never train on each other's trees."""
-    run = hashlib.blake2b(out.uri.encode(), digest_size=8).hexdigest()
-    return Path(cfg.output.cache_dir).expanduser() / kind / f"{name}-{run}"
+    return Path(cfg.output.cache_dir).expanduser() / kind / f"{name}-{run_key(out)}"
+
+
+def run_key(out: Store) -> str:
+    """The run directory's key in `work_dir`'s folder names."""
+    return hashlib.blake2b(out.uri.encode(), digest_size=8).hexdigest()
 
 
 def _online_settings(cfg: Config, spec: TrainSpec, folder: Path) -> dict:
