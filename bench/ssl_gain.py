@@ -67,7 +67,10 @@ class Protocol:
     val: int = 256
     round0_epochs: int = 150  # a teacher that finds objects: 30 left round 0 at 0.22 mAP50-95 (docs/research)
     rounds: int = 3
-    round_epochs: int = 8
+    # Epochs per round of the default (online) mode: an online epoch is one pass over the pool, an offline one
+    # over the pseudo-labeled pool plus its labeled share (~1.6x the steps), so 13 online epochs are the
+    # optimizer steps of the offline recipe's 8 (--variant offline train.ssl=offline train.epochs=8).
+    round_epochs: int = 13
     source_images: int = 2000
     source_epochs: int = 30
     source_seed: int = 1000

@@ -232,7 +232,7 @@ def run_job(cfg: Config, *, new_run: bool = False, args=None) -> None:
         when = (
             f"about {eta / 60:.1f} min to go (later rounds take about as long as the last)"
             if eta is not None
-            else "an estimate follows round 1 (rounds 1.. train on the pseudo-labels too)"
+            else "an estimate follows round 1 (rounds 1.. also learn from the pool)"
         )
         print(f"round {state.rounds[-1]['round']} done: {elapsed / 60:.1f} min elapsed, {when}", flush=True)
 
@@ -356,8 +356,9 @@ def print_label_summary(s: dict) -> None:
 
 ASSETS = Path(__file__).parent / "assets"
 # The demo: the benchmark's task, small; from the bundled source-pretrained YOLO26n (bench/ssl_gain.py
-# builds it), two rounds, each set beside training as long on the labels alone. Round 0 trains long enough to
-# be a teacher that finds objects (0.44 mAP50-95 at 100 epochs, 0.24 at 30: the rounds then lost to the control).
+# builds it), two rounds of the default (online) mode, each set beside training as long on the labels alone.
+# Round 0 trains long enough to be a teacher that finds objects (0.44 mAP50-95 at 100 epochs, 0.24 at 30). The
+# rounds are too short for a gain here (docs/research §5: longer ones close the gap, not within ~10 min).
 DEMO_IMGSZ = 128
 DEMO = [
     "model.weights={init}",

@@ -102,14 +102,14 @@ class TrainConfig:
     patience: int = setting(50, "Ultralytics early stopping: epochs without val improvement", ge=1)
     labeled_fraction: float | None = setting(
         0.4,
-        "oversample labeled images to about this share of each epoch of rounds 1.. (null = as they come)",
+        "offline: oversample labeled images to about this share of each epoch of rounds 1.. (null = as they come)",
         gt=0,
         lt=1,
     )
     ssl: Literal["offline", "online"] = setting(
-        "offline",
-        "rounds 1..: train on the round's pseudo-labeled dataset (offline), or with a mean teacher that labels "
-        "an unlabeled batch every step (online; docs/training.md)",
+        "online",
+        "rounds 1..: train with a mean teacher that labels an unlabeled batch every step (online), or on the "
+        "round's pseudo-labeled dataset (offline; docs/training.md)",
     )
     teacher_decay: float = setting(0.98, "online: the teacher's EMA decay per optimizer step", gt=0, lt=1)
     unsup_weight: float = setting(1.0, "online: weight of the unlabeled batch's loss next to the labeled one's", ge=0)

@@ -40,8 +40,10 @@ def tiny(shapes, tmp_path, *extra):
 # Every selection mechanism on: adaptive thresholds from val precision (an untrained teacher
 # never reaches the target, so they fall back to the schedule: no floor above it), a flipped view for
 # consistency (any agreement accepted, so something is selected), the learned box refiner (a few
-# steps; every box), class balance and oversampling.
+# steps; every box), class balance and oversampling; the rounds train offline, on that dataset (the online
+# default has its own test below).
 MECHANISMS = [
+    "train.ssl=offline",
     "select.adaptive=val_precision",
     "select.target_precision=0.5",
     "select.adaptive_floor=0.0",
