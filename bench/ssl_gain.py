@@ -283,6 +283,25 @@ def pseudo_quality(merged: Path, truth: dict[str, list[dict]]) -> dict:
 # ------------------------------------------------------------------------------ one seed
 
 
+def oracle_run(
+    p: Protocol, seed: int, work: Path, data: Path, pool: Path, init: Path, epochs: int, also: list[str]
+) -> list[str]:
+    """The oracle's overrides: round 0 alone on the labeled set plus the pool with its true
+    labels, for `epochs`. The SSL run's own settings (`--also`) apply too, so both train alike
+    (and a rerun of a --work finds the oracle it made); the oracle's data, init, epochs and
+    single round come after them and win."""
+    return [
+        *common(p, seed, work),
+        *also,
+        f"labeled.data={data.parent / 'data_oracle.yaml'}",
+        f"pool.sources=[{pool}]",
+        f"model.weights={init}",
+        f"train.epochs={epochs}",
+        "rounds.max_rounds=0",
+        f"output.dir={work / f'{seed}-oracle'}",
+    ]
+
+
 def gap(ssl: float, control: float, oracle: float) -> float | None:
     return round((ssl - control) / (oracle - control), 3) if oracle > control else None
 
@@ -347,16 +366,7 @@ def one_seed(
     oracle_images = n_labeled + len(list(pool.iterdir()))
     oracle_epochs = math.ceil(budget / math.ceil(oracle_images / p.batch))
     oracle_out = execute(
-        [
-            *common(p, seed, work),
-            f"labeled.data={data.parent / 'data_oracle.yaml'}",
-            f"pool.sources=[{pool}]",
-            f"model.weights={init}",
-            f"train.epochs={oracle_epochs}",
-            "rounds.max_rounds=0",
-            f"output.dir={work / f'{seed}-oracle'}",
-        ],
-        work / "logs" / f"{seed}-oracle.log",
+        oracle_run(p, seed, work, data, pool, init, oracle_epochs, also), work / "logs" / f"{seed}-oracle.log"
     )
     oracle = report(oracle_out)["rounds"][0]["held_out"]
     best = rounds[ssl_report["best_round"]]["held_out"]

@@ -62,6 +62,19 @@ def test_a_branched_variant_starts_from_the_ssl_runs_round0_or_fails_with_it(mon
     assert json.loads(calls[0][-1]) == [*overrides, f"model.weights={best}", "rounds.round0=evaluate"]
 
 
+def test_the_oracle_trains_with_the_ssl_runs_settings_but_its_own_data_and_budget(tmp_path):
+    from ssl_ray.config import load_config
+
+    data, pool, init = tmp_path / "data" / "data.yaml", tmp_path / "pool", tmp_path / "init.pt"
+    also = ["train.extra={lr0: 0.003}", "train.epochs=13", "rounds.max_rounds=5", "model.weights=other.pt"]
+    overrides = ssl_gain.oracle_run(ssl_gain.Protocol(), 0, tmp_path, data, pool, init, 77, also)
+    cfg = load_config(ssl_gain.DEMO, overrides)
+    assert cfg.train.extra["lr0"] == 0.003  # what the SSL run (and its control) trained with
+    assert (cfg.train.epochs, cfg.rounds.max_rounds) == (77, 0)  # its own budget, round 0 alone
+    assert cfg.labeled.data == str(tmp_path / "data" / "data_oracle.yaml") and cfg.model.weights == str(init)
+    assert cfg.output.dir == str(tmp_path / "0-oracle")
+
+
 def test_run_one_exits_75_only_when_ray_timed_out_starting(monkeypatch):
     import ssl_ray.adapters.runtime
 
