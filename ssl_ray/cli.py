@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from ssl_ray.config import Config, dump_config, load_config
+from ssl_ray.console import print_label_summary, print_train_metrics, table
 from ssl_ray.errors import SslRayError
 
 log = logging.getLogger("ssl_ray")
@@ -160,7 +161,7 @@ def cmd_ingest(args) -> None:
     start = time.perf_counter()
     out = Store(cfg.output.dir, cfg.storage)
     result = ingest_labeled(cfg, out)
-    _table(
+    table(
         ["split", "images", "boxes"],
         [
             ["train", len(result.train), sum(len(r["boxes"]) for r in result.train)],
@@ -227,7 +228,7 @@ def run_job(cfg: Config, *, new_run: bool = False, args=None) -> None:
     def progress(state) -> None:
         elapsed = time.perf_counter() - start
         print()
-        _table(COLUMNS, table_rows(state.rounds))
+        table(COLUMNS, table_rows(state.rounds))
         eta = eta_seconds(state.rounds, cfg.rounds.max_rounds, control=cfg.rounds.control)
         when = (
             f"about {eta / 60:.1f} min to go (later rounds take about as long as the last)"
@@ -241,7 +242,7 @@ def run_job(cfg: Config, *, new_run: bool = False, args=None) -> None:
         state = run_rounds(cfg, new_run=new_run, on_round=progress)
     if state.control:
         print()
-        _table(columns(state.control), table_rows(state.rounds, state.control))
+        table(columns(state.control), table_rows(state.rounds, state.control))
         print("\n".join(["", *verdict(state.rounds, state.control)]))
     print(
         f"\nbest round: {best_round(state.scores)}; weights {out.uri_of('final/weights/best.pt')}; "
@@ -323,78 +324,11 @@ def cmd_train(args) -> None:
     print(f"-> {out.uri_of(f'train/{args.name}/weights/best.pt')}")
 
 
-def print_train_metrics(m: dict) -> None:
-    keys = ["precision", "recall", "mAP50", "mAP50-95"]
-    rows = [["all", *(f"{m[k]:.3f}" for k in keys)]]
-    rows += [[name, *(f"{v[k]:.3f}" for k in keys)] for name, v in m.get("per_class", {}).items()]
-    _table(["class", *keys], rows)
-
-
-def print_label_summary(s: dict) -> None:
-    _table(
-        ["items", "pseudo", "negative (used)", "uncertain", "rejected", "items/s", "inference items/s"],
-        [
-            [
-                s["items"],
-                s["pseudo"],
-                f"{s['negative']} ({s['negative_used']})",
-                s["uncertain"],
-                s["rejected"],
-                s["items_per_s"],
-                s.get("inference_items_per_s") or "-",
-            ]
-        ],
-    )
-    per_class = [f"{k} {v}" for k, v in s["pseudo_boxes_per_class"].items() if v]
-    print("pseudo boxes per class: " + (", ".join(per_class) or "none"))
-    if s["rejected_by_reason"]:
-        print("rejected: " + ", ".join(f"{k} {v}" for k, v in sorted(s["rejected_by_reason"].items())))
-    if s.get("skipped_not_media"):
-        kinds = ", ".join(f"{k} {v}" for k, v in sorted(s["skipped_by_extension"].items()))
-        print(f"skipped, not images or videos: {s['skipped_not_media']} ({kinds})")
-
-
-ASSETS = Path(__file__).parent / "assets"
-# The demo: the benchmark's task, small; from the bundled source-pretrained YOLO26n (bench/ssl_gain.py
-# builds it), two rounds of the default (online) mode, each set beside training as long on the labels alone.
-# Round 0 trains long enough to be a teacher that finds objects (0.44 mAP50-95 at 100 epochs, 0.24 at 30). The
-# rounds are too short for a gain here (docs/research §5: longer ones close the gap, not within ~10 min).
-DEMO_IMGSZ = 128
-DEMO = [
-    "model.weights={init}",
-    f"model.imgsz={DEMO_IMGSZ}",
-    "train.round0_epochs=100",
-    "train.epochs=6",
-    "train.cpus_per_worker=2",
-    "rounds.max_rounds=2",
-    "rounds.conf_schedule=[]",
-    "rounds.control=1",
-]
-
-
 def cmd_demo(args) -> None:
     """The bundled demo: the synthetic dataset, then the real multi-round job on local Ray."""
-    from ssl_ray.synth import TASK, SynthSpec, generate
+    from ssl_ray.demo import demo_config
 
-    out = Path(args.out).resolve()
-    data_yaml = generate(out / "data", SynthSpec(n_train=40, n_val=64, n_pool=200, imgsz=DEMO_IMGSZ, **TASK))
-    cfg = load_config(
-        Path(__file__).parent / "configs" / "demo.yaml",
-        [
-            f"labeled.data={data_yaml}",
-            f"output.dir={out / 'run'}",
-            f"output.cache_dir={out / 'cache'}",
-            f"pool.sources=[{out / 'data' / 'images' / 'pool'}]",
-            *(o.format(init=ASSETS / "source-yolo26n.pt") for o in DEMO),
-        ],
-    )
-    run_job(cfg, new_run=args.new_run, args=args)
-
-
-def _table(header: list[str], rows: list[list]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    for line in [header, *rows]:
-        print("  ".join(str(x).rjust(w) for x, w in zip(line, widths)))
+    run_job(demo_config(Path(args.out).resolve()), new_run=args.new_run, args=args)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import pytest
 
 PACKAGE = Path(__file__).parents[1] / "ssl_ray"
 HEAVY = ("ray", "torch", "torchvision", "ultralytics")
-LAYERS = ("ssl_ray.io", "ssl_ray.stages", "ssl_ray.adapters", "ssl_ray.driver", "ssl_ray.cli")
+LAYERS = ("ssl_ray.io", "ssl_ray.stages", "ssl_ray.adapters", "ssl_ray.driver", "ssl_ray.cli", "ssl_ray.demo")
 
 
 def imported(path: Path) -> set[str]:
