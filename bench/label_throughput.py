@@ -520,7 +520,7 @@ def video_skip(args) -> int:
     import importlib.metadata as md
 
     from ssl_ray.config import PoolConfig
-    from ssl_ray.io.pool import LoadOptions, load_items
+    from ssl_ray.io.items import LoadOptions, load_items
 
     work = Path(tempfile.mkdtemp(prefix="ssl_ray-video-"))
     try:
@@ -820,7 +820,8 @@ def fleet_video(args) -> int:
     import cv2
 
     from ssl_ray.config import PoolConfig
-    from ssl_ray.io.pool import LoadOptions, load_items, video_chunks
+    from ssl_ray.io.items import LoadOptions, load_items
+    from ssl_ray.io.pool import video_chunks
     from ssl_ray.io.video import iter_frames
 
     work = Path(tempfile.mkdtemp(prefix="ssl_ray-fleet-"))

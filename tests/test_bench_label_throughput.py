@@ -39,7 +39,7 @@ def test_only_the_refiner_run_gets_the_refiner():
 def test_the_generated_drive_is_stopped_for_its_middle_half(tmp_path):
     """video-skip's generated clip: the filter skips exactly its stop at a sparse sampling."""
     from ssl_ray.config import PoolConfig
-    from ssl_ray.io.pool import LoadOptions, load_items
+    from ssl_ray.io.items import LoadOptions, load_items
 
     clip = label_throughput.drive_clip(tmp_path / "drive.mp4", seconds=4, fps=30, size=(640, 360))
     opts = LoadOptions(64, PoolConfig(video_every_n=10, video_min_change=8))
@@ -58,7 +58,7 @@ def test_the_fleet_clip_is_h264_with_a_key_frame_a_second_and_objects_the_teache
 
     from ssl_ray.adapters.teacher import Teacher
     from ssl_ray.config import PoolConfig
-    from ssl_ray.io.pool import LoadOptions, load_items
+    from ssl_ray.io.items import LoadOptions, load_items
     from ssl_ray.io.video import probe
 
     clip = label_throughput.fleet_clip(tmp_path / "drive.mp4", seconds=2, size=(640, 360))

@@ -15,7 +15,7 @@ from ssl_ray.adapters.decode import apply_view, device_canvases, orient
 from ssl_ray.config import PoolConfig, load_config
 from ssl_ray.core import consistency
 from ssl_ray.io.images import BadImage, decode_letterboxed, jpeg_header
-from ssl_ray.io.pool import ENCODED, LoadOptions, load_items
+from ssl_ray.io.items import ENCODED, LoadOptions, load_items
 
 DEMO = Path(__file__).parents[1] / "ssl_ray" / "configs" / "demo.yaml"
 NAMES = ["circle", "square", "triangle"]

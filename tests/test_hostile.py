@@ -20,7 +20,7 @@ NAMES = ["circle", "square", "triangle"]
 def test_exif_rotated_image_reaches_the_model_upright():
     """The model sees the displayed image, so its boxes are in displayed coordinates."""
     from ssl_ray.config import PoolConfig
-    from ssl_ray.io.pool import LoadOptions, load_items
+    from ssl_ray.io.items import LoadOptions, load_items
 
     data = exif_rotated_jpeg(0)  # stored 64x48, red block at x 4..30, y 4..20; orientation 6
     (item,) = load_items("mem://exif.jpg", len(data), LoadOptions(imgsz=64, pool=PoolConfig()), lambda uri: data)
@@ -161,7 +161,7 @@ def test_keys_with_dot_segments_never_become_local_paths(tmp_path, key):
     cached and exported files are named by content, videos go through a fresh temp file."""
     from ssl_ray.config import PoolConfig
     from ssl_ray.io.export import ImageCache, write_yolo_tree
-    from ssl_ray.io.pool import LoadOptions, load_items
+    from ssl_ray.io.items import LoadOptions, load_items
 
     data = corpus()["gray.jpg"][0]
     uri = f"s3://bucket/{key}"

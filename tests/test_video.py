@@ -12,7 +12,8 @@ import pytest
 from clips import stop_and_go, write_clip
 
 from ssl_ray.config import PoolConfig
-from ssl_ray.io.pool import LoadOptions, load_items, video_chunks
+from ssl_ray.io.items import LoadOptions, load_items
+from ssl_ray.io.pool import video_chunks
 from ssl_ray.io.video import TO_END, VideoInfo, iter_frames, largest_change, plan_chunks, thumbnail
 
 

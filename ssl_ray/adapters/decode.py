@@ -1,7 +1,7 @@
 """JPEG decoding on the inference actor's device (`label.decode: gpu`), the thin torch adapter.
 
 The decode tasks send a JPEG's bytes and its placement, worked out from its header
-(`io.pool`); here the actor decodes a batch of them at once with torchvision's
+(`io.items`); here the actor decodes a batch of them at once with torchvision's
 `decode_jpeg(list, device=...)` (nvJPEG on a GPU, libjpeg on a CPU), applies the EXIF
 orientation, resizes and places each on its canvas as tensors, so a canvas is made on the
 device and stays there for the forward and the test-time views. One undecodable file fails
@@ -54,7 +54,7 @@ def decode_batch(batch: dict, imgsz: int, stride: int, max_pixels: int, device) 
 
 def quarantine(batch: dict, failed: dict[int, BadImage]) -> dict:
     """`batch` with the items at `failed`'s indices turned into rejects, as
-    `io.pool.reject_row` makes them: no id, no size, the reason and its detail."""
+    `io.items.reject_row` makes them: no id, no size, the reason and its detail."""
     out = dict(batch)
     for key in ("image_id", "reject_reason", "reject_detail"):
         out[key] = list(batch[key])

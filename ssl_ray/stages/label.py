@@ -1,4 +1,4 @@
-"""Stage: label the pool with a teacher on Ray (the thin Ray adapter over `io.pool`, the
+"""Stage: label the pool with a teacher on Ray (the thin Ray adapter over `io.pool`, `io.items`, the
 teacher, `core.consistency`, `core.raw` and the finalize passes).
 
     listing (streaming Ray task -> Arrow blocks)  ->  decode + letterbox (CPU tasks; with

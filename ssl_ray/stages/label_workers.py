@@ -1,7 +1,7 @@
 """The label stage's Ray workers; `stages.label` wires them into one Ray Data pipeline.
 
     list_pool   streaming task: the pool's images and video chunks as Arrow blocks
-    load_batch  decode tasks: decode + letterbox a block's items (`io.pool.load_items`)
+    load_batch  decode tasks: decode + letterbox a block's items (`io.items.load_items`)
     Predict     inference actors: the teacher over canvases and their consistency views
     Counter     an actor the inference actors add to and the driver reads (progress)
 
@@ -95,7 +95,7 @@ Counter = LazyRemote(_CounterImpl)
 def load_batch(batch: dict, cfg: Config):
     """Decode + letterbox a batch of listing entries; yields item batches of at most 16."""
     from ssl_ray.io.export import UriReader
-    from ssl_ray.io.pool import LoadOptions, load_items
+    from ssl_ray.io.items import LoadOptions, load_items
 
     reader = UriReader(cfg.storage)
     opts = LoadOptions(
