@@ -160,3 +160,26 @@ def test_step_seconds_reads_the_ssl_runs_own_training_folders(tmp_path):
     control = [{"round": 1, "round_iterations": 10, "iterations": 10}]
     found = ssl_gain.step_seconds(cache / "train", tmp_path / "0-ssl", control)
     assert found == {"ssl_round": 1.0, "control": 2.0, "ratio": 0.5}
+
+
+@pytest.mark.parametrize(
+    "overrides, own_control",
+    [
+        (["train.teacher_decay=0.95"], False),
+        (["train.unsup_weight=0.5", "train.soft_min_score=null"], False),
+        (["rounds.max_rounds=1", "train.epochs=39"], True),
+        (["train.epochs=20"], True),
+        (["train.epochs_per_round_typo=20"], False),  # a prefix is not the setting
+    ],
+)
+def test_a_variant_that_reschedules_the_rounds_gets_its_own_control(overrides, own_control):
+    assert ssl_gain.reschedules(overrides) is own_control
+
+
+def test_the_labels_alone_are_scored_at_their_best_segment():
+    def held_out(x):
+        return {"held_out": {"mAP50-95": x, "mAP50": x + 0.2}}
+
+    run = {"rounds": [held_out(0.45), held_out(0.60)], "control": [held_out(0.52), held_out(0.50)]}
+    assert ssl_gain.best_alone(run) == {"mAP50-95": 0.52, "mAP50": 0.72}  # never the SSL round's 0.60
+    assert ssl_gain.best_alone({"rounds": [held_out(0.45)], "control": []})["mAP50-95"] == 0.45
