@@ -40,10 +40,11 @@ from ssl_ray.errors import ConfigError
 from ssl_ray.io.storage import StaleUnitError, Store
 from ssl_ray.stages.calibrate import val_class_thresholds
 from ssl_ray.stages.datasets import export_final, merge_round
+from ssl_ray.stages.evaluate import evaluate_detector
 from ssl_ray.stages.ingest import ingest_labeled
 from ssl_ray.stages.label import label_pool, label_unit
 from ssl_ray.stages.refine import REFINER, fit_refiner, refiner_unit
-from ssl_ray.stages.train import TrainSpec, evaluate_detector, train_detector
+from ssl_ray.stages.train import TrainSpec, train_detector
 from ssl_ray.typed import result_settings
 
 log = logging.getLogger(__name__)
