@@ -68,11 +68,12 @@ class Protocol:
     pool: int = 400
     val: int = 256
     round0_epochs: int = 150  # a teacher that finds objects: 30 left round 0 at 0.22 mAP50-95 (docs/research)
-    rounds: int = 3
-    # Epochs per round of the default (online) mode: an online epoch is one pass over the pool, an offline one
-    # over the pseudo-labeled pool plus its labeled share (~1.6x the steps), so 13 online epochs are the
-    # optimizer steps of the offline recipe's 8 (--variant offline train.ssl=offline train.epochs=8).
-    round_epochs: int = 13
+    # The default (online) mode: one round of 39 epochs. An online epoch is one pass over the pool, an offline
+    # one over the pseudo-labeled pool plus its labeled share (~1.6x the steps), so 39 online epochs (975 steps)
+    # are the optimizer steps of the offline recipe's 3 rounds of 8
+    # (--variant offline train.ssl=offline rounds.max_rounds=3 train.epochs=8).
+    rounds: int = 1
+    round_epochs: int = 39
     source_images: int = 2000
     source_epochs: int = 30
     source_seed: int = 1000

@@ -249,7 +249,11 @@ class RefineConfig:
 @_section
 class RoundsConfig:
     max_rounds: int = setting(
-        3, "pseudo-label rounds after round 0 (raising it extends a finished run)", ge=0, operational=True
+        1,
+        "rounds after round 0; online: one round with the whole budget (measured best), offline: 3 "
+        "(raising it extends a finished run)",
+        ge=0,
+        operational=True,
     )
     conf_schedule: list[float] = setting([], "confidence threshold per round 1..N (empty = select.conf)")
     patience: int = setting(
