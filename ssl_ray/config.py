@@ -123,6 +123,11 @@ class TrainConfig:
         ge=0,
         le=1,
     )
+    refine_pseudo: bool = setting(
+        False,
+        "online: the teacher's boxes scoring at least refine.min_score are moved by the run's box refiner "
+        "(refine.enabled) before they become the student's targets, as the label stage moves them",
+    )
     extra: dict[str, Any] = setting({}, "further Ultralytics trainer arguments (lr0, mosaic, ...)")
 
 
@@ -318,6 +323,10 @@ class Config:
     rounds: RoundsConfig = setting(RoundsConfig(), "")
     output: OutputConfig = setting(OutputConfig(), "", operational=True)
     ray: RayConfig = setting(RayConfig(), "", operational=True)
+
+    def __post_init__(self):
+        if self.train.refine_pseudo and not self.refine.enabled:
+            raise ValueError("train.refine_pseudo needs the box refiner: set refine.enabled: true")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -258,7 +258,8 @@ def _online_spec(cfg: Config, out: Store, spec: TrainSpec, record: dict, names: 
     """Round r >= 1 in online mode (`train.ssl: online`): the round's dataset and review are
     made as offline, but the detector trains on the labeled set with a mean teacher labeling
     the pool's accepted images every step (`adapters.online`), from round r-1's weights.
-    Reliable pseudo-boxes are those at the class thresholds the label stage selected with. An
+    Reliable pseudo-boxes are those at the class thresholds the label stage selected with (and
+    with `train.refine_pseudo`, moved by the box refiner the label stage used). An
     epoch is one pass over the pool: the labeled images repeat to as many batches."""
     label = record["label"]
     n_labeled = record["labeled_images"]
@@ -276,6 +277,7 @@ def _online_spec(cfg: Config, out: Store, spec: TrainSpec, record: dict, names: 
         labeled_copies=record["labeled_copies"],
         unlabeled=[f"{spec.stage}/predictions"],
         class_conf=[float(thresholds[n]) for n in names],
+        refiner=out.uri_of(REFINER) if cfg.train.refine_pseudo else None,
     )
 
 

@@ -299,11 +299,19 @@ def test_round0_evaluate_scores_the_given_weights_without_training(ray_local, sh
 def test_online_rounds_train_with_a_teacher_and_still_write_the_dataset(ray_local, shapes, tmp_path):
     """`train.ssl: online`: round 1 trains on the labeled set with a mean teacher over the
     pool's accepted images, an epoch per pass over the pool; its dataset, review and report
-    are made as offline, and the control matches its steps."""
+    are made as offline, and the control matches its steps; with `train.refine_pseudo` the
+    box refiner moves the teacher's boxes."""
     from ssl_ray.driver import run_rounds
 
     cfg = tiny(
-        shapes, tmp_path, "train.ssl=online", "select.adaptive=global", "rounds.max_rounds=1", "rounds.control=1"
+        shapes,
+        tmp_path,
+        "train.ssl=online",
+        "select.adaptive=global",
+        "rounds.max_rounds=1",
+        "rounds.control=1",
+        "train.refine_pseudo=true",
+        "refine.min_score=0.001",  # the tiny teacher's boxes score ~0.002 (rounds.conf_schedule)
     )
     state = run_rounds(cfg)
     r1 = state.rounds[1]
@@ -315,6 +323,7 @@ def test_online_rounds_train_with_a_teacher_and_still_write_the_dataset(ray_loca
     ranks = sorted((tmp_path / "cache" / "train").glob("r001-*/run/ranks/rank0.jsonl"))
     records = [json.loads(line) for line in ranks[0].read_text().splitlines()]
     assert all(r["pseudo_boxes_per_image"]["unlabeled_images"] > 0 and "teacher_digest" in r for r in records)
+    assert sum(r["pseudo_boxes_per_image"]["refined"] for r in records) > 0  # train.refine_pseudo: the refiner ran
     assert (run / "rounds" / "r001" / "merged.parquet").exists() and (run / "final" / "dataset.parquet").exists()
     assert state.control[0]["iterations"] >= state.control[0]["round_iterations"]
     assert "round 1" in (run / "report" / "report.md").read_text()

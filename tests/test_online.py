@@ -119,6 +119,37 @@ def test_a_teacher_box_lands_on_the_same_object_in_the_student_view():
     assert boxes[0][0, 4:].tolist() == [0.9, 0]
 
 
+def test_refined_teacher_boxes_match_the_label_stage_refiner_and_spare_low_scores():
+    """`train.refine_pseudo`: on the float weak view, the refiner moves the boxes scoring at
+    least refine.min_score exactly as it moves them on the uint8 canvases the label stage
+    gives it; lower-scoring boxes, every score and every class stay as the teacher gave them."""
+    from ssl_ray.adapters.online import refine_boxes
+    from ssl_ray.adapters.refiner import BoxRefiner
+    from ssl_ray.config import RefineConfig
+
+    torch.manual_seed(0)
+    canvases = torch.randint(0, 256, (2, 3, 48, 48), dtype=torch.uint8)
+    weak = canvases.float() / 255
+    dets = [np.array([[5, 5, 20, 20, 0.9, 2], [10, 10, 30, 30, 0.05, 1]], float), np.zeros((0, 6))]
+    refiner = BoxRefiner(RefineConfig(crop=16, blend=1.0, min_score=0.1))
+    out = refine_boxes(refiner, weak, dets)
+    label_stage = refiner(list(canvases.permute(0, 2, 3, 1).numpy()), [dets[0][:1, :4], dets[1][:, :4]])
+    np.testing.assert_allclose(out[0][0, :4], label_stage[0][0], atol=1e-9)
+    assert not np.array_equal(out[0][0, :4], dets[0][0, :4])  # an untrained net still moves it
+    np.testing.assert_array_equal(out[0][1], dets[0][1])  # below min_score: untouched
+    np.testing.assert_array_equal(out[0][:, 4:], dets[0][:, 4:])
+    assert out[1].shape == (0, 6)
+
+
+def test_refine_pseudo_needs_the_refiner():
+    from ssl_ray.config import load_config
+    from ssl_ray.errors import ConfigError
+
+    assert load_config(overrides=["train.refine_pseudo=true"]).train.refine_pseudo
+    with pytest.raises(ConfigError, match="refine.enabled"):
+        load_config(overrides=["train.refine_pseudo=true", "refine.enabled=false"])
+
+
 def test_weak_flip_is_shared_by_both_views():
     from ssl_ray.adapters.online import flip_some, strong_view
 

@@ -6,7 +6,8 @@ optimizer step, after the step, by Ultralytics' `optimizer_step`; it is what eve
 validates and what `best.pt` holds. Each step, `OnlineBatch.extend` adds to the labeled batch:
 
 - a weak view of this rank's next unlabeled images (`UnlabeledStream`: letterboxed, random
-  horizontal flip), on which the teacher detects;
+  horizontal flip), on which the teacher detects; with `train.refine_pseudo` the box refiner
+  (`adapters.refiner`) then moves each box scoring at least `refine.min_score`;
 - the student's view: `geometric_view` scales and shifts each image and maps the teacher's
   boxes with it (`core.online.scale_translate`), then `strong_view` changes it photometrically
   (colour, blur, erased patches; no pixel moves);
@@ -206,18 +207,42 @@ def teacher_detections(teacher, x: torch.Tensor, conf: float, max_det: int = 300
     return np.split(every, np.cumsum(counts)[:-1])
 
 
+def refine_boxes(refiner, x: torch.Tensor, detections: list[np.ndarray]) -> list[np.ndarray]:
+    """The teacher's detections (per image (k, 6), canvas pixels) on the float batch `x` with
+    the boxes scoring at least `refiner.cfg.min_score` moved by the box refiner; the others,
+    and every score and class, as they were."""
+    import torch
+
+    pixels = (x * 255).round_().to(torch.uint8)
+    keep = [d[:, 4] >= refiner.cfg.min_score for d in detections]
+    moved = refiner(pixels, [d[k, :4] for d, k in zip(detections, keep)])
+    out = []
+    for d, k, m in zip(detections, keep, moved):
+        d = d.copy()
+        d[k, :4] = m
+        out.append(d)
+    return out
+
+
 class OnlineBatch:
     """Adds an unlabeled batch and its pseudo-targets to each labeled batch (see the module)."""
 
     def __init__(
-        self, stream: UnlabeledStream, high: list[float], low: float | None, weight: float, warmup: int, seed: int
+        self,
+        stream: UnlabeledStream,
+        high: list[float],
+        low: float | None,
+        weight: float,
+        warmup: int,
+        seed: int,
+        refiner=None,
     ):
         self.stream, self.high, self.low = stream, list(high), low
-        self.weight, self.warmup = weight, warmup
+        self.weight, self.warmup, self.refiner = weight, warmup, refiner
         import torch
 
         self.gen = torch.Generator().manual_seed(seed)
-        self.stats = {"images": 0, "reliable": 0, "uncertain": 0}
+        self.stats = {"images": 0, "reliable": 0, "uncertain": 0, **({"refined": 0} if refiner is not None else {})}
 
     def extend(self, batch: dict, teacher, step: int) -> dict:
         import torch
@@ -226,6 +251,9 @@ class OnlineBatch:
         weak = flip_some(next(self.stream).to(imgs.device, non_blocking=True).float() / 255, self.gen)
         conf = min([*self.high, *([self.low] if self.low is not None else [])])
         found = teacher_detections(teacher, weak, conf)
+        if self.refiner is not None:
+            found = refine_boxes(self.refiner, weak, found)
+            self.stats["refined"] += sum(int((d[:, 4] >= self.refiner.cfg.min_score).sum()) for d in found)
         moved, found = geometric_view(weak, found, self.gen)
         targets = pseudo_targets(found, self.high, self.low, tuple(weak.shape[2:]))
         self.stats["images"] += len(weak)
@@ -242,7 +270,7 @@ class OnlineBatch:
     def epoch_stats(self) -> dict:
         """Pseudo-boxes per unlabeled image since the last call (then reset)."""
         n = max(self.stats["images"], 1)
-        out = {"unlabeled_images": self.stats["images"], **{k: self.stats[k] / n for k in ("reliable", "uncertain")}}
+        out = {"unlabeled_images": self.stats["images"], **{k: v / n for k, v in self.stats.items() if k != "images"}}
         self.stats = dict.fromkeys(self.stats, 0)
         return out
 

@@ -163,16 +163,20 @@ class BoxRefiner:
         net.eval()
         return refiner
 
-    def __call__(self, images: list[np.ndarray] | np.ndarray, boxes: list[np.ndarray]) -> list[np.ndarray]:
+    def __call__(self, images, boxes: list[np.ndarray]) -> list[np.ndarray]:
         """Refined copies of `boxes` (per image, (k, 4+) with xyxy first; other columns kept):
-        `cfg.passes` passes, each from the last one's box, then blended with the given box."""
+        `cfg.passes` passes, each from the last one's box, then blended with the given box.
+        `images`: same-size (H, W, 3) uint8 canvases, or one uint8 tensor (N, 3, H, W)."""
         import torch
 
         out = [np.array(b, dtype=np.float64) for b in boxes]
         index, start = _flatten(out)
         if not len(index):
             return out
-        pixels = _canvases(list(images), self.device)
+        if isinstance(images, torch.Tensor):
+            pixels = images.to(self.device)
+        else:
+            pixels = _canvases(list(images), self.device)
         xyxy = start
         with torch.no_grad():
             for _ in range(self.cfg.passes):

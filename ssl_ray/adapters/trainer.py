@@ -147,6 +147,12 @@ def _trainer_class():
                 start=self.start_epoch * len(self.train_loader),
                 workers=min(self.args.workers, 2),
             )
+            refiner = None
+            if o.get("refiner"):
+                from ssl_ray.adapters.refiner import BoxRefiner
+
+                state = torch.load(o["refiner"], map_location="cpu", weights_only=True)
+                refiner = BoxRefiner.from_state(state, o["refine"], str(self.device))
             self.online = OnlineBatch(
                 stream,
                 o["high"],
@@ -154,6 +160,7 @@ def _trainer_class():
                 o["unsup_weight"],
                 o["unsup_warmup_steps"],
                 self.args.seed + rank,
+                refiner=refiner,
             )
 
         def get_dataloader(self, dataset_path, batch_size=16, rank=0, mode="train"):

@@ -46,6 +46,7 @@ class TrainSpec:
     labeled_copies: int = 1  # each labeled training image appears this many times (oversampling)
     unlabeled: list[str] = field(default_factory=list)  # online mode: Parquet of the pool's images (their boxes unused)
     class_conf: list[float] | None = None  # online mode: each class's reliable-pseudo-box threshold
+    refiner: str | None = None  # online mode with train.refine_pseudo: the run's saved box refiner
     epochs: int | None = None  # train.epochs unless given
     patience: int | None = None  # train.patience unless given
 
@@ -57,6 +58,7 @@ class TrainSpec:
 def spec_unit(cfg: Config, spec: TrainSpec, step: str, also: tuple[str, ...] = ()) -> Unit:
     """A training (or evaluation) as a unit of work: its settings (the training ones and
     `also`), its data and its start."""
+    also += ("refine.",) if spec.refiner else ()  # how the refiner is applied
     return Unit(
         spec.folder,
         step,
@@ -70,6 +72,7 @@ def spec_unit(cfg: Config, spec: TrainSpec, step: str, also: tuple[str, ...] = (
             "patience": spec.patience,
             "weights": file_identity(spec.weights, cfg.storage),
             **({"unlabeled": spec.unlabeled, "class_conf": spec.class_conf} if spec.unlabeled else {}),
+            **({"refiner": file_identity(spec.refiner, cfg.storage)} if spec.refiner else {}),
         },
     )
 
@@ -218,7 +221,17 @@ def _online_settings(cfg: Config, spec: TrainSpec, folder: Path) -> dict:
         "unsup_weight": t.unsup_weight,
         "unsup_warmup_steps": t.unsup_warmup_steps,
         "soft_min_score": t.soft_min_score,
+        "refiner": _local_refiner(cfg, spec.refiner, folder) if spec.refiner else None,
+        "refine": cfg.refine,
     }
+
+
+def _local_refiner(cfg: Config, uri: str, folder: Path) -> str:
+    """The saved box refiner copied next to this rank's tree (the trainer loads it from there)."""
+    where, _, name = uri.rpartition("/")
+    path = folder / "refiner.pt"
+    path.write_bytes(Store(where or ".", cfg.storage).read_bytes(name))
+    return str(path)
 
 
 def _report_epoch(trainer, rank: int, names: list[str], best: dict, name: str = "") -> None:
