@@ -128,6 +128,12 @@ class TrainConfig:
         "online: the teacher's boxes scoring at least refine.min_score are moved by the run's box refiner "
         "(refine.enabled) before they become the student's targets, as the label stage moves them",
     )
+    teacher_consistency: bool = setting(
+        False,
+        "online: the teacher also detects on label.consistency_views of each unlabeled image and fuses its "
+        "boxes over them; a box fewer than select.min_agreement of the views found is uncertain, not reliable "
+        "(as the label stage selects)",
+    )
     extra: dict[str, Any] = setting({}, "further Ultralytics trainer arguments (lr0, mosaic, ...)")
 
 

@@ -299,8 +299,8 @@ def test_round0_evaluate_scores_the_given_weights_without_training(ray_local, sh
 def test_online_rounds_train_with_a_teacher_and_still_write_the_dataset(ray_local, shapes, tmp_path):
     """`train.ssl: online`: round 1 trains on the labeled set with a mean teacher over the
     pool's accepted images, an epoch per pass over the pool; its dataset, review and report
-    are made as offline, and the control matches its steps; with `train.refine_pseudo` the
-    box refiner moves the teacher's boxes."""
+    are made as offline, and the control matches its steps; the teacher fuses its flip view
+    (`train.teacher_consistency`) and the box refiner moves its boxes (`train.refine_pseudo`)."""
     from ssl_ray.driver import run_rounds
 
     cfg = tiny(
@@ -311,6 +311,7 @@ def test_online_rounds_train_with_a_teacher_and_still_write_the_dataset(ray_loca
         "rounds.max_rounds=1",
         "rounds.control=1",
         "train.refine_pseudo=true",
+        "train.teacher_consistency=true",
         "refine.min_score=0.001",  # the tiny teacher's boxes score ~0.002 (rounds.conf_schedule)
     )
     state = run_rounds(cfg)

@@ -39,6 +39,24 @@ def test_pseudo_target_assignment(score, cls, low, expected):
     assert t.xywhn[0] == pytest.approx([20 / 64, 40 / 64, 20 / 64, 40 / 64])
 
 
+@pytest.mark.parametrize(
+    "score, agree, low, expected",
+    [
+        (0.9, 1.0, 0.1, ("reliable", 1.0)),  # every view found it
+        (0.9, 0.5, 0.1, ("uncertain", 0.9)),  # above the threshold, but a view missed it: soft, no box loss
+        (0.9, 0.0, None, ("background", None)),  # ... and without soft targets it is background
+        (0.3, 1.0, 0.1, ("uncertain", 0.3)),  # agreement does not promote a box below its threshold
+    ],
+)
+def test_a_box_the_teachers_views_disagree_on_is_not_reliable(score, agree, low, expected):
+    det = np.array([[10, 20, 30, 60, score, 0]], dtype=float)
+    t = pseudo_targets([det], HIGH, low, (64, 64), agree=[np.array([agree])], min_agree=1.0)
+    kind, weight = expected
+    assert len(t) == (kind != "background")
+    if len(t):
+        assert bool(t.box[0]) == (kind == "reliable") and t.weight[0] == pytest.approx(weight)
+
+
 def test_pseudo_targets_keep_image_order_clip_and_drop_slivers():
     dets = [
         np.array([[0, 0, 10, 10, 0.9, 0]]),
@@ -139,6 +157,38 @@ def test_refined_teacher_boxes_match_the_label_stage_refiner_and_spare_low_score
     np.testing.assert_array_equal(out[0][1], dets[0][1])  # below min_score: untouched
     np.testing.assert_array_equal(out[0][:, 4:], dets[0][:, 4:])
     assert out[1].shape == (0, 6)
+
+
+def test_teacher_views_fuse_an_object_both_views_find_and_flag_a_box_only_one_finds(monkeypatch):
+    """`train.teacher_consistency` with the flip view: a detector that finds the bright block
+    on every view (and a phantom box always at the canvas's top-left corner, which the flip
+    maps elsewhere): the block's box agrees, the phantom does not; one forward for both views."""
+    import ssl_ray.adapters.online as online
+    from ssl_ray.core.consistency import parse_views
+
+    calls = []
+
+    def fake_teacher(teacher, x, conf):
+        calls.append(len(x))
+        out = []
+        for img in x:
+            ys, xs = np.nonzero((img.mean(0) > 0.55).numpy())
+            block = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1, 0.9, 1]
+            out.append(np.array([block, [0, 0, 8, 8, 0.95, 0]], float))
+        return out
+
+    monkeypatch.setattr(online, "teacher_detections", fake_teacher)
+    x = torch.full((2, 3, 64, 96), 0.1)
+    x[:, :, 10:30, 50:70] = 1.0
+    found, agree = online.detect_with_teacher_views(None, x, 0.1, parse_views(["flip"], 96, 64), 0.5)
+    assert calls == [4]  # the images and their flips in one batch
+    for det, share in zip(found, agree):
+        block, phantom = det[np.argsort(-det[:, 5])]
+        assert block[:4] == pytest.approx([50, 10, 70, 30], abs=1e-6) and share[det[:, 5] == 1] == 1.0
+        assert phantom[:4].tolist() == [0, 0, 8, 8] and share[det[:, 5] == 0] == 0.0
+    t = pseudo_targets(found, [0.5, 0.5], 0.1, (64, 96), agree=agree)
+    assert (t.n_reliable, t.n_uncertain) == (2, 2) and (t.cls[t.box] == 1).all()
+    assert online.detect_with_teacher_views(None, x, 0.1, [], 0.5)[1] is None  # no views: as before
 
 
 def test_refine_pseudo_needs_the_refiner():

@@ -6,8 +6,10 @@ optimizer step, after the step, by Ultralytics' `optimizer_step`; it is what eve
 validates and what `best.pt` holds. Each step, `OnlineBatch.extend` adds to the labeled batch:
 
 - a weak view of this rank's next unlabeled images (`UnlabeledStream`: letterboxed, random
-  horizontal flip), on which the teacher detects; with `train.refine_pseudo` the box refiner
-  (`adapters.refiner`) then moves each box scoring at least `refine.min_score`;
+  horizontal flip), on which the teacher detects; with `train.teacher_consistency` also on
+  `label.consistency_views` of it, its boxes fused over them as the label stage fuses them
+  (`core.consistency`); with `train.refine_pseudo` the box refiner (`adapters.refiner`)
+  then moves each box scoring at least `refine.min_score`;
 - the student's view: `geometric_view` scales and shifts each image and maps the teacher's
   boxes with it (`core.online.scale_translate`), then `strong_view` changes it photometrically
   (colour, blur, erased patches; no pixel moves);
@@ -207,6 +209,27 @@ def teacher_detections(teacher, x: torch.Tensor, conf: float, max_det: int = 300
     return np.split(every, np.cumsum(counts)[:-1])
 
 
+def detect_with_teacher_views(teacher, x: torch.Tensor, conf: float, views: list, iou_thr: float):
+    """The teacher's detections on the float batch `x` (per image (k, 6), canvas pixels) fused
+    over `views` of it (`core.consistency`: one forward for the images and all their views),
+    and per image the share of the views that found each box (None without views)."""
+    if not views:
+        return teacher_detections(teacher, x, conf), None
+    import torch
+
+    from ssl_ray.adapters.decode import apply_view
+    from ssl_ray.core.consistency import detect_with_views
+    from ssl_ray.core.detections import Detections
+
+    def predict(canvases):  # (N, H, W, 3) uint8 -> Detections per canvas
+        found = teacher_detections(teacher, canvases.permute(0, 3, 1, 2).float() / 255, conf)
+        return [Detections.from_array(d) for d in found]
+
+    canvases = (x * 255).round_().to(torch.uint8).permute(0, 2, 3, 1)
+    fused = detect_with_views(predict, canvases, views, iou_thr, apply=apply_view, concat=torch.cat)
+    return [np.column_stack([d.xyxy, d.score, d.cls]) for d in fused], [d.agree for d in fused]
+
+
 def refine_boxes(refiner, x: torch.Tensor, detections: list[np.ndarray]) -> list[np.ndarray]:
     """The teacher's detections (per image (k, 6), canvas pixels) on the float batch `x` with
     the boxes scoring at least `refiner.cfg.min_score` moved by the box refiner; the others,
@@ -236,9 +259,13 @@ class OnlineBatch:
         warmup: int,
         seed: int,
         refiner=None,
+        views: list | None = None,
+        view_iou: float = 0.5,
+        min_agree: float = 1.0,
     ):
         self.stream, self.high, self.low = stream, list(high), low
         self.weight, self.warmup, self.refiner = weight, warmup, refiner
+        self.views, self.view_iou, self.min_agree = list(views or []), view_iou, min_agree
         import torch
 
         self.gen = torch.Generator().manual_seed(seed)
@@ -250,12 +277,14 @@ class OnlineBatch:
         imgs = batch["img"]
         weak = flip_some(next(self.stream).to(imgs.device, non_blocking=True).float() / 255, self.gen)
         conf = min([*self.high, *([self.low] if self.low is not None else [])])
-        found = teacher_detections(teacher, weak, conf)
+        found, agree = detect_with_teacher_views(teacher, weak, conf, self.views, self.view_iou)
         if self.refiner is not None:
             found = refine_boxes(self.refiner, weak, found)
             self.stats["refined"] += sum(int((d[:, 4] >= self.refiner.cfg.min_score).sum()) for d in found)
         moved, found = geometric_view(weak, found, self.gen)
-        targets = pseudo_targets(found, self.high, self.low, tuple(weak.shape[2:]))
+        targets = pseudo_targets(
+            found, self.high, self.low, tuple(weak.shape[2:]), agree=agree, min_agree=self.min_agree
+        )
         self.stats["images"] += len(weak)
         self.stats["reliable"] += targets.n_reliable
         self.stats["uncertain"] += targets.n_uncertain

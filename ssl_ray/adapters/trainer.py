@@ -118,6 +118,7 @@ def _trainer_class():
 
             from ssl_ray.adapters.online import OnlineBatch, UnlabeledStream
             from ssl_ray.adapters.online_loss import OnlineCriterion
+            from ssl_ray.core.consistency import parse_views
             from ssl_ray.core.online import teacher_decay
 
             o = self.online_settings
@@ -161,6 +162,9 @@ def _trainer_class():
                 o["unsup_warmup_steps"],
                 self.args.seed + rank,
                 refiner=refiner,
+                views=parse_views(o["views"], self.args.imgsz) if o["views"] else None,
+                view_iou=o["view_iou"],
+                min_agree=o["min_agree"],
             )
 
         def get_dataloader(self, dataset_path, batch_size=16, rank=0, mode="train"):

@@ -6,8 +6,9 @@ student, how much the unlabeled loss weighs at a step, and the teacher's decay.
 student) detects on a weak view of an unlabeled batch, and the student learns, on a strong
 view of the same images, what `pseudo_targets` makes of those detections:
 
-    reliable     score >= its class's threshold (the round's adaptive per-class cut)
-                 -> a full target: classification and box losses
+    reliable     score >= its class's threshold (the round's adaptive per-class cut), and
+                 with `train.teacher_consistency` agreed by at least select.min_agreement
+                 of the teacher's views -> a full target: classification and box losses
     uncertain    train.soft_min_score <= score < the class's threshold
                  -> a soft classification target (its score), no box loss: the student is
                     not taught that a likely object is background, nor where its box is
@@ -50,6 +51,8 @@ def pseudo_targets(
     low: float | None,
     size: tuple[int, int],
     min_side: float = 2.0,
+    agree: list[np.ndarray] | None = None,
+    min_agree: float = 1.0,
 ) -> PseudoTargets:
     """The student's targets from the teacher's detections on a batch.
 
@@ -57,7 +60,9 @@ def pseudo_targets(
     `high`: the reliable threshold of each class; `low`: the uncertain floor (None = no
     uncertain boxes: below `high` is background). `size`: the canvas (height, width). Boxes
     are clipped to the canvas; a box with a side under `min_side` pixels after clipping is
-    dropped (it is not an object the student can learn)."""
+    dropped (it is not an object the student can learn). `agree` (per image, (k,): the share
+    of the teacher's views that found each box): a box above its threshold that fewer than
+    `min_agree` of them found is uncertain, not reliable."""
     high = np.asarray(high, dtype=np.float64)
     h, w = size
     rows = []
@@ -71,7 +76,11 @@ def pseudo_targets(
         score = det[:, 4]
         cut = high[cls]
         reliable = score >= cut
-        uncertain = ~reliable & (score >= low) if low is not None else np.zeros(len(det), bool)
+        demoted = np.zeros(len(det), bool)
+        if agree is not None:
+            demoted = reliable & (np.asarray(agree[i], dtype=np.float64) < min_agree - 1e-9)
+            reliable &= ~demoted
+        uncertain = ~reliable & (demoted | (score >= low)) if low is not None else np.zeros(len(det), bool)
         x1, x2 = np.clip(det[:, 0], 0, w), np.clip(det[:, 2], 0, w)
         y1, y2 = np.clip(det[:, 1], 0, h), np.clip(det[:, 3], 0, h)
         keep = (reliable | uncertain) & (x2 - x1 >= min_side) & (y2 - y1 >= min_side)

@@ -59,6 +59,8 @@ def spec_unit(cfg: Config, spec: TrainSpec, step: str, also: tuple[str, ...] = (
     """A training (or evaluation) as a unit of work: its settings (the training ones and
     `also`), its data and its start."""
     also += ("refine.",) if spec.refiner else ()  # how the refiner is applied
+    if spec.unlabeled and cfg.train.teacher_consistency:  # the teacher's views and agreement
+        also += ("label.consistency_views", "label.consistency_iou", "select.min_agreement")
     return Unit(
         spec.folder,
         step,
@@ -223,6 +225,9 @@ def _online_settings(cfg: Config, spec: TrainSpec, folder: Path) -> dict:
         "soft_min_score": t.soft_min_score,
         "refiner": _local_refiner(cfg, spec.refiner, folder) if spec.refiner else None,
         "refine": cfg.refine,
+        "views": cfg.label.consistency_views if t.teacher_consistency else [],
+        "view_iou": cfg.label.consistency_iou,
+        "min_agree": cfg.select.min_agreement,
     }
 
 
