@@ -231,20 +231,16 @@ def detect_with_teacher_views(teacher, x: torch.Tensor, conf: float, views: list
 
 
 def refine_boxes(refiner, x: torch.Tensor, detections: list[np.ndarray]) -> list[np.ndarray]:
-    """The teacher's detections (per image (k, 6), canvas pixels) on the float batch `x` with
-    the boxes scoring at least `refiner.cfg.min_score` moved by the box refiner; the others,
-    and every score and class, as they were."""
+    """The teacher's detections (per image (k, 6), canvas pixels) on the float batch `x`, moved
+    by the box refiner as the label stage moves them (`stages.refine.refine_detections`)."""
     import torch
 
+    from ssl_ray.core.detections import Detections
+    from ssl_ray.stages.refine import refine_detections
+
     pixels = (x * 255).round_().to(torch.uint8)
-    keep = [d[:, 4] >= refiner.cfg.min_score for d in detections]
-    moved = refiner(pixels, [d[k, :4] for d, k in zip(detections, keep)])
-    out = []
-    for d, k, m in zip(detections, keep, moved):
-        d = d.copy()
-        d[k, :4] = m
-        out.append(d)
-    return out
+    moved = refine_detections(refiner, pixels, [Detections.from_array(d) for d in detections])
+    return [np.column_stack([d.xyxy, d.score, d.cls]) for d in moved]
 
 
 class OnlineBatch:
